@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds the test world's components from their Go modules into a cache outside the checkout,
+# keyed by version. A component whose cache directory is complete is not rebuilt.
+# Usage: build.sh [etcd|kube|s3|all]   (default all)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/versions.sh"
+mkdir -p "$CAIRN_TESTENV_CACHE"
+export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
+
+log() { printf '[build %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# A throwaway wrapper module: the components' own go.mod files carry replace directives, so
+# `go install pkg@version` refuses them.
+wrapper() { local dir=$1; rm -rf "$dir"; mkdir -p "$dir"; (cd "$dir" && go mod init cairn.test/wrapper >/dev/null 2>&1); }
+
+build_etcd() {
+  local out="$CAIRN_TESTENV_CACHE/etcd-$ETCD_VERSION"
+  [ -x "$out/etcd" ] && [ -x "$out/etcdctl" ] && [ -x "$out/etcdutl" ] && return 0
+  log "building etcd $ETCD_VERSION"; local t0=$SECONDS
+  local w; w=$(mktemp -d); wrapper "$w"
+  (cd "$w" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" "go.etcd.io/etcd/etcdctl/v3@$ETCD_VERSION" "go.etcd.io/etcd/etcdutl/v3@$ETCD_VERSION" >/dev/null 2>&1 \
+    && mkdir -p "$out.tmp" \
+    && go build -trimpath -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3 \
+    && go build -trimpath -o "$out.tmp/etcdctl" go.etcd.io/etcd/etcdctl/v3 \
+    && go build -trimpath -o "$out.tmp/etcdutl" go.etcd.io/etcd/etcdutl/v3)
+  rm -rf "$out" "$w"; mv "$out.tmp" "$out"
+  log "etcd built in $((SECONDS - t0)) s"
+}
+
+build_kube() {
+  local out="$CAIRN_TESTENV_CACHE/kubernetes-$K8S_VERSION"
+  [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kubectl" ] && return 0
+  log "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION"; local t0=$SECONDS
+  local w; w=$(mktemp -d); wrapper "$w"
+  local staging=v0.${K8S_VERSION#v1.}
+  # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging;
+  # point every one of them at its published v0.N.P instead. The list differs per release, so it
+  # is read from the tag's own go.mod.
+  local gomod; gomod=$(cd "$w" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  local mods; mods=$(awk '$2=="v0.0.0" && $1 ~ /^k8s.io\// {print $1}' "$gomod" | sort -u)
+  (cd "$w" && for m in $mods; do go mod edit -replace "$m=$m@$staging"; done \
+    && go mod edit -require "k8s.io/kubernetes@$K8S_VERSION" \
+    && go mod tidy >/dev/null 2>&1 || true)
+  local ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+  mkdir -p "$out.tmp"
+  (cd "$w" && go get "k8s.io/kubernetes@$K8S_VERSION" >/dev/null 2>&1 \
+    && go build -trimpath -ldflags "$ld" -o "$out.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver \
+    && go build -trimpath -ldflags "$ld" -o "$out.tmp/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager \
+    && go build -trimpath -ldflags "$ld" -o "$out.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl)
+  rm -rf "$out" "$w"; mv "$out.tmp" "$out"
+  log "kubernetes built in $((SECONDS - t0)) s"
+}
+
+build_s3() {
+  local out="$CAIRN_TESTENV_CACHE/versitygw-$VERSITYGW_VERSION"
+  [ -x "$out/versitygw" ] && return 0
+  log "building versitygw $VERSITYGW_VERSION"; local t0=$SECONDS
+  local w; w=$(mktemp -d); wrapper "$w"
+  mkdir -p "$out.tmp"
+  (cd "$w" && go get "github.com/versity/versitygw@$VERSITYGW_VERSION" >/dev/null 2>&1 \
+    && go build -trimpath -o "$out.tmp/versitygw" github.com/versity/versitygw/cmd/versitygw)
+  rm -rf "$out" "$w"; mv "$out.tmp" "$out"
+  log "versitygw built in $((SECONDS - t0)) s"
+}
+
+case "${1:-all}" in
+  etcd) build_etcd ;;
+  kube) build_kube ;;
+  s3) build_s3 ;;
+  all) build_etcd; build_s3; build_kube ;;
+  *) echo "usage: build.sh [etcd|kube|s3|all]" >&2; exit 2 ;;
+esac

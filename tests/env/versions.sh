@@ -1,0 +1,6 @@
+# Versions of the real components the integration suite runs. Sourced by the other scripts.
+# Bump a version here and the next `up` builds it into a fresh cache directory.
+ETCD_VERSION=v3.6.16
+K8S_VERSION=v1.34.4
+VERSITYGW_VERSION=v1.8.0
+CAIRN_TESTENV_CACHE=${CAIRN_TESTENV_CACHE:-$HOME/.cache/cairn-testenv}
