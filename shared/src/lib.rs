@@ -1,11 +1,14 @@
 //! cairn's shared library: the conventions every job follows (exit codes, telemetry,
-//! error policy) and, in later modules, the repository itself.
+//! error policy) and the repository itself.
 //!
 //! Library code emits `tracing` events and spans; it never installs a subscriber. Jobs call
 //! [`telemetry::init`] once in `main`.
 
 pub mod error;
 pub mod exit;
+pub mod fs;
+pub mod progress;
+pub mod repo;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -1,0 +1,502 @@
+//! Back up a directory tree (or one file) into the repository.
+//!
+//! The walk runs on a rayon pool: entries of a directory are processed in parallel, and a
+//! large file's chunks are hashed, compressed and sealed in parallel batches, so both cores
+//! work whether the tree holds a million small files or one etcd database. Nothing here runs
+//! on the async runtime; I/O to the store goes through the [`Writer`]'s bounded uploads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use parking_lot::Mutex;
+use rayon::prelude::*;
+
+use crate::progress::Progress;
+use crate::repo::tree::{MAX_NODES_PER_BLOB, Xattr};
+use crate::repo::{
+    BlobKind, Extent, Failure, Name, Node, NodeKind, Repository, Snapshot, SnapshotId, Summary,
+    TreeBlob, Writer,
+};
+use crate::{Error, Result};
+
+/// Options for [`backup_dir`].
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Snapshot source name (`pvc/<ns>/<name>`, `etcd`, ...).
+    pub source: String,
+    pub tags: BTreeMap<String, String>,
+    pub host: Option<String>,
+    pub cluster: Option<String>,
+    /// Parent snapshot for incremental reuse; `None` backs up everything.
+    pub parent: Option<SnapshotId>,
+    /// Also require unchanged inode and ctime to reuse a file (off by default: volumes
+    /// cloned from CSI snapshots get new inodes every time).
+    pub use_inode: bool,
+    /// Glob patterns (relative paths) to leave out.
+    pub exclude: Vec<String>,
+    /// Source-specific facts recorded in the snapshot.
+    pub meta: serde_json::Value,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    pub id: SnapshotId,
+    pub snapshot: Snapshot,
+}
+
+struct Ctx<'a> {
+    writer: &'a Writer,
+    repo: &'a Repository,
+    handle: tokio::runtime::Handle,
+    root: PathBuf,
+    use_inode: bool,
+    exclude: globset::GlobSet,
+    failures: Mutex<Vec<Failure>>,
+    progress: Arc<Progress>,
+    files_read: std::sync::atomic::AtomicU64,
+    bytes_read: std::sync::atomic::AtomicU64,
+    dirs: std::sync::atomic::AtomicU64,
+    /// (dev, inode) of multiply-linked files already stored: their content.
+    hardlinks: Mutex<HashMap<(u64, u64), Vec<Extent>>>,
+}
+
+/// Back up `path` and save a snapshot. A directory becomes the snapshot's root; a single
+/// file is stored as the only entry of the root.
+pub async fn backup_dir(
+    repo: Arc<Repository>,
+    path: &Path,
+    opts: BackupOptions,
+) -> Result<BackupOutcome> {
+    let started = std::time::Instant::now();
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    repo.load_index().await?;
+    let parent = match opts.parent {
+        Some(id) => Some(repo.find_snapshot(&id.to_hex(), None).await?.snapshot),
+        None => None,
+    };
+    let progress = Progress::new("backup");
+    if let Some(p) = &parent {
+        progress.total_bytes.store(p.summary.bytes, Ordering::Relaxed);
+    }
+    let mut exclude = globset::GlobSetBuilder::new();
+    for pattern in &opts.exclude {
+        exclude.add(
+            globset::Glob::new(pattern)
+                .map_err(|e| Error::Invalid(format!("exclude {pattern:?}: {e}")))?,
+        );
+    }
+    let exclude = exclude.build().map_err(|e| Error::Invalid(e.to_string()))?;
+    let handle = tokio::runtime::Handle::current();
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let path = path.to_path_buf();
+    let repo2 = repo.clone();
+    let progress2 = progress.clone();
+    let use_inode = opts.use_inode;
+    let reporter = progress.spawn_reporter(std::time::Duration::from_secs(5));
+
+    let (root, failures, counts, stats) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("cairn-backup-{i}"))
+            .build()
+            .map_err(|e| Error::Retryable(format!("thread pool: {e}")))?;
+        let writer = repo2.writer(handle.clone());
+        let ctx = Ctx {
+            writer: &writer,
+            repo: &repo2,
+            handle,
+            root: path.clone(),
+            use_inode,
+            exclude,
+            failures: Mutex::new(Vec::new()),
+            progress: progress2,
+            files_read: 0.into(),
+            bytes_read: 0.into(),
+            dirs: 0.into(),
+            hardlinks: Mutex::new(HashMap::new()),
+        };
+        let root = pool.install(|| -> Result<Node> {
+            if meta.is_dir() {
+                let parent_root = parent.as_ref().map(|p| p.root.clone());
+                dir_node(&ctx, &path, Name(Vec::new()), &meta, parent_root.as_ref())
+            } else {
+                // One file: the root is a directory holding just it.
+                let name = path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+                let parent_child = match &parent {
+                    Some(p) => children_by_name(&ctx, Some(&p.root))?.remove(&name),
+                    None => None,
+                };
+                let node = entry_node(&ctx, &path, Name(name), &meta, parent_child.as_ref())?;
+                let mut root = Node::new(Name(Vec::new()), NodeKind::Dir);
+                root.mode = 0o755;
+                root.mtime_ns = node.mtime_ns;
+                root.subtree = store_listing(&ctx, &[node])?;
+                Ok(root)
+            }
+        })?;
+        writer.flush()?;
+        let failures = ctx.failures.into_inner();
+        let counts = (
+            ctx.files_read.load(Ordering::Relaxed),
+            ctx.bytes_read.load(Ordering::Relaxed),
+            ctx.dirs.load(Ordering::Relaxed),
+        );
+        let stats = (
+            writer.stats.new_blobs.load(Ordering::Relaxed),
+            writer.stats.new_bytes.load(Ordering::Relaxed),
+        );
+        Ok((root, failures, counts, stats))
+    })
+    .await
+    .map_err(|e| Error::Retryable(format!("backup worker: {e}")))??;
+    progress.finish();
+    let _ = reporter.join();
+
+    let summary = Summary {
+        files: progress.files.load(Ordering::Relaxed),
+        dirs: counts.2,
+        bytes: progress.bytes.load(Ordering::Relaxed),
+        files_read: counts.0,
+        bytes_read: counts.1,
+        new_blobs: stats.0,
+        new_bytes: stats.1,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let snapshot = Snapshot {
+        version: crate::repo::snapshot::SNAPSHOT_VERSION,
+        time: time::OffsetDateTime::now_utc(),
+        host: opts.host.clone().unwrap_or_else(hostname),
+        source: opts.source.clone(),
+        cluster: opts.cluster.clone(),
+        tags: opts.tags.clone(),
+        parent: opts.parent,
+        root,
+        summary,
+        partial: !failures.is_empty(),
+        failures,
+        meta: opts.meta.clone(),
+    };
+    let id = repo.save_snapshot(&snapshot).await?;
+    tracing::info!(snapshot = %id.short(), source = %snapshot.source, files = snapshot.summary.files,
+        bytes = snapshot.summary.bytes, new_bytes = snapshot.summary.new_bytes, partial = snapshot.partial, "snapshot saved");
+    Ok(BackupOutcome { id, snapshot })
+}
+
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn children_by_name(ctx: &Ctx<'_>, parent: Option<&Node>) -> Result<HashMap<Vec<u8>, Node>> {
+    match parent {
+        Some(p) if p.kind == NodeKind::Dir => Ok(ctx
+            .handle
+            .block_on(ctx.repo.read_dir(&p.subtree))?
+            .into_iter()
+            .map(|n| (n.name.0.clone(), n))
+            .collect()),
+        _ => Ok(HashMap::new()),
+    }
+}
+
+fn dir_node(
+    ctx: &Ctx<'_>,
+    path: &Path,
+    name: Name,
+    meta: &Metadata,
+    parent: Option<&Node>,
+) -> Result<Node> {
+    ctx.dirs.fetch_add(1, Ordering::Relaxed);
+    let mut node = base_node(path, name, NodeKind::Dir, meta);
+    let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
+    for entry in
+        std::fs::read_dir(path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?
+    {
+        match entry {
+            Ok(e) => {
+                let p = e.path();
+                if !ctx.exclude.is_empty()
+                    && ctx.exclude.is_match(p.strip_prefix(&ctx.root).unwrap_or(&p))
+                {
+                    continue;
+                }
+                entries.push((e.file_name().as_bytes().to_vec(), p));
+            }
+            Err(e) => fail(ctx, path, &e.to_string()),
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let previous = children_by_name(ctx, parent)?;
+    let nodes: Vec<Option<Node>> = entries
+        .par_iter()
+        .map(|(name, p)| {
+            let result = std::fs::symlink_metadata(p)
+                .map_err(|e| Error::Invalid(e.to_string()))
+                .and_then(|m| entry_node(ctx, p, Name(name.clone()), &m, previous.get(name)));
+            match result {
+                Ok(n) => Ok(Some(n)),
+                // Losing the repository is fatal; an unreadable file is not.
+                Err(
+                    e @ (Error::Retryable(_)
+                    | Error::StorageFull(_)
+                    | Error::Denied(_)
+                    | Error::Integrity(_)),
+                ) => Err(e),
+                Err(e) => {
+                    fail(ctx, p, &e.to_string());
+                    Ok(None)
+                }
+            }
+        })
+        .collect::<Result<_>>()?;
+    let nodes: Vec<Node> = nodes.into_iter().flatten().collect();
+    node.subtree = store_listing(ctx, &nodes)?;
+    Ok(node)
+}
+
+fn store_listing(ctx: &Ctx<'_>, nodes: &[Node]) -> Result<Vec<crate::repo::BlobId>> {
+    let mut ids = Vec::with_capacity(nodes.len() / MAX_NODES_PER_BLOB + 1);
+    for part in nodes.chunks(MAX_NODES_PER_BLOB) {
+        ids.push(ctx.writer.add_blob(BlobKind::Tree, &TreeBlob::encode(part))?.id);
+    }
+    Ok(ids)
+}
+
+fn fail(ctx: &Ctx<'_>, path: &Path, error: &str) {
+    tracing::warn!(path = %path.display(), error, "skipped");
+    ctx.progress.errors.fetch_add(1, Ordering::Relaxed);
+    let rel = path.strip_prefix(&ctx.root).unwrap_or(path);
+    ctx.failures.lock().push(Failure { path: rel.display().to_string(), error: error.to_string() });
+}
+
+fn base_node(path: &Path, name: Name, kind: NodeKind, meta: &Metadata) -> Node {
+    let mut node = Node::new(name, kind);
+    node.mode = meta.mode() & 0o7777;
+    node.uid = meta.uid();
+    node.gid = meta.gid();
+    node.mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    node.inode = Some(meta.ino());
+    node.ctime_ns = Some(i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()));
+    if let Ok(names) = xattr::list(path) {
+        let mut xs: Vec<Xattr> = names
+            .filter_map(|n| {
+                let value = xattr::get(path, &n).ok().flatten()?;
+                Some(Xattr::new(n.as_bytes().to_vec(), &value))
+            })
+            .collect();
+        xs.sort_by(|a, b| a.name.cmp(&b.name));
+        node.xattrs = xs;
+    }
+    node
+}
+
+fn entry_node(
+    ctx: &Ctx<'_>,
+    path: &Path,
+    name: Name,
+    meta: &Metadata,
+    previous: Option<&Node>,
+) -> Result<Node> {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        return dir_node(ctx, path, name, meta, previous.filter(|p| p.kind == NodeKind::Dir));
+    }
+    let kind = if ft.is_file() {
+        NodeKind::File
+    } else if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else if ft.is_char_device() {
+        NodeKind::Chardev
+    } else if ft.is_block_device() {
+        NodeKind::Blockdev
+    } else {
+        NodeKind::Socket
+    };
+    let mut node = base_node(path, name, kind, meta);
+    match kind {
+        NodeKind::File => {
+            node.size = meta.len();
+            if meta.nlink() > 1 {
+                node.link_group = Some(meta.dev().rotate_left(32) ^ meta.ino());
+            }
+            node.content = file_content(ctx, path, meta, previous)?;
+            ctx.progress.add_file(node.size);
+        }
+        NodeKind::Symlink => {
+            let target = std::fs::read_link(path).map_err(|e| Error::Invalid(e.to_string()))?;
+            node.target = Some(Name(target.as_os_str().as_bytes().to_vec()));
+        }
+        NodeKind::Chardev | NodeKind::Blockdev => node.rdev = Some(meta.rdev()),
+        _ => {}
+    }
+    if !ctx.use_inode {
+        node.inode = None;
+        node.ctime_ns = None;
+    }
+    Ok(node)
+}
+
+/// Content of a regular file: reuse the parent's chunk list when unchanged, else read it.
+fn file_content(
+    ctx: &Ctx<'_>,
+    path: &Path,
+    meta: &Metadata,
+    previous: Option<&Node>,
+) -> Result<Vec<Extent>> {
+    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    if let Some(p) = previous
+        && p.kind == NodeKind::File
+        && p.size == meta.len()
+        && p.mtime_ns == mtime_ns
+        && (!ctx.use_inode
+            || (p.inode == Some(meta.ino())
+                && p.ctime_ns
+                    == Some(
+                        i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+                    )))
+        && p.content.iter().all(|e| e.id.is_none_or(|id| ctx.writer.is_known(&id)))
+    {
+        return Ok(p.content.clone());
+    }
+    let link_key = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+    if let Some(k) = link_key
+        && let Some(content) = ctx.hardlinks.lock().get(&k)
+    {
+        return Ok(content.clone());
+    }
+    let file = File::open(path).map_err(|e| Error::Invalid(format!("open: {e}")))?;
+    let content = read_content(ctx, &file, meta.len())?;
+    ctx.files_read.fetch_add(1, Ordering::Relaxed);
+    ctx.bytes_read.fetch_add(meta.len(), Ordering::Relaxed);
+    if let Some(k) = link_key {
+        ctx.hardlinks.lock().insert(k, content.clone());
+    }
+    Ok(content)
+}
+
+fn read_content(ctx: &Ctx<'_>, file: &File, size: u64) -> Result<Vec<Extent>> {
+    let mut extents: Vec<Extent> = Vec::new();
+    let push = |extents: &mut Vec<Extent>, e: Extent| {
+        if e.len == 0 {
+            return;
+        }
+        match (extents.last_mut(), e.id) {
+            (Some(last), None) if last.id.is_none() => last.len += e.len,
+            _ => extents.push(e),
+        }
+    };
+    let batch = rayon::current_num_threads().max(2);
+    let mut pos = 0u64;
+    for (start, end) in data_regions(file, size) {
+        push(&mut extents, Extent { id: None, len: start - pos });
+        let reader = RegionReader { file, pos: start, end };
+        let mut pending: Vec<Vec<u8>> = Vec::with_capacity(batch);
+        let mut chunks = ctx.repo.chunker().stream(reader);
+        loop {
+            let next =
+                chunks.next().transpose().map_err(|e| Error::Invalid(format!("read: {e}")))?;
+            let done = next.is_none();
+            if let Some(c) = next {
+                pending.push(c);
+            }
+            if pending.len() >= batch || (done && !pending.is_empty()) {
+                let results: Vec<Extent> = pending
+                    .par_iter()
+                    .map(|c| -> Result<Extent> {
+                        let len = c.len() as u64;
+                        if is_zero(c) {
+                            return Ok(Extent { id: None, len });
+                        }
+                        let added = ctx.writer.add_blob(BlobKind::Data, c)?;
+                        Ok(Extent { id: Some(added.id), len })
+                    })
+                    .collect::<Result<_>>()?;
+                for e in results {
+                    push(&mut extents, e);
+                }
+                pending.clear();
+            }
+            if done {
+                break;
+            }
+        }
+        pos = end;
+    }
+    push(&mut extents, Extent { id: None, len: size.saturating_sub(pos) });
+    Ok(extents)
+}
+
+fn is_zero(buf: &[u8]) -> bool {
+    let mut chunks = buf.chunks_exact(64);
+    for c in &mut chunks {
+        if c.iter().fold(0u8, |a, &b| a | b) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// Data regions of a file (start, end), skipping holes. Falls back to one region where the
+/// filesystem does not report holes.
+fn data_regions(file: &File, size: u64) -> Vec<(u64, u64)> {
+    use nix::unistd::{Whence, lseek};
+    let mut regions = Vec::new();
+    let mut pos: i64 = 0;
+    let size_i = size as i64;
+    while pos < size_i {
+        let data = match lseek(file, pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(_) => return vec![(0, size)],
+        };
+        let hole = lseek(file, data, Whence::SeekHole).unwrap_or(size_i).min(size_i);
+        if hole <= data {
+            break;
+        }
+        regions.push((data as u64, hole as u64));
+        pos = hole;
+    }
+    regions
+}
+
+struct RegionReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RegionReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Name helper for callers that build paths from snapshot nodes.
+pub fn os_name(name: &Name) -> &OsStr {
+    OsStr::from_bytes(name.as_bytes())
+}

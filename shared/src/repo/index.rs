@@ -1,0 +1,214 @@
+//! Index objects (which pack holds which blob) and the in-memory index readers merge them into.
+//!
+//! ```text
+//! index  = version:u8 count:u32le (pack_id:[32] header_len:u32le header)*     (then sealed)
+//! ```
+//! `header` is a pack header (see `pack.rs`), so an index can be rebuilt from packs alone.
+
+use std::collections::HashMap;
+
+use super::crypto::{SymKey, domain};
+use super::ids::{BlobId, IndexId, PackId};
+use super::pack::{BlobKind, PackHeader, Reader};
+use crate::{Error, Result};
+
+pub const INDEX_VERSION: u8 = 1;
+
+/// One index object's content: the packs it describes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexFile {
+    pub packs: Vec<(PackId, PackHeader)>,
+}
+
+impl IndexFile {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![INDEX_VERSION];
+        out.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
+        for (id, header) in &self.packs {
+            out.extend_from_slice(&id.0);
+            let mut h = Vec::new();
+            header.encode(&mut h);
+            out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+            out.extend_from_slice(&h);
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<IndexFile> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8()?;
+        if version != INDEX_VERSION {
+            return Err(Error::Integrity(format!("index version {version} is not supported")));
+        }
+        let count = r.u32()? as usize;
+        if count > r.remaining() / 36 {
+            return Err(Error::Integrity(format!(
+                "index claims {count} packs, too many for its size"
+            )));
+        }
+        let mut packs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = PackId(r.bytes(32)?.try_into().expect("32 bytes"));
+            let len = r.u32()? as usize;
+            let mut hr = Reader::new(r.bytes(len)?);
+            let header = PackHeader::decode(&mut hr)?;
+            if hr.remaining() != 0 {
+                return Err(Error::Integrity(format!(
+                    "index: trailing bytes after pack {}",
+                    id.short()
+                )));
+            }
+            packs.push((id, header));
+        }
+        if r.remaining() != 0 {
+            return Err(Error::Integrity("index: trailing bytes".into()));
+        }
+        Ok(IndexFile { packs })
+    }
+
+    pub fn seal(&self, meta: &SymKey, id: &IndexId) -> Vec<u8> {
+        meta.seal(domain::INDEX, &id.0, &self.encode())
+    }
+
+    pub fn open(meta: &SymKey, id: &IndexId, sealed: &[u8]) -> Result<IndexFile> {
+        let plain = meta.open(domain::INDEX, &id.0, sealed, &format!("index {}", id.short()))?;
+        Self::decode(&plain)
+    }
+}
+
+/// Where a blob lives. 20 bytes; with its id, 52 per blob in the merged index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub pack: u32,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_len: u32,
+    pub flags: u8,
+    pub kind: BlobKind,
+}
+
+#[derive(Debug, Clone)]
+pub struct PackRecord {
+    pub id: PackId,
+    pub kind: BlobKind,
+    pub wrapped_key: Vec<u8>,
+}
+
+/// The merged index: a sorted array of (blob id, location), binary-searched.
+#[derive(Debug, Default)]
+pub struct MasterIndex {
+    pub packs: Vec<PackRecord>,
+    pack_slots: HashMap<PackId, u32>,
+    entries: Vec<(BlobId, Location)>,
+    sorted: bool,
+}
+
+impl MasterIndex {
+    pub fn add_pack(&mut self, id: PackId, header: &PackHeader) {
+        if self.pack_slots.contains_key(&id) {
+            return;
+        }
+        let slot = self.packs.len() as u32;
+        self.packs.push(PackRecord {
+            id,
+            kind: header.kind,
+            wrapped_key: header.wrapped_key.clone(),
+        });
+        self.pack_slots.insert(id, slot);
+        for e in &header.entries {
+            self.entries.push((
+                e.id,
+                Location {
+                    pack: slot,
+                    offset: e.offset,
+                    length: e.length,
+                    raw_len: e.raw_len,
+                    flags: e.flags,
+                    kind: header.kind,
+                },
+            ));
+        }
+        self.sorted = false;
+    }
+
+    /// Sort and drop duplicate blobs (the same blob in two packs: either copy will do).
+    pub fn finish(&mut self) {
+        if !self.sorted {
+            self.entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.pack.cmp(&b.1.pack)));
+            self.entries.dedup_by(|a, b| a.0 == b.0);
+            self.entries.shrink_to_fit();
+            self.sorted = true;
+        }
+    }
+
+    pub fn get(&self, id: &BlobId) -> Option<Location> {
+        debug_assert!(self.sorted, "MasterIndex::finish before lookups");
+        self.entries.binary_search_by(|e| e.0.cmp(id)).ok().map(|i| self.entries[i].1)
+    }
+
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.get(id).is_some()
+    }
+
+    pub fn pack(&self, slot: u32) -> &PackRecord {
+        &self.packs[slot as usize]
+    }
+
+    pub fn pack_slot(&self, id: &PackId) -> Option<u32> {
+        self.pack_slots.get(id).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(BlobId, Location)> {
+        self.entries.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::pack::PackEntry;
+
+    fn header(n: u8) -> PackHeader {
+        PackHeader {
+            kind: BlobKind::Data,
+            wrapped_key: vec![n; 10],
+            entries: (0..n)
+                .map(|i| PackEntry {
+                    id: BlobId([i; 32]),
+                    flags: 1,
+                    offset: 8 + u32::from(i) * 100,
+                    length: 100,
+                    raw_len: 200,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn index_round_trip_and_lookup() {
+        let file =
+            IndexFile { packs: vec![(PackId([1; 32]), header(3)), (PackId([2; 32]), header(5))] };
+        let meta = SymKey::random();
+        let id = IndexId::random();
+        let back = IndexFile::open(&meta, &id, &file.seal(&meta, &id)).unwrap();
+        assert_eq!(back, file);
+        let mut m = MasterIndex::default();
+        for (id, h) in &back.packs {
+            m.add_pack(*id, h);
+        }
+        m.finish();
+        assert_eq!(m.len(), 5);
+        let loc = m.get(&BlobId([4; 32])).unwrap();
+        assert_eq!(m.pack(loc.pack).id, PackId([2; 32]));
+        assert!(m.get(&BlobId([9; 32])).is_none());
+        assert!(IndexFile::decode(&file.encode()[..20]).is_err());
+    }
+}

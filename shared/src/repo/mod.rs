@@ -1,0 +1,447 @@
+//! The repository: deduplicated, compressed, encrypted packs on object storage.
+//!
+//! Layout of objects (see `shared/FORMAT.md`, the normative spec):
+//! `config`, `keys/<id>`, `packs/<xx>/<id>`, `index/<id>`, `snapshots/<id>`, `locks/…`.
+
+pub mod chunker;
+pub mod crypto;
+pub mod ids;
+pub mod index;
+pub mod pack;
+pub mod snapshot;
+pub mod storage;
+pub mod tree;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+pub use chunker::{Chunker, ChunkerParams};
+pub use crypto::{DataIdentity, KeyMaterial, KeyRecipient, SymKey, Unlock, WriteKey};
+pub use ids::{BlobId, IndexId, KeyId, PackId, RepoId, SnapshotId};
+pub use index::{IndexFile, Location, MasterIndex};
+pub use pack::BlobKind;
+pub use snapshot::{Failure, Snapshot, SnapshotEntry, Summary};
+pub use storage::Store;
+pub use tree::{Extent, Name, Node, NodeKind, TreeBlob};
+pub use writer::{AddedBlob, Writer, WriterStats};
+
+use crate::{Error, Result};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The `config` object: plaintext JSON, written once at `init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub version: u32,
+    pub id: RepoId,
+    pub chunker: ChunkerParams,
+    /// zstd level for blobs.
+    pub compression: i32,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// The age recipient pack data keys are wrapped to (public half of the data identity).
+    pub data_recipient: String,
+    pub created: String,
+}
+
+/// Options for [`Repository::init`].
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub compression: i32,
+    pub pack_size: u32,
+    /// Skip the conditional-write probe (stores without `If-None-Match`; unsafe with
+    /// concurrent writers, see FORMAT.md).
+    pub unsafe_no_conditional_writes: bool,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::DATA,
+            compression: 3,
+            pack_size: 16 << 20,
+            unsafe_no_conditional_writes: false,
+        }
+    }
+}
+
+/// How the caller proves access: a write credential, or an operator's identity.
+#[derive(Debug)]
+pub enum Access {
+    Write(WriteKey),
+    Unlock(Unlock),
+}
+
+pub fn pack_key(id: &PackId) -> String {
+    let h = id.to_hex();
+    format!("packs/{}/{}", &h[..2], h)
+}
+
+pub struct Repository {
+    store: Store,
+    config: Config,
+    write: WriteKey,
+    data: Option<DataIdentity>,
+    data_recipient: age::x25519::Recipient,
+    chunker: Chunker,
+    index: RwLock<Arc<MasterIndex>>,
+    pack_keys: Mutex<HashMap<u32, SymKey>>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({}, {})", self.store.url(), self.config.id.short())
+    }
+}
+
+impl Repository {
+    /// Create a repository: `config`, one `keys/` object per recipient. Returns the opened
+    /// repository (with full access) whose [`Repository::write_key`] is the write credential.
+    pub async fn init(
+        store: Store,
+        recipients: &[KeyRecipient],
+        opts: InitOptions,
+    ) -> Result<Repository> {
+        if recipients.is_empty() {
+            return Err(Error::Invalid("init needs at least one recipient or a passphrase".into()));
+        }
+        opts.chunker.validate()?;
+        if !(1..=22).contains(&opts.compression) {
+            return Err(Error::Invalid(format!(
+                "compression level {} (use 1..=22)",
+                opts.compression
+            )));
+        }
+        match store.get("config").await {
+            Ok(_) => {
+                return Err(Error::AlreadyExists(format!(
+                    "a repository already exists at {}",
+                    store.url()
+                )));
+            }
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if !opts.unsafe_no_conditional_writes {
+            probe_conditional_writes(&store).await?;
+        }
+        let repo_id = RepoId::random();
+        let material =
+            KeyMaterial { write: WriteKey::generate(repo_id), data: DataIdentity::generate() };
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: repo_id,
+            chunker: opts.chunker,
+            compression: opts.compression,
+            pack_size: opts.pack_size,
+            data_recipient: material.data.recipient().to_string(),
+            created: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        };
+        let encoded = material.encode();
+        for r in recipients {
+            let sealed = r.encrypt(&encoded)?;
+            store.create(&format!("keys/{}", KeyId::random()), Bytes::from(sealed)).await?;
+        }
+        // The config goes last: a repository without it is not a repository yet.
+        store
+            .create("config", Bytes::from(serde_json::to_vec_pretty(&config).expect("json")))
+            .await?;
+        Self::from_parts(store, config, material.write, Some(material.data))
+    }
+
+    /// Open an existing repository.
+    pub async fn open(store: Store, access: Access) -> Result<Repository> {
+        let config = read_config(&store).await?;
+        match access {
+            Access::Write(write) => {
+                if write.repo != config.id {
+                    return Err(Error::Denied(format!(
+                        "the write key belongs to repository {}, this is {}",
+                        write.repo.short(),
+                        config.id.short()
+                    )));
+                }
+                Self::from_parts(store, config, write, None)
+            }
+            Access::Unlock(unlock) => {
+                let keys = store.list("keys/").await?;
+                let fetched = store.get_many(keys.into_iter().map(|(k, _)| k).collect(), 8).await?;
+                for (_, sealed) in fetched {
+                    if let Some(plain) = unlock.open_key_object(&sealed) {
+                        let material = KeyMaterial::decode(&plain)?;
+                        if material.write.repo != config.id {
+                            return Err(Error::Integrity(
+                                "a key object belongs to another repository".into(),
+                            ));
+                        }
+                        return Self::from_parts(
+                            store,
+                            config,
+                            material.write,
+                            Some(material.data),
+                        );
+                    }
+                }
+                Err(Error::Denied(format!(
+                    "no key object of {} opens with the given identity or passphrase",
+                    store.url()
+                )))
+            }
+        }
+    }
+
+    fn from_parts(
+        store: Store,
+        config: Config,
+        write: WriteKey,
+        data: Option<DataIdentity>,
+    ) -> Result<Repository> {
+        use std::str::FromStr;
+        let data_recipient = age::x25519::Recipient::from_str(&config.data_recipient)
+            .map_err(|e| Error::Integrity(format!("config: bad data recipient: {e}")))?;
+        if let Some(d) = &data
+            && d.recipient().to_string() != config.data_recipient
+        {
+            return Err(Error::Integrity(
+                "config: data recipient does not match the key object".into(),
+            ));
+        }
+        config.chunker.validate()?;
+        let chunker = Chunker::new(config.chunker, write.gear_table());
+        Ok(Repository {
+            store,
+            config,
+            write,
+            data,
+            data_recipient,
+            chunker,
+            index: RwLock::new(Arc::new(MasterIndex::default())),
+            pack_keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn write_key(&self) -> &WriteKey {
+        &self.write
+    }
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+    pub fn meta_key(&self) -> &SymKey {
+        &self.write.meta
+    }
+    pub fn data_recipient(&self) -> &age::x25519::Recipient {
+        &self.data_recipient
+    }
+    /// True when file contents can be read (an identity opened the repository).
+    pub fn can_read_data(&self) -> bool {
+        self.data.is_some()
+    }
+
+    /// Load and merge every index object. Returns the number of blobs known.
+    pub async fn load_index(&self) -> Result<usize> {
+        let keys = self.store.list("index/").await?;
+        let fetched = self.store.get_many(keys.into_iter().map(|(k, _)| k).collect(), 16).await?;
+        let mut master = MasterIndex::default();
+        for (key, sealed) in fetched {
+            let id = IndexId::parse(key.trim_start_matches("index/"))?;
+            let file = IndexFile::open(self.meta_key(), &id, &sealed)?;
+            for (pack, header) in &file.packs {
+                master.add_pack(*pack, header);
+            }
+        }
+        master.finish();
+        let n = master.len();
+        *self.index.write() = Arc::new(master);
+        self.pack_keys.lock().clear();
+        Ok(n)
+    }
+
+    pub fn index(&self) -> Arc<MasterIndex> {
+        self.index.read().clone()
+    }
+
+    /// Read and verify one blob.
+    pub async fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
+        let index = self.index();
+        let loc = index
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("blob {} is in no index", id.short())))?;
+        let record = index.pack(loc.pack);
+        let range = u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.length);
+        let sealed =
+            self.store.get_range(&pack_key(&record.id), range).await.map_err(|e| match e {
+                Error::NotFound(_) => Error::Integrity(format!(
+                    "pack {} holding blob {} is missing",
+                    record.id.short(),
+                    id.short()
+                )),
+                other => other,
+            })?;
+        self.open_blob(id, &loc, &sealed)
+    }
+
+    /// Decrypt, decompress and verify a blob already fetched.
+    pub fn open_blob(&self, id: &BlobId, loc: &Location, sealed: &[u8]) -> Result<Vec<u8>> {
+        let what = format!("blob {}", id.short());
+        let key = match loc.kind {
+            BlobKind::Tree => self.write.meta.clone(),
+            BlobKind::Data => self.pack_data_key(loc.pack)?,
+        };
+        let payload = key.open(loc.kind.domain(), &id.0, sealed, &what)?;
+        let plain = pack::decompress(loc.flags, payload, loc.raw_len, &what)?;
+        if self.write.blob_id(&plain) != *id {
+            return Err(Error::Integrity(format!("{what}: content does not hash to its id")));
+        }
+        Ok(plain)
+    }
+
+    fn pack_data_key(&self, slot: u32) -> Result<SymKey> {
+        if let Some(k) = self.pack_keys.lock().get(&slot) {
+            return Ok(k.clone());
+        }
+        let data = self.data.as_ref().ok_or_else(|| {
+            Error::Denied("reading file contents needs an age identity or passphrase; a write key cannot decrypt data".into())
+        })?;
+        let index = self.index();
+        let record = index.pack(slot);
+        let key = data.unwrap_key(&record.wrapped_key, &format!("pack {}", record.id.short()))?;
+        self.pack_keys.lock().insert(slot, key.clone());
+        Ok(key)
+    }
+
+    /// Read a directory listing (all its blobs, in order).
+    pub async fn read_dir(&self, subtree: &[BlobId]) -> Result<Vec<Node>> {
+        let mut nodes = Vec::new();
+        for id in subtree {
+            let blob = self.read_blob(id).await?;
+            nodes.extend(TreeBlob::decode(&blob)?.nodes);
+        }
+        Ok(nodes)
+    }
+
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+        let id = SnapshotId::random();
+        self.store
+            .create(&format!("snapshots/{id}"), Bytes::from(snapshot.seal(self.meta_key(), &id)))
+            .await?;
+        Ok(id)
+    }
+
+    /// All snapshots, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let keys = self.store.list("snapshots/").await?;
+        let fetched = self.store.get_many(keys.into_iter().map(|(k, _)| k).collect(), 16).await?;
+        let mut out = Vec::with_capacity(fetched.len());
+        for (key, sealed) in fetched {
+            let id = SnapshotId::parse(key.trim_start_matches("snapshots/"))?;
+            out.push(SnapshotEntry {
+                id,
+                snapshot: Snapshot::open(self.meta_key(), &id, &sealed)?,
+            });
+        }
+        out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Resolve `latest`, a full id or a unique prefix, optionally within one source.
+    pub async fn find_snapshot(&self, spec: &str, source: Option<&str>) -> Result<SnapshotEntry> {
+        let all = self.snapshots().await?;
+        let candidates: Vec<SnapshotEntry> =
+            all.into_iter().filter(|s| source.is_none_or(|src| s.snapshot.source == src)).collect();
+        if spec == "latest" {
+            return candidates.into_iter().next_back().ok_or_else(|| {
+                Error::NotFound(match source {
+                    Some(s) => format!("no snapshot of source {s:?}"),
+                    None => "the repository has no snapshot".into(),
+                })
+            });
+        }
+        let spec_lc = spec.to_ascii_lowercase();
+        if spec_lc.is_empty() || !spec_lc.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Invalid(format!(
+                "snapshot {spec:?}: expected `latest`, an id or an id prefix"
+            )));
+        }
+        let mut hits: Vec<SnapshotEntry> =
+            candidates.into_iter().filter(|s| s.id.to_hex().starts_with(&spec_lc)).collect();
+        match hits.len() {
+            0 => Err(Error::NotFound(format!("snapshot {spec}"))),
+            1 => Ok(hits.remove(0)),
+            n => Err(Error::Invalid(format!("snapshot prefix {spec} is ambiguous ({n} matches)"))),
+        }
+    }
+
+    /// Find the node at `path` ("" or "/" is the root) in a snapshot.
+    pub async fn lookup(&self, snapshot: &Snapshot, path: &str) -> Result<Node> {
+        let mut node = snapshot.root.clone();
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            if node.kind != NodeKind::Dir {
+                return Err(Error::NotFound(format!(
+                    "{path}: {} is not a directory",
+                    node.name.display()
+                )));
+            }
+            let children = self.read_dir(&node.subtree).await?;
+            node = children
+                .into_iter()
+                .find(|n| n.name.as_bytes() == part.as_bytes())
+                .ok_or_else(|| Error::NotFound(format!("{path} in snapshot")))?;
+        }
+        Ok(node)
+    }
+
+    /// Start a writing session.
+    pub fn writer(self: &Arc<Self>, handle: tokio::runtime::Handle) -> Writer {
+        Writer::new(self.clone(), handle)
+    }
+}
+
+async fn read_config(store: &Store) -> Result<Config> {
+    let bytes = store.get("config").await.map_err(|e| match e {
+        Error::NotFound(_) => {
+            Error::NotFound(format!("no repository at {} (run `cairn init`)", store.url()))
+        }
+        other => other,
+    })?;
+    let config: Config = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Integrity(format!("config of {}: {e}", store.url())))?;
+    if config.version != FORMAT_VERSION {
+        return Err(Error::Invalid(format!(
+            "repository format {} is not supported (this cairn reads {FORMAT_VERSION})",
+            config.version
+        )));
+    }
+    Ok(config)
+}
+
+/// Refuse stores that silently overwrite on `If-None-Match: *`: locks and write-once
+/// objects depend on it.
+async fn probe_conditional_writes(store: &Store) -> Result<()> {
+    let key = format!("locks/probe-{}", RepoId::random().short());
+    store.create(&key, Bytes::from_static(b"first")).await?;
+    let second = store.create(&key, Bytes::from_static(b"second")).await;
+    let kept = store.get(&key).await;
+    let _ = store.delete(&key).await;
+    match (second, kept) {
+        (Err(Error::AlreadyExists(_)), Ok(b)) if b.as_ref() == b"first" => Ok(()),
+        _ => Err(Error::Invalid(format!(
+            "{} does not honour conditional writes (If-None-Match: *); cairn needs them for locks and \
+             write-once objects. Use --unsafe-no-conditional-writes only with a single writer.",
+            store.url()
+        ))),
+    }
+}

@@ -1,0 +1,290 @@
+//! Packs: many sealed blobs in one object, with a sealed header at the end that lists them.
+//!
+//! ```text
+//! pack   = "CAIRNPK1" blob* padding header_sealed header_len:u32le "CAIRNPK1"
+//! header = version:u8 kind:u8 wrapped_key_len:u32le wrapped_key count:u32le entry*
+//! entry  = id:[32] flags:u8 offset:u32le length:u32le raw_len:u32le
+//! ```
+//! FORMAT.md is the normative description.
+
+use super::crypto::{SymKey, domain};
+use super::ids::{BlobId, PackId};
+use crate::{Error, Result};
+
+pub const MAGIC: &[u8; 8] = b"CAIRNPK1";
+pub const HEADER_VERSION: u8 = 1;
+/// Bytes after the sealed header: its length and the closing magic.
+pub const TRAILER_LEN: usize = 4 + 8;
+const ENTRY_LEN: usize = 32 + 1 + 4 + 4 + 4;
+/// flags bit 0: the plaintext was zstd-compressed before sealing.
+pub const FLAG_ZSTD: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobKind {
+    /// File contents, sealed with the pack's data key.
+    Data = 0,
+    /// Directory listings, sealed with the metadata key.
+    Tree = 1,
+}
+
+impl BlobKind {
+    fn from_u8(v: u8) -> Result<Self> {
+        match v {
+            0 => Ok(BlobKind::Data),
+            1 => Ok(BlobKind::Tree),
+            _ => Err(Error::Integrity(format!("unknown blob kind {v}"))),
+        }
+    }
+    pub fn domain(self) -> &'static [u8] {
+        match self {
+            BlobKind::Data => domain::DATA,
+            BlobKind::Tree => domain::TREE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: BlobId,
+    pub flags: u8,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_len: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackHeader {
+    pub kind: BlobKind,
+    /// The pack data key wrapped to the repository's data recipient (age). Empty for tree
+    /// packs, whose blobs are sealed with the metadata key.
+    pub wrapped_key: Vec<u8>,
+    pub entries: Vec<PackEntry>,
+}
+
+impl PackHeader {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(HEADER_VERSION);
+        out.push(self.kind as u8);
+        out.extend_from_slice(&(self.wrapped_key.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.wrapped_key);
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            out.extend_from_slice(&e.id.0);
+            out.push(e.flags);
+            out.extend_from_slice(&e.offset.to_le_bytes());
+            out.extend_from_slice(&e.length.to_le_bytes());
+            out.extend_from_slice(&e.raw_len.to_le_bytes());
+        }
+    }
+
+    /// Decode one header from the front of `r`, advancing it.
+    pub fn decode(r: &mut Reader<'_>) -> Result<PackHeader> {
+        let version = r.u8()?;
+        if version != HEADER_VERSION {
+            return Err(Error::Integrity(format!(
+                "pack header version {version} is not supported"
+            )));
+        }
+        let kind = BlobKind::from_u8(r.u8()?)?;
+        let key_len = r.u32()? as usize;
+        let wrapped_key = r.bytes(key_len)?.to_vec();
+        let count = r.u32()? as usize;
+        if count > r.remaining() / ENTRY_LEN {
+            return Err(Error::Integrity(format!(
+                "pack header claims {count} entries, too many for its size"
+            )));
+        }
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = BlobId(r.bytes(32)?.try_into().expect("32 bytes"));
+            let flags = r.u8()?;
+            let offset = r.u32()?;
+            let length = r.u32()?;
+            let raw_len = r.u32()?;
+            if flags & !FLAG_ZSTD != 0 {
+                return Err(Error::Integrity(format!(
+                    "blob {}: unknown flags {flags:#x}",
+                    id.short()
+                )));
+            }
+            entries.push(PackEntry { id, flags, offset, length, raw_len });
+        }
+        Ok(PackHeader { kind, wrapped_key, entries })
+    }
+}
+
+/// A bounds-checked reader for the binary decoders; every short read is an integrity error.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.buf.len() {
+            return Err(Error::Integrity(format!(
+                "truncated: wanted {n} bytes, {} left",
+                self.buf.len()
+            )));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(self.bytes(1)?[0])
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().expect("4 bytes")))
+    }
+}
+
+/// Compress a blob's plaintext with zstd when that shrinks it.
+pub fn compress(plaintext: &[u8], level: i32) -> (u8, Vec<u8>) {
+    if plaintext.len() >= 64
+        && let Ok(c) = zstd::bulk::compress(plaintext, level)
+        && c.len() + 16 < plaintext.len()
+    {
+        return (FLAG_ZSTD, c);
+    }
+    (0, plaintext.to_vec())
+}
+
+/// Undo [`compress`], checking the announced length.
+pub fn decompress(flags: u8, payload: Vec<u8>, raw_len: u32, what: &str) -> Result<Vec<u8>> {
+    let out = if flags & FLAG_ZSTD != 0 {
+        zstd::bulk::decompress(&payload, raw_len as usize)
+            .map_err(|e| Error::Integrity(format!("{what}: zstd: {e}")))?
+    } else {
+        payload
+    };
+    if out.len() != raw_len as usize {
+        return Err(Error::Integrity(format!("{what}: {} bytes, index says {raw_len}", out.len())));
+    }
+    Ok(out)
+}
+
+/// Accumulates sealed blobs into one pack.
+#[derive(Debug)]
+pub struct PackBuilder {
+    pub id: PackId,
+    pub kind: BlobKind,
+    /// Seals this pack's blobs: a random data key (data packs) or the metadata key (trees).
+    pub key: SymKey,
+    wrapped_key: Vec<u8>,
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl PackBuilder {
+    pub fn new(kind: BlobKind, key: SymKey, wrapped_key: Vec<u8>, capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity);
+        buf.extend_from_slice(MAGIC);
+        PackBuilder { id: PackId::random(), kind, key, wrapped_key, buf, entries: Vec::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Seal a (possibly compressed) payload and append it.
+    pub fn add(&mut self, id: BlobId, flags: u8, raw_len: u32, payload: &[u8]) {
+        let offset = self.buf.len() as u32;
+        self.key.seal_into(self.kind.domain(), &id.0, payload, &mut self.buf);
+        let length = self.buf.len() as u32 - offset;
+        self.entries.push(PackEntry { id, flags, offset, length, raw_len });
+    }
+
+    /// Close the pack: random padding (so pack sizes reveal less), the sealed header, the
+    /// trailer. Returns the bytes and the header for the index.
+    pub fn finish(mut self, meta: &SymKey) -> (PackId, Vec<u8>, PackHeader) {
+        let pad = (rand::random::<u16>() % 4096) as usize;
+        let start = self.buf.len();
+        self.buf.resize(start + pad, 0);
+        rand::fill(&mut self.buf[start..]);
+        let header =
+            PackHeader { kind: self.kind, wrapped_key: self.wrapped_key, entries: self.entries };
+        let mut plain = Vec::new();
+        header.encode(&mut plain);
+        let sealed = meta.seal(domain::PACK_HEADER, &self.id.0, &plain);
+        self.buf.extend_from_slice(&sealed);
+        self.buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(MAGIC);
+        (self.id, self.buf, header)
+    }
+}
+
+/// Read the header of a whole pack (as `check` and index rebuilds do).
+pub fn read_header(id: &PackId, pack: &[u8], meta: &SymKey) -> Result<PackHeader> {
+    let what = format!("pack {}", id.short());
+    if pack.len() < MAGIC.len() + TRAILER_LEN
+        || &pack[..8] != MAGIC
+        || &pack[pack.len() - 8..] != MAGIC
+    {
+        return Err(Error::Integrity(format!("{what}: missing magic (truncated or not a pack)")));
+    }
+    let len_at = pack.len() - TRAILER_LEN;
+    let sealed_len =
+        u32::from_le_bytes(pack[len_at..len_at + 4].try_into().expect("4 bytes")) as usize;
+    if sealed_len > len_at - MAGIC.len() {
+        return Err(Error::Integrity(format!(
+            "{what}: header length {sealed_len} exceeds the pack"
+        )));
+    }
+    let plain = meta.open(domain::PACK_HEADER, &id.0, &pack[len_at - sealed_len..len_at], &what)?;
+    let header = PackHeader::decode(&mut Reader::new(&plain))?;
+    let body_end = (len_at - sealed_len) as u64;
+    for e in &header.entries {
+        if u64::from(e.offset) + u64::from(e.length) > body_end || (e.offset as usize) < MAGIC.len()
+        {
+            return Err(Error::Integrity(format!(
+                "{what}: blob {} lies outside the pack body",
+                e.id.short()
+            )));
+        }
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trip_and_damage() {
+        let meta = SymKey::random();
+        let key = SymKey::random();
+        let mut b = PackBuilder::new(BlobKind::Data, key.clone(), b"wrapped".to_vec(), 1024);
+        let blobs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 * (i as usize + 1)]).collect();
+        for (i, plain) in blobs.iter().enumerate() {
+            let (flags, payload) = compress(plain, 3);
+            b.add(BlobId([i as u8; 32]), flags, plain.len() as u32, &payload);
+        }
+        let (id, bytes, header) = b.finish(&meta);
+        let read = read_header(&id, &bytes, &meta).unwrap();
+        assert_eq!(read, header);
+        assert_eq!(read.wrapped_key, b"wrapped");
+        for (e, plain) in read.entries.iter().zip(&blobs) {
+            let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+            let payload = key.open(domain::DATA, &e.id.0, sealed, "t").unwrap();
+            assert_eq!(&decompress(e.flags, payload, e.raw_len, "t").unwrap(), plain);
+        }
+        assert!(read_header(&id, &bytes[..bytes.len() - 1], &meta).is_err());
+        assert!(read_header(&PackId::random(), &bytes, &meta).is_err());
+        let mut flipped = bytes.clone();
+        let n = flipped.len();
+        flipped[n - 20] ^= 0x40;
+        assert!(read_header(&id, &flipped, &meta).is_err());
+    }
+}

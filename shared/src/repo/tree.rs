@@ -1,0 +1,196 @@
+//! Trees: directory listings as JSON, split into blobs of at most [`MAX_NODES_PER_BLOB`]
+//! entries so that a directory of millions of files never sits in memory whole. A directory
+//! node lists the ids of its listing blobs in order; unchanged directories produce the same
+//! blobs and dedup.
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::ids::BlobId;
+use crate::{Error, Result};
+
+pub const MAX_NODES_PER_BLOB: usize = 4096;
+pub const TREE_VERSION: u32 = 1;
+
+/// A file name: bytes, as Unix has them. Serialized as a string when it is UTF-8, else as
+/// `{"b64": "..."}`, so that non-UTF-8 names round-trip.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(pub Vec<u8>);
+
+impl Name {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn display(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("b64", &B64.encode(&self.0))?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Bytes { b64: String },
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) => Ok(Name(t.into_bytes())),
+            Raw::Bytes { b64 } => B64.decode(b64).map(Name).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Chardev,
+    Blockdev,
+    Socket,
+}
+
+/// A run of file content: a chunk (`id`) or, when `id` is absent, a hole of `len` zero bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<BlobId>,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    pub name: Name,
+    pub value: String,
+}
+
+impl Xattr {
+    pub fn new(name: Vec<u8>, value: &[u8]) -> Self {
+        Xattr { name: Name(name), value: B64.encode(value) }
+    }
+    pub fn value_bytes(&self) -> Result<Vec<u8>> {
+        B64.decode(&self.value).map_err(|e| Error::Integrity(format!("xattr value: {e}")))
+    }
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: Name,
+    pub kind: NodeKind,
+    /// Permission bits and set-id/sticky bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i128,
+    /// Logical size in bytes (files), else 0.
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
+    /// Symlink target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Name>,
+    /// Device number for character and block devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdev: Option<u64>,
+    /// Files sharing an inode share a group number; the first one in walk order carries the
+    /// content, later ones are restored as hard links to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_group: Option<u64>,
+    /// Inode and change time, recorded for `--use-inode` incremental checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i128>,
+    /// File content.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<Extent>,
+    /// Directory listing blobs, in name order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subtree: Vec<BlobId>,
+}
+
+impl Node {
+    pub fn new(name: Name, kind: NodeKind) -> Node {
+        Node {
+            name,
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size: 0,
+            xattrs: Vec::new(),
+            target: None,
+            rdev: None,
+            link_group: None,
+            inode: None,
+            ctime_ns: None,
+            content: Vec::new(),
+            subtree: Vec::new(),
+        }
+    }
+}
+
+/// One listing blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeBlob {
+    pub version: u32,
+    pub nodes: Vec<Node>,
+}
+
+impl TreeBlob {
+    pub fn encode(nodes: &[Node]) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            version: u32,
+            nodes: &'a [Node],
+        }
+        serde_json::to_vec(&Borrowed { version: TREE_VERSION, nodes }).expect("tree to JSON")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<TreeBlob> {
+        let t: TreeBlob = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Integrity(format!("tree blob: {e}")))?;
+        if t.version != TREE_VERSION {
+            return Err(Error::Integrity(format!("tree version {} is not supported", t.version)));
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_utf8_names_round_trip() {
+        let mut n = Node::new(Name(vec![b'a', 0xff, b'b']), NodeKind::File);
+        n.content =
+            vec![Extent { id: Some(BlobId([3; 32])), len: 10 }, Extent { id: None, len: 4096 }];
+        let mut d = Node::new(Name("ünï".into()), NodeKind::Dir);
+        d.subtree = vec![BlobId([1; 32])];
+        let bytes = TreeBlob::encode(&[n.clone(), d.clone()]);
+        let back = TreeBlob::decode(&bytes).unwrap();
+        assert_eq!(back.nodes, vec![n, d]);
+        assert!(TreeBlob::decode(b"{\"version\":9,\"nodes\":[]}").is_err());
+    }
+}
