@@ -4,6 +4,7 @@
 //! Library code emits `tracing` events and spans; it never installs a subscriber. Jobs call
 //! [`telemetry::init`] once in `main`.
 
+pub mod config;
 pub mod error;
 pub mod exit;
 pub mod fs;

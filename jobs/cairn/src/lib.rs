@@ -1,29 +1,156 @@
-//! The operator CLI.
+//! The operator CLI: keys, repositories, snapshots, browsing, restore and check.
 
-use cairn_shared::{Exit, telemetry::TelemetryOptions};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use cairn_shared::config::{Need, RepoArgs};
+use cairn_shared::exit::{Exit, ExitError, usage};
+use cairn_shared::fs::{BackupOptions, RestoreOptions};
+use cairn_shared::progress::human_bytes;
+use cairn_shared::repo::check::{CheckOptions, check};
+use cairn_shared::repo::{InitOptions, KeyRecipient, NodeKind, Repository, SnapshotEntry, Store};
+use cairn_shared::telemetry::TelemetryOptions;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "cairn",
     version,
-    about = "Back up and restore Kubernetes clusters: the operator CLI"
+    about = "Back up and restore Kubernetes clusters: the operator CLI",
+    long_about = "Back up and restore Kubernetes clusters: the operator CLI.\n\n\
+        The repository comes from --repo/CAIRN_REPO. Backups need the write key \
+        (--write-key/CAIRN_WRITE_KEY); reading file contents (restore, cat, check --read-data) \
+        needs an age identity (--identity/CAIRN_IDENTITY) or CAIRN_PASSPHRASE.\n\n\
+        Exit codes: 0 ok, 1 retryable, 2 usage, 3 partial, 4 integrity/auth, 5 locked."
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub repo: RepoArgs,
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Log format: auto (human on a terminal, JSON lines otherwise), human or json.
     #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "auto")]
     pub log_format: String,
+    /// Print the result as JSON on stdout (for CI).
+    #[arg(long, global = true, env = "CAIRN_JSON")]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Manage age identities.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Create a repository; prints the write key's location.
+    Init {
+        /// age (age1…) or SSH public key that can open the repository. Repeatable.
+        #[arg(long = "recipient", env = "CAIRN_RECIPIENTS", value_delimiter = ',')]
+        recipients: Vec<String>,
+        /// File with one recipient per line (# comments allowed).
+        #[arg(long)]
+        recipient_file: Vec<PathBuf>,
+        /// Where to write the write credential for backup jobs.
+        #[arg(long, env = "CAIRN_WRITE_KEY_OUT")]
+        write_key_out: PathBuf,
+        /// zstd level for blobs (1-22).
+        #[arg(long, default_value_t = 3)]
+        compression: i32,
+        /// Target pack size in MiB.
+        #[arg(long, default_value_t = 16)]
+        pack_size_mib: u32,
+        /// Create the repository even if the store ignores If-None-Match (single writer only).
+        #[arg(long)]
+        unsafe_no_conditional_writes: bool,
+    },
+    /// Back up a directory (or one file).
+    Backup {
+        path: PathBuf,
+        /// Source name recorded in the snapshot (e.g. pvc/ns/name).
+        #[arg(long, env = "CAIRN_SOURCE")]
+        source: String,
+        /// Tag as key=value. Repeatable.
+        #[arg(long = "tag", value_parser = parse_kv)]
+        tags: Vec<(String, String)>,
+        /// Parent for incremental reuse: auto (latest of the same source), none, or an id.
+        #[arg(long, default_value = "auto")]
+        parent: String,
+        /// Glob of relative paths to leave out. Repeatable.
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Also require unchanged inode and ctime to reuse a file.
+        #[arg(long)]
+        use_inode: bool,
+        /// Cluster name recorded in the snapshot.
+        #[arg(long, env = "CAIRN_CLUSTER")]
+        cluster: Option<String>,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// List a directory of a snapshot: SNAP[:PATH].
+    Ls {
+        target: String,
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Write one file of a snapshot to stdout: SNAP:PATH.
+    Cat {
+        target: String,
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Restore a snapshot, a subtree or one file: SNAP[:PATH].
+    Restore {
+        target_spec: String,
+        /// Directory to restore into (the snapshot's root lands directly in it).
+        #[arg(long)]
+        target: PathBuf,
+        #[arg(long)]
+        source: Option<String>,
+        /// Restore owners even when not root (fails without CAP_CHOWN), or never.
+        #[arg(long)]
+        no_owner: bool,
+    },
+    /// Paths added, removed or changed between two snapshots.
+    Diff {
+        a: String,
+        b: String,
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Verify the repository; with --read-data also every blob's content.
+    Check {
+        #[arg(long, conflicts_with = "read_data_subset")]
+        read_data: bool,
+        /// Read this share of packs, e.g. 10%.
+        #[arg(long)]
+        read_data_subset: Option<String>,
+    },
     /// Print version information as JSON.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate an age X25519 identity; prints its public key (the recipient).
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected key=value"))
 }
 
 impl Cli {
@@ -44,14 +171,428 @@ impl Cli {
     }
 }
 
+/// Run a command and map its outcome to an exit code, printing one line on failure.
 pub async fn run(cli: Cli) -> Exit {
+    match dispatch(cli).await {
+        Ok(exit) => exit,
+        Err(e) => {
+            let exit = Exit::from_error(&e);
+            eprintln!("cairn: {}", chain(&e));
+            exit
+        }
+    }
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+/// `SNAP[:PATH]`.
+fn split_target(s: &str) -> (&str, &str) {
+    s.split_once(':').unwrap_or((s, ""))
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn snapshot_json(s: &SnapshotEntry) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id.to_hex(),
+        "short_id": s.id.short(),
+        "time": s.snapshot.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "host": s.snapshot.host,
+        "source": s.snapshot.source,
+        "cluster": s.snapshot.cluster,
+        "tags": s.snapshot.tags,
+        "parent": s.snapshot.parent.map(|p| p.to_hex()),
+        "partial": s.snapshot.partial,
+        "failures": s.snapshot.failures,
+        "summary": s.snapshot.summary,
+    })
+}
+
+async fn dispatch(cli: Cli) -> Result<Exit> {
+    let json = cli.json;
+    let args = cli.repo;
     match cli.command {
         Command::Version => {
             println!(
                 "{}",
-                serde_json::json!({"name": "cairn", "version": env!("CARGO_PKG_VERSION")})
+                serde_json::json!({"name": "cairn", "version": env!("CARGO_PKG_VERSION"), "format": cairn_shared::repo::FORMAT_VERSION})
             );
-            Exit::Success
+            Ok(Exit::Success)
+        }
+        Command::Key(KeyCommand::Generate { out }) => key_generate(&out),
+        Command::Init {
+            recipients,
+            recipient_file,
+            write_key_out,
+            compression,
+            pack_size_mib,
+            unsafe_no_conditional_writes,
+        } => {
+            let mut parsed = Vec::new();
+            for r in &recipients {
+                parsed.push(KeyRecipient::parse(r)?);
+            }
+            for f in &recipient_file {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("recipient file {}", f.display()))?;
+                for line in
+                    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+                {
+                    parsed.push(KeyRecipient::parse(line)?);
+                }
+            }
+            if let Ok(p) = std::env::var("CAIRN_PASSPHRASE")
+                && !p.is_empty()
+            {
+                parsed.push(KeyRecipient::Passphrase(p.into()));
+            }
+            if parsed.is_empty() {
+                return Err(usage("init needs --recipient, --recipient-file or CAIRN_PASSPHRASE"));
+            }
+            if write_key_out.exists() {
+                return Err(usage(format!(
+                    "{} exists; refusing to overwrite a write key",
+                    write_key_out.display()
+                )));
+            }
+            let store = args.store()?;
+            let opts = InitOptions {
+                compression,
+                pack_size: pack_size_mib << 20,
+                unsafe_no_conditional_writes,
+                ..Default::default()
+            };
+            let repo = Repository::init(store, &parsed, opts).await.context("init")?;
+            write_secret_file(&write_key_out, &repo.write_key().to_text())?;
+            if json {
+                print_json(
+                    &serde_json::json!({"id": repo.config().id.to_hex(), "write_key": write_key_out}),
+                )?;
+            } else {
+                println!(
+                    "created repository {} at {}",
+                    repo.config().id.short(),
+                    repo.store().url()
+                );
+                println!(
+                    "write key (for backup jobs; cannot decrypt data): {}",
+                    write_key_out.display()
+                );
+            }
+            Ok(Exit::Success)
+        }
+        Command::Backup { path, source, tags, parent, exclude, use_inode, cluster } => {
+            let repo = Arc::new(args.open(Need::Write).await?);
+            let parent = match parent.as_str() {
+                "none" => None,
+                "auto" => match repo.find_snapshot("latest", Some(&source)).await {
+                    Ok(s) => Some(s.id),
+                    Err(cairn_shared::Error::NotFound(_)) => None,
+                    Err(e) => return Err(e.into()),
+                },
+                id => Some(repo.find_snapshot(id, None).await?.id),
+            };
+            let opts = BackupOptions {
+                source,
+                tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
+                cluster,
+                parent,
+                use_inode,
+                exclude,
+                ..Default::default()
+            };
+            let out = cairn_shared::fs::backup_dir(repo, &path, opts)
+                .await
+                .with_context(|| format!("backup of {}", path.display()))?;
+            let s = &out.snapshot.summary;
+            if json {
+                print_json(&snapshot_json(&SnapshotEntry {
+                    id: out.id,
+                    snapshot: out.snapshot.clone(),
+                }))?;
+            } else {
+                let secs = s.duration_ms as f64 / 1000.0;
+                println!("snapshot {} saved ({})", out.id.short(), out.snapshot.source);
+                println!("  files {}  dirs {}  size {}", s.files, s.dirs, human_bytes(s.bytes));
+                println!(
+                    "  read {} files, {}; reused {} files from parent",
+                    s.files_read,
+                    human_bytes(s.bytes_read),
+                    s.files - s.files_read
+                );
+                println!("  added {} in {} blobs", human_bytes(s.new_bytes), s.new_blobs);
+                println!(
+                    "  {:.1}s, {}/s",
+                    secs,
+                    human_bytes((s.bytes_read as f64 / secs.max(0.001)) as u64)
+                );
+                for f in &out.snapshot.failures {
+                    println!("  FAILED {}: {}", f.path, f.error);
+                }
+            }
+            Ok(if out.snapshot.partial { Exit::Partial } else { Exit::Success })
+        }
+        Command::Snapshots { source } => {
+            let repo = args.open(Need::Write).await?;
+            let snaps: Vec<SnapshotEntry> = repo
+                .snapshots()
+                .await?
+                .into_iter()
+                .filter(|s| source.as_ref().is_none_or(|src| &s.snapshot.source == src))
+                .collect();
+            if json {
+                print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>())?;
+            } else {
+                println!(
+                    "{:<10} {:<20} {:<28} {:>10} {:>8}  tags",
+                    "id", "time", "source", "size", "files"
+                );
+                for s in &snaps {
+                    let t = s
+                        .snapshot
+                        .time
+                        .format(&time::macros::format_description!(
+                            "[year]-[month]-[day] [hour]:[minute]:[second]"
+                        ))
+                        .unwrap_or_default();
+                    let tags: Vec<String> =
+                        s.snapshot.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<10} {:<20} {:<28} {:>10} {:>8}  {}{}",
+                        s.id.short(),
+                        t,
+                        s.snapshot.source,
+                        human_bytes(s.snapshot.summary.bytes),
+                        s.snapshot.summary.files,
+                        tags.join(","),
+                        if s.snapshot.partial { " PARTIAL" } else { "" }
+                    );
+                }
+                println!("{} snapshots", snaps.len());
+            }
+            Ok(Exit::Success)
+        }
+        Command::Ls { target, source } => {
+            let repo = args.open(Need::Write).await?;
+            repo.load_index().await?;
+            let (snap, path) = split_target(&target);
+            let snap = repo.find_snapshot(snap, source.as_deref()).await?;
+            let node = repo.lookup(&snap.snapshot, path).await?;
+            let nodes = if node.kind == NodeKind::Dir {
+                repo.read_dir(&node.subtree).await?
+            } else {
+                vec![node]
+            };
+            if json {
+                let v: Vec<_> = nodes.iter().map(|n| serde_json::json!({"name": n.name.display(), "kind": n.kind, "size": n.size, "mode": n.mode, "mtime_ns": n.mtime_ns.to_string()})).collect();
+                print_json(&v)?;
+            } else {
+                for n in &nodes {
+                    let suffix = if n.kind == NodeKind::Dir { "/" } else { "" };
+                    println!("{:>6o} {:>12} {}{}", n.mode, n.size, n.name.display(), suffix);
+                }
+            }
+            Ok(Exit::Success)
+        }
+        Command::Cat { target, source } => {
+            let repo = Arc::new(args.open(Need::Read).await?);
+            repo.load_index().await?;
+            let (snap, path) = split_target(&target);
+            let snap = repo.find_snapshot(snap, source.as_deref()).await?;
+            let node = repo.lookup(&snap.snapshot, path).await?;
+            if node.kind != NodeKind::File {
+                return Err(usage(format!("{path} is not a file")));
+            }
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let stdout = std::io::stdout();
+                let mut out = SeekStdout(stdout.lock());
+                cairn_shared::fs::write_file_to(&repo, &handle, &node, &mut out, false, |_| {})
+                    .with_context(|| format!("reading {}", node.name.display()))?;
+                out.0.flush()?;
+                Ok(())
+            })
+            .await??;
+            Ok(Exit::Success)
+        }
+        Command::Restore { target_spec, target, source, no_owner } => {
+            let repo = Arc::new(args.open(Need::Read).await?);
+            repo.load_index().await?;
+            let (snap, path) = split_target(&target_spec);
+            let snap = repo.find_snapshot(snap, source.as_deref()).await?;
+            let node = repo.lookup(&snap.snapshot, path).await?;
+            let mut opts = RestoreOptions::default();
+            if no_owner {
+                opts.owner = false;
+            }
+            let report = cairn_shared::fs::restore(repo, node, &target, opts).await?;
+            if json {
+                print_json(&serde_json::json!({"snapshot": snap.id.to_hex(), "report": report}))?;
+            } else {
+                let secs = report.duration_ms as f64 / 1000.0;
+                println!("restored snapshot {} into {}", snap.id.short(), target.display());
+                println!(
+                    "  files {}  dirs {}  {} in {:.1}s ({}/s)",
+                    report.files,
+                    report.dirs,
+                    human_bytes(report.bytes),
+                    secs,
+                    human_bytes((report.bytes as f64 / secs.max(0.001)) as u64)
+                );
+                for (p, e) in &report.failures {
+                    println!("  FAILED {p}: {e}");
+                }
+            }
+            if report.integrity_failure {
+                let (p, e) = &report.failures[0];
+                return Err(ExitError(Exit::Integrity, format!("{p}: {e}")).into());
+            }
+            Ok(if report.failures.is_empty() { Exit::Success } else { Exit::Partial })
+        }
+        Command::Diff { a, b, source } => {
+            let repo = args.open(Need::Write).await?;
+            repo.load_index().await?;
+            let (sa, pa) = split_target(&a);
+            let (sb, pb) = split_target(&b);
+            let sa = repo.find_snapshot(sa, source.as_deref()).await?;
+            let sb = repo.find_snapshot(sb, source.as_deref()).await?;
+            let na = repo.lookup(&sa.snapshot, pa).await?;
+            let nb = repo.lookup(&sb.snapshot, pb).await?;
+            let entries = cairn_shared::repo::diff::diff_trees(&repo, &na, &nb).await?;
+            if json {
+                print_json(&entries)?;
+            } else {
+                for e in &entries {
+                    let sign = match e.change {
+                        cairn_shared::repo::diff::Change::Added => "+",
+                        cairn_shared::repo::diff::Change::Removed => "-",
+                        cairn_shared::repo::diff::Change::Changed => "M",
+                    };
+                    println!("{sign} {}", e.path);
+                }
+                println!("{} differences", entries.len());
+            }
+            Ok(Exit::Success)
+        }
+        Command::Check { read_data, read_data_subset } => {
+            let fraction = if read_data {
+                1.0
+            } else if let Some(s) = &read_data_subset {
+                parse_fraction(s)?
+            } else {
+                0.0
+            };
+            let repo = args.open(if fraction > 0.0 { Need::Read } else { Need::Write }).await?;
+            let report = check(&repo, &CheckOptions { read_data_fraction: fraction }).await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "checked {} snapshots, {} index objects, {} packs, {} blobs; read data of {} packs",
+                    report.snapshots,
+                    report.index_objects,
+                    report.packs,
+                    report.blobs,
+                    report.packs_read
+                );
+                if !report.unindexed_packs.is_empty() {
+                    println!(
+                        "{} unindexed packs (left by interrupted backups; prune removes them)",
+                        report.unindexed_packs.len()
+                    );
+                }
+                for p in &report.problems {
+                    println!("PROBLEM {} {}: {}", p.kind, p.object, p.detail);
+                }
+                for a in &report.affected {
+                    println!(
+                        "AFFECTED snapshot {} ({}): {}",
+                        &a.snapshot[..8],
+                        a.source,
+                        a.paths.join(", ")
+                    );
+                }
+                println!(
+                    "{}",
+                    if report.ok() { "no problems found" } else { "the repository is damaged" }
+                );
+            }
+            if report.ok() { Ok(Exit::Success) } else { Ok(Exit::Integrity) }
         }
     }
+}
+
+fn parse_fraction(s: &str) -> Result<f64> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| usage(format!("--read-data-subset {s:?}: expected a percentage like 10%")))?;
+    if !(0.0..=100.0).contains(&v) || v == 0.0 {
+        bail!(usage(format!("--read-data-subset {s:?}: must be in (0, 100]")));
+    }
+    Ok(v / 100.0)
+}
+
+fn key_generate(out: &PathBuf) -> Result<Exit> {
+    use age::secrecy::ExposeSecret;
+    if out.exists() {
+        return Err(usage(format!("{} exists; refusing to overwrite an identity", out.display())));
+    }
+    let id = age::x25519::Identity::generate();
+    let public = id.to_public().to_string();
+    let created = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    write_secret_file(
+        out,
+        &format!(
+            "# created: {created}\n# public key: {public}\n{}\n",
+            id.to_string().expose_secret()
+        ),
+    )?;
+    println!("{public}");
+    Ok(Exit::Success)
+}
+
+/// Create a file readable by its owner only.
+fn write_secret_file(path: &PathBuf, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Stdout cannot seek; holes are written as zeros there, so the seek is never called.
+struct SeekStdout<W>(W);
+
+impl<W: Write> Write for SeekStdout<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W> std::io::Seek for SeekStdout<W> {
+    fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
+        Err(std::io::Error::other("stdout cannot seek"))
+    }
+}
+
+/// Used by tests and tools that want the store without opening the repository.
+pub fn open_store(url: &str) -> cairn_shared::Result<Store> {
+    Store::open(url)
 }

@@ -23,7 +23,7 @@ impl ChunkerParams {
             && self.min <= self.avg
             && self.avg <= self.max
             && self.max <= 64 << 20
-            && self.min % 2 == 0
+            && self.min.is_multiple_of(2)
             && self.avg.is_power_of_two();
         if ok {
             Ok(())

@@ -3,8 +3,10 @@
 //! Layout of objects (see `shared/FORMAT.md`, the normative spec):
 //! `config`, `keys/<id>`, `packs/<xx>/<id>`, `index/<id>`, `snapshots/<id>`, `locks/…`.
 
+pub mod check;
 pub mod chunker;
 pub mod crypto;
+pub mod diff;
 pub mod ids;
 pub mod index;
 pub mod pack;
@@ -251,23 +253,37 @@ impl Repository {
         self.data.is_some()
     }
 
-    /// Load and merge every index object. Returns the number of blobs known.
+    /// Load and merge every index object. Returns the number of blobs known. A damaged
+    /// index object is an error: operations must not act on a partial view.
     pub async fn load_index(&self) -> Result<usize> {
+        if let Some((_, e)) = self.load_index_lenient().await?.into_iter().next() {
+            return Err(e);
+        }
+        Ok(self.index().len())
+    }
+
+    /// Load every index object that opens; return the ones that did not (for `check`).
+    pub async fn load_index_lenient(&self) -> Result<Vec<(String, Error)>> {
         let keys = self.store.list("index/").await?;
         let fetched = self.store.get_many(keys.into_iter().map(|(k, _)| k).collect(), 16).await?;
         let mut master = MasterIndex::default();
+        let mut failures = Vec::new();
         for (key, sealed) in fetched {
-            let id = IndexId::parse(key.trim_start_matches("index/"))?;
-            let file = IndexFile::open(self.meta_key(), &id, &sealed)?;
-            for (pack, header) in &file.packs {
-                master.add_pack(*pack, header);
+            let opened = IndexId::parse(key.trim_start_matches("index/"))
+                .and_then(|id| IndexFile::open(self.meta_key(), &id, &sealed));
+            match opened {
+                Ok(file) => {
+                    for (pack, header) in &file.packs {
+                        master.add_pack(*pack, header);
+                    }
+                }
+                Err(e) => failures.push((key, e)),
             }
         }
         master.finish();
-        let n = master.len();
         *self.index.write() = Arc::new(master);
         self.pack_keys.lock().clear();
-        Ok(n)
+        Ok(failures)
     }
 
     pub fn index(&self) -> Arc<MasterIndex> {

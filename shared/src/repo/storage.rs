@@ -67,15 +67,12 @@ impl Store {
                         .with_automatic_cleanup(true),
                 )
             }
-            "memory" => {
-                let mem = memory_stores()
-                    .lock()
-                    .expect("memory store registry")
-                    .entry(rest.to_string())
-                    .or_default()
-                    .clone();
-                mem
-            }
+            "memory" => memory_stores()
+                .lock()
+                .expect("memory store registry")
+                .entry(rest.to_string())
+                .or_default()
+                .clone(),
             "s3" | "s3a" => {
                 let (bucket, prefix) = split_bucket(rest)
                     .ok_or_else(|| invalid("expected s3://bucket[/prefix]".into()))?;
