@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+pub mod trees;
+
 /// Reads a variable the world exports, panicking with directions when it is absent.
 pub fn env(name: &str) -> String {
     match std::env::var(name) {
@@ -97,5 +99,65 @@ pub mod s3 {
             .with_virtual_hosted_style_request(false)
             .build()
             .expect("S3 client")
+    }
+}
+
+pub mod repos {
+    use std::sync::Arc;
+
+    use cairn_shared::repo::{
+        Access, InitOptions, KeyRecipient, Repository, Store, Unlock, WriteKey,
+    };
+
+    /// A fresh repository URL on each backend the suite covers.
+    pub fn backends(tmp: &std::path::Path) -> Vec<String> {
+        vec![
+            format!("memory://{}", super::unique("mem")),
+            format!("file://{}", tmp.join("repo").display()),
+            format!("s3://{}/{}", super::env("CAIRN_TEST_S3_BUCKET"), super::unique("repo")),
+        ]
+    }
+
+    pub struct TestRepo {
+        pub url: String,
+        pub identity: age::x25519::Identity,
+        pub write_key: WriteKey,
+    }
+
+    /// Small packs so that tests exercise many of them.
+    pub async fn init(url: &str) -> TestRepo {
+        let identity = age::x25519::Identity::generate();
+        let recipient = KeyRecipient::parse(&identity.to_public().to_string()).unwrap();
+        let opts = InitOptions { pack_size: 1 << 20, ..Default::default() };
+        let repo =
+            Repository::init(Store::open(url).unwrap(), &[recipient], opts).await.expect("init");
+        TestRepo { url: url.to_string(), identity, write_key: repo.write_key().clone() }
+    }
+
+    impl TestRepo {
+        pub fn identity_text(&self) -> String {
+            use age::secrecy::ExposeSecret;
+            self.identity.to_string().expose_secret().to_string()
+        }
+
+        pub async fn open_full(&self) -> Arc<Repository> {
+            let unlock = Unlock::from_identity_text(&self.identity_text(), "test").unwrap();
+            Arc::new(
+                Repository::open(Store::open(&self.url).unwrap(), Access::Unlock(unlock))
+                    .await
+                    .unwrap(),
+            )
+        }
+
+        pub async fn open_write(&self) -> Arc<Repository> {
+            Arc::new(
+                Repository::open(
+                    Store::open(&self.url).unwrap(),
+                    Access::Write(self.write_key.clone()),
+                )
+                .await
+                .unwrap(),
+            )
+        }
     }
 }

@@ -225,6 +225,11 @@ fn dir_node(
 ) -> Result<Node> {
     ctx.dirs.fetch_add(1, Ordering::Relaxed);
     let mut node = base_node(path, name, NodeKind::Dir, meta);
+    if !ctx.use_inode {
+        // Cloned volumes get new inode numbers: recording them would defeat listing dedup.
+        node.inode = None;
+        node.ctime_ns = None;
+    }
     let mut entries: Vec<(Vec<u8>, PathBuf)> = Vec::new();
     for entry in
         std::fs::read_dir(path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?
@@ -339,6 +344,18 @@ fn entry_node(
                 node.link_group = Some(meta.dev().rotate_left(32) ^ meta.ino());
             }
             node.content = file_content(ctx, path, meta, previous)?;
+            let read: u64 = node.content.iter().map(|e| e.len).sum();
+            if read != node.size {
+                fail(
+                    ctx,
+                    path,
+                    &format!(
+                        "changed size while being read ({} then {read} bytes); stored what was read",
+                        node.size
+                    ),
+                );
+                node.size = read;
+            }
             ctx.progress.add_file(node.size);
         }
         NodeKind::Symlink => {

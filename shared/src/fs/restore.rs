@@ -148,12 +148,42 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::Invalid(format!("{}: {e}", path.display()))
 }
 
+/// A name from a tree must be one plain path component: anyone holding the write key can
+/// write trees, so a restore (often as root) must never be steered outside its target.
+fn check_name(node: &Node) -> Result<()> {
+    let n = node.name.as_bytes();
+    if n.is_empty() || n == b"." || n == b".." || n.contains(&b'/') || n.contains(&0) {
+        return Err(Error::Integrity(format!(
+            "unsafe name {:?} in a tree: refusing to restore it",
+            node.name.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Open for writing without following a symlink planted at `path`.
+fn create_nofollow(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(path)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+}
+
 fn restore_node_inner(ctx: &Ctx<'_>, node: &Node, path: &Path) -> Result<()> {
+    check_name(node)?;
     match node.kind {
         NodeKind::Dir => {
             match std::fs::create_dir(path) {
                 Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AlreadyExists
+                        && path.symlink_metadata().is_ok_and(|m| m.file_type().is_dir()) => {}
                 Err(e) => return Err(io(path)(e)),
             }
             restore_dir_contents(ctx, node, path)?;
@@ -168,10 +198,10 @@ fn restore_node_inner(ctx: &Ctx<'_>, node: &Node, path: &Path) -> Result<()> {
                     return Ok(());
                 }
                 let _ = std::fs::remove_file(path);
-                File::create(path).map_err(io(path))?;
+                create_nofollow(path).map_err(io(path))?;
                 links.insert(group, path.to_path_buf());
             }
-            let mut file = File::create(path).map_err(io(path))?;
+            let mut file = create_nofollow(path).map_err(io(path))?;
             write_file_to(ctx.repo, &ctx.handle, node, &mut file, true, |n| {
                 ctx.progress.add_bytes(n)
             })?;
@@ -232,11 +262,9 @@ fn apply_metadata(ctx: &Ctx<'_>, node: &Node, path: &Path) {
     let secs = node.mtime_ns.div_euclid(1_000_000_000) as i64;
     let nanos = node.mtime_ns.rem_euclid(1_000_000_000) as u32;
     let t = filetime::FileTime::from_unix_time(secs, nanos);
-    let _ = if is_link {
-        filetime::set_symlink_file_times(path, t, t)
-    } else {
-        filetime::set_file_times(path, t, t)
-    };
+    // utimensat(AT_SYMLINK_NOFOLLOW) for every kind: it never opens the path (opening a
+    // FIFO would block until a reader appears) and never follows a link.
+    let _ = filetime::set_symlink_file_times(path, t, t);
 }
 
 /// Write a file node's content to `out`. With `sparse`, holes are skipped with a seek

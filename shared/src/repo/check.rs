@@ -318,7 +318,11 @@ async fn read_pack_blobs(
         }
         loc.offset = e.offset;
         loc.length = e.length;
-        let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+        let (start, end) = (e.offset as usize, e.offset as usize + e.length as usize);
+        let Some(sealed) = bytes.get(start..end) else {
+            failures.push((e.id, "lies outside the pack".into()));
+            continue;
+        };
         if let Err(err) = repo.open_blob(&e.id, &loc, sealed) {
             failures.push((e.id, err.to_string()));
         }

@@ -19,11 +19,14 @@ impl ChunkerParams {
     pub const DATA: ChunkerParams = ChunkerParams { min: 512 << 10, avg: 2 << 20, max: 8 << 20 };
 
     pub fn validate(&self) -> crate::Result<()> {
+        // fastcdc's mask table covers averages up to 16 MiB; its cut routine wants even sizes.
         let ok = self.min >= 64
             && self.min <= self.avg
             && self.avg <= self.max
+            && self.avg <= 16 << 20
             && self.max <= 64 << 20
             && self.min.is_multiple_of(2)
+            && self.max.is_multiple_of(2)
             && self.avg.is_power_of_two();
         if ok {
             Ok(())
@@ -79,14 +82,10 @@ impl Chunker {
         end.max(1).min(buf.len())
     }
 
-    /// Iterate over the chunks of a reader. Memory: one buffer of `max` bytes plus the chunk.
+    /// Iterate over the chunks of a reader. Memory: one buffer of `max` bytes, allocated
+    /// once and never cleared, plus the chunk handed out.
     pub fn stream<R: Read>(&self, reader: R) -> ChunkStream<'_, R> {
-        ChunkStream {
-            chunker: self,
-            reader,
-            buf: Vec::with_capacity(self.params.max as usize),
-            eof: false,
-        }
+        ChunkStream { chunker: self, reader, buf: Vec::new(), start: 0, end: 0, eof: false }
     }
 }
 
@@ -94,7 +93,36 @@ pub struct ChunkStream<'a, R> {
     chunker: &'a Chunker,
     reader: R,
     buf: Vec<u8>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
     eof: bool,
+}
+
+impl<R: Read> ChunkStream<'_, R> {
+    fn fill(&mut self) -> std::io::Result<()> {
+        let max = self.chunker.params.max as usize;
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while !self.eof && self.end < max {
+            if self.buf.len() < max {
+                // Grow geometrically: a 1 KiB file must not cost an 8 MiB memset.
+                let want = (self.end + 64 * 1024).max(self.buf.len() * 2).min(max);
+                self.buf.resize(want, 0);
+            }
+            let cap = self.buf.len();
+            match self.reader.read(&mut self.buf[self.end..cap]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<R: Read> Iterator for ChunkStream<'_, R> {
@@ -102,29 +130,18 @@ impl<R: Read> Iterator for ChunkStream<'_, R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let max = self.chunker.params.max as usize;
-        while !self.eof && self.buf.len() < max {
-            let old = self.buf.len();
-            self.buf.resize(max, 0);
-            match self.reader.read(&mut self.buf[old..]) {
-                Ok(0) => {
-                    self.buf.truncate(old);
-                    self.eof = true;
-                }
-                Ok(n) => self.buf.truncate(old + n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.buf.truncate(old),
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Some(Err(e));
-                }
-            }
+        if self.end - self.start < max
+            && !self.eof
+            && let Err(e) = self.fill()
+        {
+            return Some(Err(e));
         }
-        if self.buf.is_empty() {
+        if self.start == self.end {
             return None;
         }
-        let n = self.chunker.cut(&self.buf);
-        let rest = self.buf.split_off(n);
-        let chunk = std::mem::replace(&mut self.buf, rest);
-        self.buf.reserve(max.saturating_sub(self.buf.len()));
+        let n = self.chunker.cut(&self.buf[self.start..self.end]);
+        let chunk = self.buf[self.start..self.start + n].to_vec();
+        self.start += n;
         Some(Ok(chunk))
     }
 }
@@ -181,6 +198,30 @@ mod tests {
         let a: Vec<usize> = chunker(1).stream(&d[..]).map(|c| c.unwrap().len()).collect();
         let b: Vec<usize> = chunker(2).stream(&d[..]).map(|c| c.unwrap().len()).collect();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn out_of_range_parameters_are_refused() {
+        assert!(ChunkerParams::DATA.validate().is_ok());
+        assert!(ChunkerParams { min: 512, avg: 32 << 20, max: 64 << 20 }.validate().is_err());
+        assert!(ChunkerParams { min: 512, avg: 4096, max: 8191 }.validate().is_err());
+    }
+
+    #[test]
+    fn small_reads_give_the_same_chunks() {
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(1000).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let d = data(300_000);
+        let a: Vec<Vec<u8>> = chunker(1).stream(&d[..]).map(|c| c.unwrap()).collect();
+        let b: Vec<Vec<u8>> = chunker(1).stream(Trickle(&d)).map(|c| c.unwrap()).collect();
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub struct WriteKey {
     pub repo: RepoId,
     secret: [u8; 32],
     id_key: [u8; 32],
+    tree_id_key: [u8; 32],
     pub meta: SymKey,
 }
 
@@ -114,17 +115,31 @@ impl WriteKey {
 
     pub fn from_secret(repo: RepoId, secret: [u8; 32]) -> Self {
         let id_key = blake3::derive_key("cairn v1 blob id", &secret);
+        let tree_id_key = blake3::derive_key("cairn v1 tree id", &secret);
         let meta = SymKey(blake3::derive_key("cairn v1 metadata seal", &secret));
-        WriteKey { repo, secret, id_key, meta }
+        WriteKey { repo, secret, id_key, tree_id_key, meta }
     }
 
     pub fn secret_bytes(&self) -> &[u8; 32] {
         &self.secret
     }
 
-    /// The blob id of a plaintext: keyed BLAKE3, so ids reveal nothing outside the repository.
+    /// The id of a data blob: keyed BLAKE3, so ids reveal nothing outside the repository.
     pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
         BlobId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    /// The id of a tree blob: a separate key, so a file whose bytes equal a listing never
+    /// dedups against it (they are sealed with different keys).
+    pub fn tree_id(&self, plaintext: &[u8]) -> BlobId {
+        BlobId(*blake3::keyed_hash(&self.tree_id_key, plaintext).as_bytes())
+    }
+
+    pub fn id_for(&self, kind: super::pack::BlobKind, plaintext: &[u8]) -> BlobId {
+        match kind {
+            super::pack::BlobKind::Data => self.blob_id(plaintext),
+            super::pack::BlobKind::Tree => self.tree_id(plaintext),
+        }
     }
 
     /// The chunker's secret gear table: 256 words from BLAKE3 in XOF mode, so chunk

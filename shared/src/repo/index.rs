@@ -95,12 +95,23 @@ pub struct PackRecord {
 }
 
 /// The merged index: a sorted array of (blob id, location), binary-searched.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MasterIndex {
     pub packs: Vec<PackRecord>,
     pack_slots: HashMap<PackId, u32>,
     entries: Vec<(BlobId, Location)>,
     sorted: bool,
+}
+
+impl Default for MasterIndex {
+    fn default() -> Self {
+        MasterIndex {
+            packs: Vec::new(),
+            pack_slots: HashMap::new(),
+            entries: Vec::new(),
+            sorted: true,
+        }
+    }
 }
 
 impl MasterIndex {

@@ -114,12 +114,7 @@ impl Repository {
             return Err(Error::Invalid("init needs at least one recipient or a passphrase".into()));
         }
         opts.chunker.validate()?;
-        if !(1..=22).contains(&opts.compression) {
-            return Err(Error::Invalid(format!(
-                "compression level {} (use 1..=22)",
-                opts.compression
-            )));
-        }
+        validate_limits(opts.compression, opts.pack_size)?;
         match store.get("config").await {
             Ok(_) => {
                 return Err(Error::AlreadyExists(format!(
@@ -179,10 +174,14 @@ impl Repository {
                 for (_, sealed) in fetched {
                     if let Some(plain) = unlock.open_key_object(&sealed) {
                         let material = KeyMaterial::decode(&plain)?;
+                        // A crashed or concurrent init can leave key objects of another
+                        // repository id behind: skip them rather than lock the operator out.
                         if material.write.repo != config.id {
-                            return Err(Error::Integrity(
-                                "a key object belongs to another repository".into(),
-                            ));
+                            tracing::warn!(
+                                "skipping a key object of repository {}",
+                                material.write.repo.short()
+                            );
+                            continue;
                         }
                         return Self::from_parts(
                             store,
@@ -217,6 +216,7 @@ impl Repository {
             ));
         }
         config.chunker.validate()?;
+        validate_limits(config.compression, config.pack_size)?;
         let chunker = Chunker::new(config.chunker, write.gear_table());
         Ok(Repository {
             store,
@@ -319,7 +319,7 @@ impl Repository {
         };
         let payload = key.open(loc.kind.domain(), &id.0, sealed, &what)?;
         let plain = pack::decompress(loc.flags, payload, loc.raw_len, &what)?;
-        if self.write.blob_id(&plain) != *id {
+        if self.write.id_for(loc.kind, &plain) != *id {
             return Err(Error::Integrity(format!("{what}: content does not hash to its id")));
         }
         Ok(plain)
@@ -424,6 +424,17 @@ impl Repository {
     pub fn writer(self: &Arc<Self>, handle: tokio::runtime::Handle) -> Writer {
         Writer::new(self.clone(), handle)
     }
+}
+
+fn validate_limits(compression: i32, pack_size: u32) -> Result<()> {
+    if !(1..=22).contains(&compression) {
+        return Err(Error::Invalid(format!("compression level {compression} (use 1..=22)")));
+    }
+    // Offsets inside a pack are u32; stay far from the limit.
+    if !((1 << 20)..=(1 << 30)).contains(&pack_size) {
+        return Err(Error::Invalid(format!("pack size {pack_size} bytes (use 1 MiB to 1 GiB)")));
+    }
+    Ok(())
 }
 
 async fn read_config(store: &Store) -> Result<Config> {

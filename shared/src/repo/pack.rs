@@ -160,8 +160,14 @@ pub fn compress(plaintext: &[u8], level: i32) -> (u8, Vec<u8>) {
 /// Undo [`compress`], checking the announced length.
 pub fn decompress(flags: u8, payload: Vec<u8>, raw_len: u32, what: &str) -> Result<Vec<u8>> {
     let out = if flags & FLAG_ZSTD != 0 {
-        zstd::bulk::decompress(&payload, raw_len as usize)
-            .map_err(|e| Error::Integrity(format!("{what}: zstd: {e}")))?
+        // Stream, so memory follows the real output: `raw_len` comes from the index, and a
+        // forged index must not make a reader allocate gigabytes up front.
+        use std::io::Read;
+        let mut out = Vec::new();
+        zstd::stream::read::Decoder::with_buffer(&payload[..])
+            .and_then(|d| d.take(u64::from(raw_len) + 1).read_to_end(&mut out))
+            .map_err(|e| Error::Integrity(format!("{what}: zstd: {e}")))?;
+        out
     } else {
         payload
     };
@@ -260,6 +266,15 @@ pub fn read_header(id: &PackId, pack: &[u8], meta: &SymKey) -> Result<PackHeader
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_announced_length_does_not_allocate_it() {
+        let bogus = hex::decode("b50028c8430600").unwrap();
+        assert!(decompress(FLAG_ZSTD, bogus, 0xB500_00C8, "t").is_err());
+        let (flags, c) = compress(&[5u8; 10_000], 3);
+        assert_eq!(decompress(flags, c.clone(), 10_000, "t").unwrap(), vec![5u8; 10_000]);
+        assert!(decompress(flags, c, 9_999, "t").is_err());
+    }
 
     #[test]
     fn pack_round_trip_and_damage() {

@@ -85,7 +85,7 @@ impl Writer {
 
     /// Store a blob unless the repository has it. Blocking: call from a blocking thread.
     pub fn add_blob(&self, kind: BlobKind, plaintext: &[u8]) -> Result<AddedBlob> {
-        let id = self.repo.write_key().blob_id(plaintext);
+        let id = self.repo.write_key().id_for(kind, plaintext);
         self.add_blob_with_id(kind, id, plaintext)
     }
 
