@@ -227,7 +227,10 @@ struct Entry {
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
-fn scan(root: &Path) -> (BTreeMap<Vec<u8>, Entry>, Vec<Vec<Vec<u8>>>, HashMap<Vec<u8>, u64>) {
+/// Entries by relative path, hard-link groups (sorted paths per inode), allocated bytes.
+type Scan = (BTreeMap<Vec<u8>, Entry>, Vec<Vec<Vec<u8>>>, HashMap<Vec<u8>, u64>);
+
+fn scan(root: &Path) -> Scan {
     let mut entries = BTreeMap::new();
     let mut inodes: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
     let mut allocated = HashMap::new();

@@ -298,15 +298,34 @@ impl Repository {
             .ok_or_else(|| Error::NotFound(format!("blob {} is in no index", id.short())))?;
         let record = index.pack(loc.pack);
         let range = u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.length);
-        let sealed =
-            self.store.get_range(&pack_key(&record.id), range).await.map_err(|e| match e {
-                Error::NotFound(_) => Error::Integrity(format!(
+        let key = pack_key(&record.id);
+        let sealed = match self.store.get_range(&key, range.clone()).await {
+            Ok(b) if b.len() as u64 == range.end - range.start => b,
+            Ok(_) => {
+                return Err(Error::Integrity(format!("pack {} is truncated", record.id.short())));
+            }
+            Err(Error::NotFound(_)) => {
+                return Err(Error::Integrity(format!(
                     "pack {} holding blob {} is missing",
                     record.id.short(),
                     id.short()
-                )),
-                other => other,
-            })?;
+                )));
+            }
+            Err(e) => {
+                // A range past the end is damage, not a network problem.
+                if let Ok(size) = self.store.size(&key).await
+                    && size < range.end
+                {
+                    return Err(Error::Integrity(format!(
+                        "pack {} is truncated ({size} bytes, blob {} ends at {})",
+                        record.id.short(),
+                        id.short(),
+                        range.end
+                    )));
+                }
+                return Err(e);
+            }
+        };
         self.open_blob(id, &loc, &sealed)
     }
 
