@@ -92,19 +92,22 @@ pub enum Command {
     },
     /// List snapshots.
     Snapshots {
-        #[arg(long)]
+        /// Resolve `latest` and id prefixes among snapshots of this source.
+        #[arg(long, env = "CAIRN_SOURCE")]
         source: Option<String>,
     },
     /// List a directory of a snapshot: SNAP[:PATH].
     Ls {
         target: String,
-        #[arg(long)]
+        /// Resolve `latest` and id prefixes among snapshots of this source.
+        #[arg(long, env = "CAIRN_SOURCE")]
         source: Option<String>,
     },
     /// Write one file of a snapshot to stdout: SNAP:PATH.
     Cat {
         target: String,
-        #[arg(long)]
+        /// Resolve `latest` and id prefixes among snapshots of this source.
+        #[arg(long, env = "CAIRN_SOURCE")]
         source: Option<String>,
     },
     /// Restore a snapshot, a subtree or one file: SNAP[:PATH].
@@ -113,9 +116,10 @@ pub enum Command {
         /// Directory to restore into (the snapshot's root lands directly in it).
         #[arg(long)]
         target: PathBuf,
-        #[arg(long)]
+        /// Resolve `latest` and id prefixes among snapshots of this source.
+        #[arg(long, env = "CAIRN_SOURCE")]
         source: Option<String>,
-        /// Restore owners even when not root (fails without CAP_CHOWN), or never.
+        /// Do not restore owners (uid/gid). By default they are restored when running as root.
         #[arg(long)]
         no_owner: bool,
     },
@@ -123,7 +127,8 @@ pub enum Command {
     Diff {
         a: String,
         b: String,
-        #[arg(long)]
+        /// Resolve `latest` and id prefixes among snapshots of this source.
+        #[arg(long, env = "CAIRN_SOURCE")]
         source: Option<String>,
     },
     /// Verify the repository; with --read-data also every blob's content.

@@ -16,7 +16,9 @@ use serde::Serialize;
 
 use super::ids::{BlobId, IndexId, PackId, SnapshotId};
 use super::index::{IndexFile, MasterIndex};
-use super::pack::{PackHeader, TRAILER_LEN, read_header};
+use super::pack::{
+    MAGIC, PackHeader, TRAILER_LEN, header_len_from_trailer, open_header, read_header,
+};
 use super::tree::{NodeKind, TreeBlob};
 use super::{Repository, pack_key};
 use crate::{Error, Result};
@@ -148,15 +150,27 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
             (0..take.min(ids.len())).map(|i| *ids[(start + i) % ids.len()]).collect();
         report.packs_read = chosen.len();
         let master_ref = &master;
-        let results: Vec<(PackId, Vec<(BlobId, String)>)> = futures::stream::iter(chosen)
+        let results: Vec<(PackId, Vec<(Option<BlobId>, String)>)> = futures::stream::iter(chosen)
             .map(|id| async move { (id, read_pack_blobs(repo, master_ref, &id).await) })
             .buffer_unordered(4)
             .collect()
             .await;
         for (id, failures) in results {
             for (blob, err) in failures {
-                problems.insert(problem("blob", &format!("{} in {}", blob, pack_key(&id)), &err));
-                bad_blobs.insert(blob);
+                match blob {
+                    Some(blob) => {
+                        problems.insert(problem(
+                            "blob",
+                            &format!("{} in {}", blob, pack_key(&id)),
+                            &err,
+                        ));
+                        bad_blobs.insert(blob);
+                    }
+                    None => {
+                        problems.insert(problem("pack", &pack_key(&id), &err));
+                        bad_packs.insert(id);
+                    }
+                }
             }
         }
     }
@@ -166,15 +180,12 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         }
     }
 
-    // 3. Snapshots and their trees. Tree reads go through the repository's own index, so
-    // swap in the one built here.
-    let snaps = match repo.snapshots().await {
-        Ok(s) => s,
-        Err(e) => {
-            problems.insert(problem("snapshot", "snapshots/", &e.to_string()));
-            Vec::new()
-        }
-    };
+    // 3. Snapshots and their trees (tree reads go through the repository's index, loaded
+    // leniently above).
+    let (snaps, bad_snapshots) = repo.snapshots_lenient().await?;
+    for (key, e) in bad_snapshots {
+        problems.insert(problem("snapshot", &key, &e.to_string()));
+    }
     report.snapshots = snaps.len();
     let mut affected: BTreeMap<SnapshotId, (String, BTreeSet<String>)> = BTreeMap::new();
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
@@ -269,25 +280,15 @@ async fn verify_pack_header(
     indexed: &PackHeader,
 ) -> Result<()> {
     let key = pack_key(id);
-    if size < (8 + TRAILER_LEN) as u64 {
+    if size < (MAGIC.len() + TRAILER_LEN) as u64 {
         return Err(Error::Integrity(format!("truncated to {size} bytes")));
     }
+    // Only the tail is fetched: trailer, then the sealed header.
     let trailer = repo.store().get_range(&key, size - TRAILER_LEN as u64..size).await?;
-    if &trailer[4..] != super::pack::MAGIC {
-        return Err(Error::Integrity("truncated or overwritten: closing magic missing".into()));
-    }
-    let header_len = u64::from(u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")));
-    if header_len + TRAILER_LEN as u64 + 8 > size {
-        return Err(Error::Integrity("header length exceeds the pack".into()));
-    }
-    let start = size - TRAILER_LEN as u64 - header_len;
-    let mut tail = repo.store().get_range(&key, start..size).await?.to_vec();
-    // Re-assemble a minimal pack (magic + tail) so read_header's checks apply unchanged; the
-    // body bound check then uses the real offset.
-    let mut fake = super::pack::MAGIC.to_vec();
-    fake.resize(start as usize, 0);
-    fake.append(&mut tail);
-    let header = read_header(id, &fake, repo.meta_key())?;
+    let sealed_len = header_len_from_trailer(id, &trailer, size)?;
+    let start = size - TRAILER_LEN as u64 - u64::from(sealed_len);
+    let sealed = repo.store().get_range(&key, start..size - TRAILER_LEN as u64).await?;
+    let header = open_header(id, &sealed, start, repo.meta_key())?;
     if &header != indexed {
         return Err(Error::Integrity("pack header disagrees with the index".into()));
     }
@@ -299,14 +300,14 @@ async fn read_pack_blobs(
     repo: &Repository,
     master: &MasterIndex,
     id: &PackId,
-) -> Vec<(BlobId, String)> {
+) -> Vec<(Option<BlobId>, String)> {
     let bytes = match repo.store().get(&pack_key(id)).await {
         Ok(b) => b,
-        Err(e) => return vec![(BlobId([0; 32]), e.to_string())],
+        Err(e) => return vec![(None, e.to_string())],
     };
     let header = match read_header(id, &bytes, repo.meta_key()) {
         Ok(h) => h,
-        Err(e) => return vec![(BlobId([0; 32]), e.to_string())],
+        Err(e) => return vec![(None, e.to_string())],
     };
     let mut failures = Vec::new();
     for e in &header.entries {
@@ -320,11 +321,11 @@ async fn read_pack_blobs(
         loc.length = e.length;
         let (start, end) = (e.offset as usize, e.offset as usize + e.length as usize);
         let Some(sealed) = bytes.get(start..end) else {
-            failures.push((e.id, "lies outside the pack".into()));
+            failures.push((Some(e.id), "lies outside the pack".into()));
             continue;
         };
         if let Err(err) = repo.open_blob(&e.id, &loc, sealed) {
-            failures.push((e.id, err.to_string()));
+            failures.push((Some(e.id), err.to_string()));
         }
     }
     failures

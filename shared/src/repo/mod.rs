@@ -376,20 +376,32 @@ impl Repository {
         Ok(id)
     }
 
-    /// All snapshots, oldest first.
+    /// All snapshots that open, oldest first. A damaged record is logged and left out, so
+    /// one bad object never stops new backups; `check` reports it.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let (entries, failures) = self.snapshots_lenient().await?;
+        for (key, e) in failures {
+            tracing::warn!(object = %key, error = %e, "snapshot record does not open; left out");
+        }
+        Ok(entries)
+    }
+
+    /// All snapshots, oldest first, and the records that did not open.
+    pub async fn snapshots_lenient(&self) -> Result<(Vec<SnapshotEntry>, Vec<(String, Error)>)> {
         let keys = self.store.list("snapshots/").await?;
         let fetched = self.store.get_many(keys.into_iter().map(|(k, _)| k).collect(), 16).await?;
         let mut out = Vec::with_capacity(fetched.len());
+        let mut failures = Vec::new();
         for (key, sealed) in fetched {
-            let id = SnapshotId::parse(key.trim_start_matches("snapshots/"))?;
-            out.push(SnapshotEntry {
-                id,
-                snapshot: Snapshot::open(self.meta_key(), &id, &sealed)?,
-            });
+            let opened = SnapshotId::parse(key.trim_start_matches("snapshots/"))
+                .and_then(|id| Snapshot::open(self.meta_key(), &id, &sealed).map(|s| (id, s)));
+            match opened {
+                Ok((id, snapshot)) => out.push(SnapshotEntry { id, snapshot }),
+                Err(e) => failures.push((key, e)),
+            }
         }
         out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
-        Ok(out)
+        Ok((out, failures))
     }
 
     /// Resolve `latest`, a full id or a unique prefix, optionally within one source.

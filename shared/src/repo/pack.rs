@@ -148,11 +148,25 @@ impl<'a> Reader<'a> {
 
 /// Compress a blob's plaintext with zstd when that shrinks it.
 pub fn compress(plaintext: &[u8], level: i32) -> (u8, Vec<u8>) {
-    if plaintext.len() >= 64
-        && let Ok(c) = zstd::bulk::compress(plaintext, level)
-        && c.len() + 16 < plaintext.len()
-    {
-        return (FLAG_ZSTD, c);
+    thread_local! {
+        // A zstd context costs far more to create than to compress a small file with: keep
+        // one per thread.
+        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    if plaintext.len() >= 64 {
+        let compressed = COMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+            }
+            slot.as_mut().and_then(|(_, c)| c.compress(plaintext).ok())
+        });
+        if let Some(c) = compressed
+            && c.len() + 16 < plaintext.len()
+        {
+            return (FLAG_ZSTD, c);
+        }
     }
     (0, plaintext.to_vec())
 }
@@ -233,24 +247,45 @@ impl PackBuilder {
 
 /// Read the header of a whole pack (as `check` and index rebuilds do).
 pub fn read_header(id: &PackId, pack: &[u8], meta: &SymKey) -> Result<PackHeader> {
-    let what = format!("pack {}", id.short());
-    if pack.len() < MAGIC.len() + TRAILER_LEN
-        || &pack[..8] != MAGIC
-        || &pack[pack.len() - 8..] != MAGIC
-    {
-        return Err(Error::Integrity(format!("{what}: missing magic (truncated or not a pack)")));
+    if pack.len() < MAGIC.len() || &pack[..8] != MAGIC {
+        return Err(Error::Integrity(format!("pack {}: opening magic missing", id.short())));
     }
-    let len_at = pack.len() - TRAILER_LEN;
-    let sealed_len =
-        u32::from_le_bytes(pack[len_at..len_at + 4].try_into().expect("4 bytes")) as usize;
-    if sealed_len > len_at - MAGIC.len() {
+    let tail_start = pack.len().saturating_sub(TRAILER_LEN);
+    let sealed_len = header_len_from_trailer(id, &pack[tail_start..], pack.len() as u64)?;
+    let start = tail_start - sealed_len as usize;
+    open_header(id, &pack[start..tail_start], start as u64, meta)
+}
+
+/// Parse the 12-byte trailer of a pack of `size` bytes: the sealed header's length.
+pub fn header_len_from_trailer(id: &PackId, trailer: &[u8], size: u64) -> Result<u32> {
+    let what = format!("pack {}", id.short());
+    if size < (MAGIC.len() + TRAILER_LEN) as u64
+        || trailer.len() != TRAILER_LEN
+        || &trailer[4..] != MAGIC
+    {
+        return Err(Error::Integrity(format!(
+            "{what}: closing magic missing (truncated or overwritten)"
+        )));
+    }
+    let sealed_len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+    if u64::from(sealed_len) + (MAGIC.len() + TRAILER_LEN) as u64 > size {
         return Err(Error::Integrity(format!(
             "{what}: header length {sealed_len} exceeds the pack"
         )));
     }
-    let plain = meta.open(domain::PACK_HEADER, &id.0, &pack[len_at - sealed_len..len_at], &what)?;
-    let header = PackHeader::decode(&mut Reader::new(&plain))?;
-    let body_end = (len_at - sealed_len) as u64;
+    Ok(sealed_len)
+}
+
+/// Open a pack's sealed header, which starts at `body_end`, and check every entry lies in
+/// the body. Lets `check` verify a pack from its tail alone.
+pub fn open_header(id: &PackId, sealed: &[u8], body_end: u64, meta: &SymKey) -> Result<PackHeader> {
+    let what = format!("pack {}", id.short());
+    let plain = meta.open(domain::PACK_HEADER, &id.0, sealed, &what)?;
+    let mut r = Reader::new(&plain);
+    let header = PackHeader::decode(&mut r)?;
+    if r.remaining() != 0 {
+        return Err(Error::Integrity(format!("{what}: trailing bytes after the header")));
+    }
     for e in &header.entries {
         if u64::from(e.offset) + u64::from(e.length) > body_end || (e.offset as usize) < MAGIC.len()
         {

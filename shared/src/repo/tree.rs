@@ -111,8 +111,8 @@ pub struct Node {
     /// Device number for character and block devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdev: Option<u64>,
-    /// Files sharing an inode share a group number; the first one in walk order carries the
-    /// content, later ones are restored as hard links to it.
+    /// Files sharing an inode share a group number. Every member carries the full content
+    /// (dedup makes that free); a restore writes one member and links the others to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_group: Option<u64>,
     /// Inode and change time, recorded for `--use-inode` incremental checks.
