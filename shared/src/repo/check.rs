@@ -150,7 +150,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
             (0..take.min(ids.len())).map(|i| *ids[(start + i) % ids.len()]).collect();
         report.packs_read = chosen.len();
         let master_ref = &master;
-        let results: Vec<(PackId, Vec<(Option<BlobId>, String)>)> = futures::stream::iter(chosen)
+        let results: Vec<(PackId, Vec<BlobFailure>)> = futures::stream::iter(chosen)
             .map(|id| async move { (id, read_pack_blobs(repo, master_ref, &id).await) })
             .buffer_unordered(4)
             .collect()
@@ -269,6 +269,9 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
     Ok(report)
 }
 
+/// A blob that failed to open (or, with no id, the whole pack), and why.
+type BlobFailure = (Option<BlobId>, String);
+
 fn problem(kind: &str, object: &str, detail: &str) -> Problem {
     Problem { kind: kind.into(), object: object.into(), detail: detail.into() }
 }
@@ -296,11 +299,7 @@ async fn verify_pack_header(
 }
 
 /// Fetch a whole pack and open each of its blobs. Returns the failures.
-async fn read_pack_blobs(
-    repo: &Repository,
-    master: &MasterIndex,
-    id: &PackId,
-) -> Vec<(Option<BlobId>, String)> {
+async fn read_pack_blobs(repo: &Repository, master: &MasterIndex, id: &PackId) -> Vec<BlobFailure> {
     let bytes = match repo.store().get(&pack_key(id)).await {
         Ok(b) => b,
         Err(e) => return vec![(None, e.to_string())],
