@@ -92,6 +92,8 @@ pub struct PackRecord {
     pub id: PackId,
     pub kind: BlobKind,
     pub wrapped_key: Vec<u8>,
+    /// End of the last blob: where the pack body ends (padding and header follow).
+    pub body_end: u64,
 }
 
 /// The merged index: a sorted array of (blob id, location), binary-searched.
@@ -120,10 +122,17 @@ impl MasterIndex {
             return;
         }
         let slot = self.packs.len() as u32;
+        let body_end = header
+            .entries
+            .iter()
+            .map(|e| u64::from(e.offset) + u64::from(e.length))
+            .max()
+            .unwrap_or(0);
         self.packs.push(PackRecord {
             id,
             kind: header.kind,
             wrapped_key: header.wrapped_key.clone(),
+            body_end,
         });
         self.pack_slots.insert(id, slot);
         for e in &header.entries {

@@ -94,6 +94,35 @@ pub struct Repository {
     chunker: Chunker,
     index: RwLock<Arc<MasterIndex>>,
     pack_keys: Mutex<HashMap<u32, SymKey>>,
+    windows: Mutex<WindowCache>,
+}
+
+/// Reads of small blobs fetch a whole window of their pack and keep the last few windows:
+/// blobs written together are read together, so a restore of many small files makes one
+/// request per window instead of one per file. Bounded: `WINDOWS` × `WINDOW` bytes.
+const WINDOW: u64 = 4 << 20;
+const WINDOWS: usize = 16;
+
+#[derive(Default)]
+struct WindowCache {
+    map: HashMap<(u32, u64), Bytes>,
+    order: std::collections::VecDeque<(u32, u64)>,
+}
+
+impl WindowCache {
+    fn get(&self, key: &(u32, u64)) -> Option<Bytes> {
+        self.map.get(key).cloned()
+    }
+    fn put(&mut self, key: (u32, u64), data: Bytes) {
+        if self.map.insert(key, data).is_none() {
+            self.order.push_back(key);
+            while self.order.len() > WINDOWS {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Repository {
@@ -227,6 +256,7 @@ impl Repository {
             chunker,
             index: RwLock::new(Arc::new(MasterIndex::default())),
             pack_keys: Mutex::new(HashMap::new()),
+            windows: Mutex::new(WindowCache::default()),
         })
     }
 
@@ -283,6 +313,7 @@ impl Repository {
         master.finish();
         *self.index.write() = Arc::new(master);
         self.pack_keys.lock().clear();
+        *self.windows.lock() = WindowCache::default();
         Ok(failures)
     }
 
@@ -298,19 +329,41 @@ impl Repository {
             .ok_or_else(|| Error::NotFound(format!("blob {} is in no index", id.short())))?;
         let record = index.pack(loc.pack);
         let range = u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.length);
-        let key = pack_key(&record.id);
-        let sealed = match self.store.get_range(&key, range.clone()).await {
-            Ok(b) if b.len() as u64 == range.end - range.start => b,
-            Ok(_) => {
-                return Err(Error::Integrity(format!("pack {} is truncated", record.id.short())));
-            }
-            Err(Error::NotFound(_)) => {
-                return Err(Error::Integrity(format!(
-                    "pack {} holding blob {} is missing",
-                    record.id.short(),
-                    id.short()
-                )));
-            }
+        let window = range.start / WINDOW;
+        let (w_start, w_end) = (window * WINDOW, ((window + 1) * WINDOW).min(record.body_end));
+        let sealed = if range.end - range.start < WINDOW / 4 && range.end <= w_end {
+            let cached = self.windows.lock().get(&(loc.pack, window));
+            let data = match cached {
+                Some(d) => d,
+                None => {
+                    let d = self.fetch(&record.id, w_start..w_end, id).await?;
+                    self.windows.lock().put((loc.pack, window), d.clone());
+                    d
+                }
+            };
+            data.slice((range.start - w_start) as usize..(range.end - w_start) as usize)
+        } else {
+            self.fetch(&record.id, range, id).await?
+        };
+        self.open_blob(id, &loc, &sealed)
+    }
+
+    /// Fetch a byte range of a pack; a missing pack or a range past its end is damage.
+    async fn fetch(
+        &self,
+        pack: &PackId,
+        range: std::ops::Range<u64>,
+        id: &BlobId,
+    ) -> Result<Bytes> {
+        let key = pack_key(pack);
+        match self.store.get_range(&key, range.clone()).await {
+            Ok(b) if b.len() as u64 == range.end - range.start => Ok(b),
+            Ok(_) => Err(Error::Integrity(format!("pack {} is truncated", pack.short()))),
+            Err(Error::NotFound(_)) => Err(Error::Integrity(format!(
+                "pack {} holding blob {} is missing",
+                pack.short(),
+                id.short()
+            ))),
             Err(e) => {
                 // A range past the end is damage, not a network problem.
                 if let Ok(size) = self.store.size(&key).await
@@ -318,15 +371,14 @@ impl Repository {
                 {
                     return Err(Error::Integrity(format!(
                         "pack {} is truncated ({size} bytes, blob {} ends at {})",
-                        record.id.short(),
+                        pack.short(),
                         id.short(),
                         range.end
                     )));
                 }
-                return Err(e);
+                Err(e)
             }
-        };
-        self.open_blob(id, &loc, &sealed)
+        }
     }
 
     /// Decrypt, decompress and verify a blob already fetched.

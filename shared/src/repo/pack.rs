@@ -171,17 +171,40 @@ pub fn compress(plaintext: &[u8], level: i32) -> (u8, Vec<u8>) {
     (0, plaintext.to_vec())
 }
 
+/// Up to this announced size, blobs are decompressed into one buffer allocated up front.
+const BULK_LIMIT: u32 = 16 << 20;
+
 /// Undo [`compress`], checking the announced length.
 pub fn decompress(flags: u8, payload: Vec<u8>, raw_len: u32, what: &str) -> Result<Vec<u8>> {
     let out = if flags & FLAG_ZSTD != 0 {
-        // Stream, so memory follows the real output: `raw_len` comes from the index, and a
-        // forged index must not make a reader allocate gigabytes up front.
-        use std::io::Read;
-        let mut out = Vec::new();
-        zstd::stream::read::Decoder::with_buffer(&payload[..])
-            .and_then(|d| d.take(u64::from(raw_len) + 1).read_to_end(&mut out))
-            .map_err(|e| Error::Integrity(format!("{what}: zstd: {e}")))?;
-        out
+        if raw_len <= BULK_LIMIT {
+            // Chunks are at most 8 MiB: decompress into one buffer with a reused context.
+            thread_local! {
+                static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            DECOMPRESSOR
+                .with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    if slot.is_none() {
+                        *slot = zstd::bulk::Decompressor::new().ok();
+                    }
+                    match slot.as_mut() {
+                        Some(d) => d.decompress(&payload, raw_len as usize),
+                        None => zstd::bulk::decompress(&payload, raw_len as usize),
+                    }
+                })
+                .map_err(|e| Error::Integrity(format!("{what}: zstd: {e}")))?
+        } else {
+            // Larger claims are streamed, so memory follows the real output: `raw_len` comes
+            // from the index, and a forged index must not make a reader allocate gigabytes.
+            use std::io::Read;
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::with_buffer(&payload[..])
+                .and_then(|d| d.take(u64::from(raw_len) + 1).read_to_end(&mut out))
+                .map_err(|e| Error::Integrity(format!("{what}: zstd: {e}")))?;
+            out
+        }
     } else {
         payload
     };
