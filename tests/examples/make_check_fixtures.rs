@@ -9,20 +9,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_shared::fs::{BackupOptions, backup_dir};
 use cairn_shared::repo::{BlobKind, IndexFile, IndexId, SymKey, pack_key};
-use cairn_tests::repos;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
+use cairn_tests::{copy_dir, repos};
 
 #[tokio::main]
 async fn main() {

@@ -26,6 +26,20 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n:08x}", std::process::id())
 }
 
+/// Copy a directory tree (fixtures into scratch space).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
 /// Path to a binary of the world (`kubectl`, `etcdctl`, `etcdutl`, ...).
 pub fn bin(name: &str) -> PathBuf {
     PathBuf::from(env("CAIRN_TEST_BIN")).join(name)

@@ -8,20 +8,8 @@ use cairn::Cli;
 use cairn_shared::Exit;
 use cairn_shared::repo::check::{CheckOptions, CheckReport, check};
 use cairn_shared::repo::{Access, Repository, Store, Unlock};
+use cairn_tests::copy_dir;
 use clap::Parser;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
 
 /// A scratch copy of a fixture, so tests never alter the committed bytes.
 fn fixture(name: &str) -> (tempfile::TempDir, PathBuf) {

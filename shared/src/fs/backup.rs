@@ -291,14 +291,22 @@ fn fail(ctx: &Ctx<'_>, path: &Path, error: &str) {
     ctx.failures.lock().push(Failure { path: rel.display().to_string(), error: error.to_string() });
 }
 
+fn mtime_ns(meta: &Metadata) -> i128 {
+    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+}
+
+fn ctime_ns(meta: &Metadata) -> i128 {
+    i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec())
+}
+
 fn base_node(path: &Path, name: Name, kind: NodeKind, meta: &Metadata) -> Node {
     let mut node = Node::new(name, kind);
     node.mode = meta.mode() & 0o7777;
     node.uid = meta.uid();
     node.gid = meta.gid();
-    node.mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    node.mtime_ns = mtime_ns(meta);
     node.inode = Some(meta.ino());
-    node.ctime_ns = Some(i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()));
+    node.ctime_ns = Some(ctime_ns(meta));
     if let Ok(names) = xattr::list(path) {
         let mut xs: Vec<Xattr> = names
             .filter_map(|n| {
@@ -379,17 +387,12 @@ fn file_content(
     meta: &Metadata,
     previous: Option<&Node>,
 ) -> Result<Vec<Extent>> {
-    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    let mtime_ns = mtime_ns(meta);
     if let Some(p) = previous
         && p.kind == NodeKind::File
         && p.size == meta.len()
         && p.mtime_ns == mtime_ns
-        && (!ctx.use_inode
-            || (p.inode == Some(meta.ino())
-                && p.ctime_ns
-                    == Some(
-                        i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-                    )))
+        && (!ctx.use_inode || (p.inode == Some(meta.ino()) && p.ctime_ns == Some(ctime_ns(meta))))
         && p.content.iter().all(|e| e.id.is_none_or(|id| ctx.writer.is_known(&id)))
     {
         return Ok(p.content.clone());
