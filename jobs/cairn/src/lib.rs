@@ -11,7 +11,7 @@ use cairn_shared::exit::{Exit, ExitError, usage};
 use cairn_shared::fs::{BackupOptions, RestoreOptions};
 use cairn_shared::progress::human_bytes;
 use cairn_shared::repo::check::{CheckOptions, check};
-use cairn_shared::repo::{InitOptions, KeyRecipient, NodeKind, Repository, SnapshotEntry, Store};
+use cairn_shared::repo::{InitOptions, KeyRecipient, NodeKind, Repository, SnapshotEntry};
 use cairn_shared::telemetry::TelemetryOptions;
 use clap::{Parser, Subcommand};
 
@@ -595,9 +595,4 @@ impl<W> std::io::Seek for SeekStdout<W> {
     fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
         Err(std::io::Error::other("stdout cannot seek"))
     }
-}
-
-/// Used by tests and tools that want the store without opening the repository.
-pub fn open_store(url: &str) -> cairn_shared::Result<Store> {
-    Store::open(url)
 }
