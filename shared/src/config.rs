@@ -97,3 +97,147 @@ impl RepoArgs {
         }
     }
 }
+
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 5m, 2h, 7d)"))
+}
+
+/// Lock flags for every command that writes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LockArgs {
+    /// Wait this long for a held lock (same source, or another prune) before exiting with
+    /// code 5.
+    #[arg(long, env = "CAIRN_LOCK_WAIT", default_value = "0s", value_parser = parse_duration)]
+    pub lock_wait: std::time::Duration,
+    /// Lease of our lock objects: refreshed every lease/5, considered dead by others after a
+    /// lease without refresh (on the store's clock).
+    #[arg(long, env = "CAIRN_LOCK_LEASE", default_value = "5m", value_parser = parse_duration)]
+    pub lock_lease: std::time::Duration,
+}
+
+impl LockArgs {
+    pub fn options(&self, purpose: &str) -> crate::repo::lock::LockOptions {
+        crate::repo::lock::LockOptions {
+            lease: self.lock_lease,
+            wait: self.lock_wait,
+            purpose: purpose.into(),
+            holder: crate::repo::lock::Holder::from_env(),
+        }
+    }
+}
+
+/// Retention policy flags (`cairn forget`, `cairn-maintain`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeepArgs {
+    /// Keep the N newest snapshots of each group.
+    #[arg(long, env = "CAIRN_KEEP_LAST", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, env = "CAIRN_KEEP_HOURLY", default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the last N days that have one.
+    #[arg(long, env = "CAIRN_KEEP_DAILY", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one.
+    #[arg(long, env = "CAIRN_KEEP_WEEKLY", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months that have one.
+    #[arg(long, env = "CAIRN_KEEP_MONTHLY", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the last N years that have one.
+    #[arg(long, env = "CAIRN_KEEP_YEARLY", default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep every snapshot this close to the group's newest one (e.g. 7d).
+    #[arg(long, env = "CAIRN_KEEP_WITHIN", value_parser = parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Always keep snapshots with this tag (`key` or `key=value`). Repeatable.
+    #[arg(long = "keep-tag", env = "CAIRN_KEEP_TAGS", value_delimiter = ',')]
+    pub keep_tags: Vec<String>,
+    /// Fields that form a group: a comma list of cluster, source, host.
+    #[arg(long, env = "CAIRN_GROUP_BY", default_value = "cluster,source")]
+    pub group_by: crate::repo::forget::GroupBy,
+}
+
+impl KeepArgs {
+    pub fn policy(&self) -> crate::repo::forget::KeepPolicy {
+        crate::repo::forget::KeepPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+            tags: self.keep_tags.clone(),
+        }
+    }
+}
+
+/// Garbage-collection flags (`cairn prune`, `cairn-maintain`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PruneArgs {
+    /// Delete marked packs only once the mark is this old on the store's clock (and every
+    /// backup running when it was written has ended). At least twice the lock lease.
+    #[arg(long, env = "CAIRN_PRUNE_GRACE", default_value = "24h", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+    /// Unindexed packs (left by crashed backups) older than this are marked.
+    #[arg(long, env = "CAIRN_PRUNE_UNINDEXED_AGE", default_value = "1h", value_parser = parse_duration)]
+    pub unindexed_age: std::time::Duration,
+    /// Repack partly used packs until unused space is at most this share of used space.
+    #[arg(long, env = "CAIRN_MAX_UNUSED", default_value = "5%")]
+    pub max_unused: String,
+    /// Copy at most this much live data per run when repacking (e.g. 10GiB, or unlimited).
+    #[arg(long, env = "CAIRN_MAX_REPACK", default_value = "unlimited")]
+    pub max_repack: String,
+}
+
+impl PruneArgs {
+    pub fn options(
+        &self,
+        lock: crate::repo::lock::LockOptions,
+        dry_run: bool,
+    ) -> Result<crate::repo::prune::PruneOptions> {
+        let max_unused = self
+            .max_unused
+            .trim_end_matches('%')
+            .parse::<f64>()
+            .ok()
+            .filter(|v| (0.0..=1000.0).contains(v))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "--max-unused {:?}: expected a percentage like 5%",
+                    self.max_unused
+                ))
+            })?
+            / 100.0;
+        Ok(crate::repo::prune::PruneOptions {
+            grace: self.grace,
+            unindexed_age: self.unindexed_age,
+            max_unused,
+            max_repack: parse_size(&self.max_repack)?,
+            dry_run,
+            lock,
+        })
+    }
+}
+
+/// `unlimited`, or bytes with an optional K/M/G/T(iB) suffix.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("unlimited") {
+        return Ok(u64::MAX);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 =
+        num.parse().map_err(|_| Error::Invalid(format!("size {s:?}: expected e.g. 10GiB")))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        _ => return Err(Error::Invalid(format!("size {s:?}: unknown unit"))),
+    };
+    n.checked_mul(mult).ok_or_else(|| Error::Invalid(format!("size {s:?} is too large")))
+}

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use cairn_shared::config::{Need, RepoArgs};
+use cairn_shared::config::{KeepArgs, LockArgs, Need, PruneArgs, RepoArgs};
 use cairn_shared::exit::{Exit, ExitError, usage};
 use cairn_shared::fs::{BackupOptions, RestoreOptions};
 use cairn_shared::progress::human_bytes;
 use cairn_shared::repo::check::{CheckOptions, check};
+use cairn_shared::repo::lock::{BackupLocks, LeaseGuard};
 use cairn_shared::repo::{InitOptions, KeyRecipient, NodeKind, Repository, SnapshotEntry};
+use cairn_shared::repo::{forget, prune};
 use cairn_shared::telemetry::TelemetryOptions;
 use clap::{Parser, Subcommand};
 
@@ -89,6 +91,39 @@ pub enum Command {
         /// Cluster name recorded in the snapshot.
         #[arg(long, env = "CAIRN_CLUSTER")]
         cluster: Option<String>,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Delete snapshot records a retention policy does not keep (prune reclaims the space).
+    Forget {
+        #[command(flatten)]
+        keep: KeepArgs,
+        /// Only snapshots of this source.
+        #[arg(long, env = "CAIRN_SOURCE")]
+        source: Option<String>,
+        /// Show what would be removed and why the rest is kept; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Reclaim space: delete packs marked by an earlier prune once their grace period has
+    /// passed, mark newly unused packs, repack wasteful ones, compact the index.
+    Prune {
+        #[command(flatten)]
+        prune: PruneArgs,
+        #[command(flatten)]
+        lock: LockArgs,
+        /// Report what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List lock objects, with holders and lease state (judged on the store's clock).
+    Locks,
+    /// Remove lock objects whose lease has run out (holders that died). Live locks are
+    /// never removed; expired ones are also removed by whoever finds them.
+    Unlock {
+        /// Remove expired locks (required: there is no way to remove a live one).
+        #[arg(long, required = true)]
+        stale: bool,
     },
     /// List snapshots.
     Snapshots {
@@ -293,56 +328,72 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             }
             Ok(Exit::Success)
         }
-        Command::Backup { path, source, tags, parent, exclude, use_inode, cluster } => {
+        Command::Backup { path, source, tags, parent, exclude, use_inode, cluster, lock } => {
             let repo = Arc::new(args.open(Need::Write).await?);
-            let parent = match parent.as_str() {
-                "none" => None,
-                "auto" => match repo.find_snapshot("latest", Some(&source)).await {
-                    Ok(s) => Some(s.id),
-                    Err(cairn_shared::Error::NotFound(_)) => None,
-                    Err(e) => return Err(e.into()),
-                },
-                id => Some(repo.find_snapshot(id, None).await?.id),
-            };
-            let opts = BackupOptions {
-                source,
-                tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
-                cluster,
-                parent,
-                use_inode,
-                exclude,
-                ..Default::default()
-            };
-            let out = cairn_shared::fs::backup_dir(repo, &path, opts)
+            let locks = BackupLocks::acquire(&repo, &source, &lock.options("backup"))
                 .await
-                .with_context(|| format!("backup of {}", path.display()))?;
-            let s = &out.snapshot.summary;
+                .with_context(|| format!("locking source {source}"))?;
+            let req = BackupRequest { path, source, tags, parent, exclude, use_inode, cluster };
+            let result = backup_cmd(repo, req, locks.guard(), json).await;
+            let released = locks.release().await;
+            let exit = result?;
+            released.context("releasing locks")?;
+            Ok(exit)
+        }
+        Command::Forget { keep, source, dry_run } => {
+            let repo = args.open(Need::Write).await?;
+            let report =
+                forget::forget(&repo, &keep.policy(), keep.group_by, source.as_deref(), dry_run)
+                    .await?;
             if json {
-                print_json(&snapshot_json(&SnapshotEntry {
-                    id: out.id,
-                    snapshot: out.snapshot.clone(),
-                }))?;
+                print_json(&report)?;
             } else {
-                let secs = s.duration_ms as f64 / 1000.0;
-                println!("snapshot {} saved ({})", out.id.short(), out.snapshot.source);
-                println!("  files {}  dirs {}  size {}", s.files, s.dirs, human_bytes(s.bytes));
-                println!(
-                    "  read {} files, {}; reused {} files from parent",
-                    s.files_read,
-                    human_bytes(s.bytes_read),
-                    s.files - s.files_read
-                );
-                println!("  added {} in {} blobs", human_bytes(s.new_bytes), s.new_blobs);
-                println!(
-                    "  {:.1}s, {}/s",
-                    secs,
-                    human_bytes((s.bytes_read as f64 / secs.max(0.001)) as u64)
-                );
-                for f in &out.snapshot.failures {
-                    println!("  FAILED {}: {}", f.path, f.error);
-                }
+                print!("{}", report.render());
             }
-            Ok(if out.snapshot.partial { Exit::Partial } else { Exit::Success })
+            Ok(Exit::Success)
+        }
+        Command::Prune { prune: p, lock, dry_run } => {
+            // The identity, when given, lets prune repack data packs too.
+            let repo = Arc::new(args.open(Need::Write).await?);
+            let opts = p.options(lock.options("prune"), dry_run)?;
+            let report = prune::prune(repo, &opts).await.context("prune")?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(Exit::Success)
+        }
+        Command::Locks => {
+            let repo = args.open(Need::Write).await?;
+            let locks = cairn_shared::repo::lock::list_locks(&repo).await?;
+            if json {
+                let v: Vec<_> = locks
+                    .iter()
+                    .map(|l| serde_json::json!({"key": l.key, "record": l.record, "age_secs": l.age.as_secs(), "expired": l.expired}))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                for l in &locks {
+                    let state = if l.expired { " (expired)" } else { "" };
+                    println!("{}{state}  {}", l.key, l.describe());
+                }
+                println!("{} locks", locks.len());
+            }
+            Ok(Exit::Success)
+        }
+        Command::Unlock { stale: _ } => {
+            let repo = args.open(Need::Write).await?;
+            let removed = cairn_shared::repo::lock::remove_stale(&repo).await?;
+            if json {
+                print_json(&removed.iter().map(|l| &l.key).collect::<Vec<_>>())?;
+            } else {
+                for l in &removed {
+                    println!("removed {}  {}", l.key, l.describe());
+                }
+                println!("{} expired locks removed", removed.len());
+            }
+            Ok(Exit::Success)
         }
         Command::Snapshots { source } => {
             let repo = args.open(Need::Write).await?;
@@ -532,6 +583,72 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             if report.ok() { Ok(Exit::Success) } else { Ok(Exit::Integrity) }
         }
     }
+}
+
+/// What `cairn backup` was asked to do.
+struct BackupRequest {
+    path: PathBuf,
+    source: String,
+    tags: Vec<(String, String)>,
+    parent: String,
+    exclude: Vec<String>,
+    use_inode: bool,
+    cluster: Option<String>,
+}
+
+async fn backup_cmd(
+    repo: Arc<Repository>,
+    req: BackupRequest,
+    guard: LeaseGuard,
+    json: bool,
+) -> Result<Exit> {
+    let BackupRequest { path, source, tags, parent, exclude, use_inode, cluster } = req;
+    let parent = match parent.as_str() {
+        "none" => None,
+        "auto" => match repo.find_snapshot("latest", Some(&source)).await {
+            Ok(s) => Some(s.id),
+            Err(cairn_shared::Error::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        },
+        id => Some(repo.find_snapshot(id, None).await?.id),
+    };
+    let opts = BackupOptions {
+        source,
+        tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
+        cluster,
+        parent,
+        use_inode,
+        exclude,
+        guard: Some(guard),
+        ..Default::default()
+    };
+    let out = cairn_shared::fs::backup_dir(repo, &path, opts)
+        .await
+        .with_context(|| format!("backup of {}", path.display()))?;
+    let s = &out.snapshot.summary;
+    if json {
+        print_json(&snapshot_json(&SnapshotEntry { id: out.id, snapshot: out.snapshot.clone() }))?;
+    } else {
+        let secs = s.duration_ms as f64 / 1000.0;
+        println!("snapshot {} saved ({})", out.id.short(), out.snapshot.source);
+        println!("  files {}  dirs {}  size {}", s.files, s.dirs, human_bytes(s.bytes));
+        println!(
+            "  read {} files, {}; reused {} files from parent",
+            s.files_read,
+            human_bytes(s.bytes_read),
+            s.files - s.files_read
+        );
+        println!("  added {} in {} blobs", human_bytes(s.new_bytes), s.new_blobs);
+        println!(
+            "  {:.1}s, {}/s",
+            secs,
+            human_bytes((s.bytes_read as f64 / secs.max(0.001)) as u64)
+        );
+        for f in &out.snapshot.failures {
+            println!("  FAILED {}: {}", f.path, f.error);
+        }
+    }
+    Ok(if out.snapshot.partial { Exit::Partial } else { Exit::Success })
 }
 
 fn parse_fraction(s: &str) -> Result<f64> {

@@ -45,6 +45,8 @@ pub struct BackupOptions {
     pub meta: serde_json::Value,
     /// Worker threads (0: one per core).
     pub threads: usize,
+    /// The lease of the lock the backup runs under: writing stops when it is in doubt.
+    pub guard: Option<crate::repo::lock::LeaseGuard>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +108,7 @@ pub async fn backup_dir(
     let repo2 = repo.clone();
     let progress2 = progress.clone();
     let use_inode = opts.use_inode;
+    let guard = opts.guard.clone();
     let reporter = progress.spawn_reporter(std::time::Duration::from_secs(5));
 
     let (root, failures, counts, stats) = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -114,7 +117,7 @@ pub async fn backup_dir(
             .thread_name(|i| format!("cairn-backup-{i}"))
             .build()
             .map_err(|e| Error::Retryable(format!("thread pool: {e}")))?;
-        let writer = repo2.writer(handle.clone());
+        let writer = repo2.writer(handle.clone()).with_guard(guard);
         let ctx = Ctx {
             writer: &writer,
             repo: &repo2,
@@ -158,6 +161,7 @@ pub async fn backup_dir(
         let stats = (
             writer.stats.new_blobs.load(Ordering::Relaxed),
             writer.stats.new_bytes.load(Ordering::Relaxed),
+            writer.relied_packs(),
         );
         Ok((root, failures, counts, stats))
     })
@@ -190,7 +194,7 @@ pub async fn backup_dir(
         failures,
         meta: opts.meta.clone(),
     };
-    let id = repo.save_snapshot(&snapshot).await?;
+    let id = repo.commit_snapshot(&snapshot, &stats.2, opts.guard.as_ref()).await?;
     tracing::info!(snapshot = %id.short(), source = %snapshot.source, files = snapshot.summary.files,
         bytes = snapshot.summary.bytes, new_bytes = snapshot.summary.new_bytes, partial = snapshot.partial, "snapshot saved");
     Ok(BackupOutcome { id, snapshot })

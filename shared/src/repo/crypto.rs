@@ -37,6 +37,8 @@ pub mod domain {
     pub const INDEX: &[u8] = b"cairn/v1/index";
     pub const SNAPSHOT: &[u8] = b"cairn/v1/snapshot";
     pub const CONFIG: &[u8] = b"cairn/v1/config";
+    pub const LOCK: &[u8] = b"cairn/v1/lock";
+    pub const MARK: &[u8] = b"cairn/v1/gc-mark";
 }
 
 /// A 256-bit symmetric key. Debug never prints it.
@@ -140,6 +142,13 @@ impl WriteKey {
             super::pack::BlobKind::Data => self.blob_id(plaintext),
             super::pack::BlobKind::Tree => self.tree_id(plaintext),
         }
+    }
+
+    /// A per-source name for lock objects: keyed, so the bucket does not show which
+    /// namespaces and volumes are backed up.
+    pub fn source_lock_name(&self, source: &str) -> String {
+        let key = blake3::derive_key("cairn v1 source lock", &self.secret);
+        hex::encode(&blake3::keyed_hash(&key, source.as_bytes()).as_bytes()[..16])
     }
 
     /// The chunker's secret gear table: 256 words from BLAKE3 in XOF mode, so chunk

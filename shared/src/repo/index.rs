@@ -103,6 +103,9 @@ pub struct MasterIndex {
     pack_slots: HashMap<PackId, u32>,
     entries: Vec<(BlobId, Location)>,
     sorted: bool,
+    /// Per pack slot: marked for deletion by prune (FORMAT.md §15). Readers still read such
+    /// packs; writers never dedup against them.
+    marked: Vec<bool>,
 }
 
 impl Default for MasterIndex {
@@ -112,6 +115,7 @@ impl Default for MasterIndex {
             pack_slots: HashMap::new(),
             entries: Vec::new(),
             sorted: true,
+            marked: Vec::new(),
         }
     }
 }
@@ -135,6 +139,7 @@ impl MasterIndex {
             body_end,
         });
         self.pack_slots.insert(id, slot);
+        self.marked.push(false);
         for e in &header.entries {
             self.entries.push((
                 e.id,
@@ -151,10 +156,29 @@ impl MasterIndex {
         self.sorted = false;
     }
 
-    /// Sort and drop duplicate blobs (the same blob in two packs: either copy will do).
+    /// Mark packs as condemned by prune. Call before [`MasterIndex::finish`], so that of
+    /// several copies of a blob the one in an unmarked pack is kept.
+    pub fn set_marked(&mut self, packs: &std::collections::HashSet<PackId>) {
+        for (slot, record) in self.packs.iter().enumerate() {
+            self.marked[slot] = packs.contains(&record.id);
+        }
+        self.sorted = false;
+    }
+
+    pub fn is_marked(&self, slot: u32) -> bool {
+        self.marked[slot as usize]
+    }
+
+    /// Sort and drop duplicate blobs (the same blob in two packs: either copy will do, but
+    /// a copy in an unmarked pack is preferred).
     pub fn finish(&mut self) {
         if !self.sorted {
-            self.entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.pack.cmp(&b.1.pack)));
+            let marked = &self.marked;
+            self.entries.sort_unstable_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then(marked[a.1.pack as usize].cmp(&marked[b.1.pack as usize]))
+                    .then(a.1.pack.cmp(&b.1.pack))
+            });
             self.entries.dedup_by(|a, b| a.0 == b.0);
             self.entries.shrink_to_fit();
             self.sorted = true;
@@ -168,6 +192,16 @@ impl MasterIndex {
 
     pub fn contains(&self, id: &BlobId) -> bool {
         self.get(id).is_some()
+    }
+
+    /// The blob's location if a writer may reuse it: in a pack that is not marked.
+    pub fn get_live(&self, id: &BlobId) -> Option<Location> {
+        self.get(id).filter(|l| !self.marked[l.pack as usize])
+    }
+
+    /// Position of a blob in the sorted entries (for per-blob bitmaps, 1 bit per blob).
+    pub fn position(&self, id: &BlobId) -> Option<usize> {
+        self.entries.binary_search_by(|e| e.0.cmp(id)).ok()
     }
 
     pub fn pack(&self, slot: u32) -> &PackRecord {

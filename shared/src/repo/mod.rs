@@ -7,9 +7,13 @@ pub mod check;
 pub mod chunker;
 pub mod crypto;
 pub mod diff;
+pub mod forget;
 pub mod ids;
 pub mod index;
+pub mod lock;
+pub mod mark;
 pub mod pack;
+pub mod prune;
 pub mod snapshot;
 pub mod storage;
 pub mod tree;
@@ -19,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +100,8 @@ pub struct Repository {
     index: RwLock<Arc<MasterIndex>>,
     pack_keys: Mutex<HashMap<u32, SymKey>>,
     windows: Mutex<WindowCache>,
+    /// Mark objects seen by the last index load: a commit checks for marks written since.
+    marks_seen: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Reads of small blobs fetch a whole window of their pack and keep the last few windows:
@@ -167,9 +174,7 @@ impl Repository {
             compression: opts.compression,
             pack_size: opts.pack_size,
             data_recipient: material.data.recipient().to_string(),
-            created: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            created: now_rfc3339(),
         };
         let encoded = material.encode();
         for r in recipients {
@@ -257,6 +262,7 @@ impl Repository {
             index: RwLock::new(Arc::new(MasterIndex::default())),
             pack_keys: Mutex::new(HashMap::new()),
             windows: Mutex::new(WindowCache::default()),
+            marks_seen: Mutex::new(Default::default()),
         })
     }
 
@@ -293,11 +299,19 @@ impl Repository {
     }
 
     /// Load every index object that opens; return the ones that did not (for `check`).
+    /// Marks are loaded first: a pack marked by prune is never offered to writers for dedup.
     pub async fn load_index_lenient(&self) -> Result<Vec<(String, Error)>> {
-        let keys = self.store.list("index/").await?;
-        let fetched = self.store.get_many(keys.into_iter().map(|(k, _)| k).collect(), 16).await?;
-        let mut master = MasterIndex::default();
         let mut failures = Vec::new();
+        let marks = match mark::load_marks(self).await {
+            Ok(m) => m,
+            Err(e) => {
+                failures.push(("gc/".to_string(), e));
+                Vec::new()
+            }
+        };
+        let keys = self.store.list("index/").await?;
+        let fetched = self.get_index_objects(keys.into_iter().map(|(k, _)| k).collect()).await?;
+        let mut master = MasterIndex::default();
         for (key, sealed) in fetched {
             let opened = IndexId::parse(key.trim_start_matches("index/"))
                 .and_then(|id| IndexFile::open(self.meta_key(), &id, &sealed));
@@ -310,11 +324,63 @@ impl Repository {
                 Err(e) => failures.push((key, e)),
             }
         }
+        master.set_marked(&mark::marked_packs(&marks));
         master.finish();
+        *self.marks_seen.lock() = marks.into_iter().map(|m| m.key).collect();
         *self.index.write() = Arc::new(master);
         self.pack_keys.lock().clear();
         *self.windows.lock() = WindowCache::default();
         Ok(failures)
+    }
+
+    /// Fetch index objects; one deleted between listing and fetching (a prune compacted
+    /// it, after writing its replacement) is skipped and the listing is refreshed for the
+    /// replacement.
+    pub(crate) async fn get_index_objects(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Bytes)>> {
+        let mut wanted: std::collections::BTreeSet<String> = keys.into_iter().collect();
+        let mut got: Vec<(String, Bytes)> = Vec::new();
+        let mut seen: std::collections::HashSet<String> = Default::default();
+        for _round in 0..5 {
+            let batch: Vec<String> =
+                wanted.iter().filter(|k| !seen.contains(*k)).cloned().collect();
+            let results: Vec<(String, Result<Bytes>)> = futures::stream::iter(batch)
+                .map(|k| async move {
+                    let r = self.store.get(&k).await;
+                    (k, r)
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            let mut vanished = false;
+            for (k, r) in results {
+                seen.insert(k.clone());
+                match r {
+                    Ok(b) => got.push((k, b)),
+                    Err(Error::NotFound(_)) => vanished = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            if !vanished {
+                return Ok(got);
+            }
+            wanted = self.store.list("index/").await?.into_iter().map(|(k, _)| k).collect();
+            if wanted.iter().all(|k| seen.contains(k)) {
+                return Ok(got);
+            }
+        }
+        Err(Error::Retryable("index objects keep changing under us (a prune is compacting)".into()))
+    }
+
+    /// Replace the in-memory index (prune builds its own from the objects it loaded).
+    pub(crate) fn install_index(&self, master: MasterIndex) -> Arc<MasterIndex> {
+        let master = Arc::new(master);
+        *self.index.write() = master.clone();
+        self.pack_keys.lock().clear();
+        *self.windows.lock() = WindowCache::default();
+        master
     }
 
     pub fn index(&self) -> Arc<MasterIndex> {
@@ -420,6 +486,46 @@ impl Repository {
         Ok(nodes)
     }
 
+    /// The commit point of a backup (FORMAT.md §15.4): refuse if a prune marked, during
+    /// this session, a pack the session reused blobs from, or if the lease is in doubt;
+    /// otherwise save the snapshot record.
+    pub async fn commit_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        relied: &[PackId],
+        guard: Option<&lock::LeaseGuard>,
+    ) -> Result<SnapshotId> {
+        if let Some(g) = guard {
+            g.check()?;
+        }
+        let seen = self.marks_seen.lock().clone();
+        let relied: std::collections::HashSet<PackId> = relied.iter().copied().collect();
+        for info in self.store.list_info("gc/").await? {
+            if seen.contains(&info.key) {
+                continue;
+            }
+            let id = IndexId::parse(info.key.trim_start_matches("gc/"))?;
+            let sealed = match self.store.get(&info.key).await {
+                Ok(b) => b,
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let m = mark::Mark::open(self.meta_key(), &id, &sealed)?;
+            let hit = m.packs.iter().filter(|p| relied.contains(p)).count();
+            if hit > 0 {
+                return Err(Error::Retryable(format!(
+                    "a prune running beside this backup condemned {hit} pack(s) the backup reused \
+                     data from; no snapshot was saved. Run the backup again: it will store that \
+                     data anew"
+                )));
+            }
+        }
+        if let Some(g) = guard {
+            g.check()?;
+        }
+        self.save_snapshot(snapshot).await
+    }
+
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
         let id = SnapshotId::random();
         self.store
@@ -507,6 +613,13 @@ impl Repository {
     pub fn writer(self: &Arc<Self>, handle: tokio::runtime::Handle) -> Writer {
         Writer::new(self.clone(), handle)
     }
+}
+
+/// The local clock as RFC 3339, for informative timestamps.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn validate_limits(compression: i32, pack_size: u32) -> Result<()> {

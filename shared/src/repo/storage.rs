@@ -13,6 +13,18 @@ use object_store::{
 
 use crate::{Error, Result};
 
+/// A point in time on the store's clock.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+/// What a listing or `head` says about one object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// Last-modified time, on the store's clock.
+    pub modified: Timestamp,
+}
+
 /// A handle on the repository's storage location.
 #[derive(Clone)]
 pub struct Store {
@@ -133,6 +145,46 @@ impl Store {
             .await
             .map_err(|e| map_err(e, key))?;
         Ok(())
+    }
+
+    /// Write or replace an object. Only lock objects are ever replaced (a lease refresh).
+    pub async fn put_overwrite(&self, key: &str, data: Bytes) -> Result<()> {
+        self.inner
+            .put(&Path::from(key), PutPayload::from(data))
+            .await
+            .map_err(|e| map_err(e, key))?;
+        Ok(())
+    }
+
+    /// Size and the store's own last-modified time of one object.
+    pub async fn head(&self, key: &str) -> Result<ObjectInfo> {
+        let m = self.inner.head(&Path::from(key)).await.map_err(|e| map_err(e, key))?;
+        Ok(ObjectInfo { key: key.to_string(), size: m.size, modified: m.last_modified })
+    }
+
+    /// The store's clock, read off an object written now. Leases and grace periods are
+    /// judged on this clock, never on the pod's: pods' clocks drift, the store's is one.
+    pub async fn now(&self) -> Result<Timestamp> {
+        let key = format!("locks/clock-{}", hex::encode(rand::random::<[u8; 8]>()));
+        self.put_overwrite(&key, Bytes::from_static(b"clock")).await?;
+        let info = self.head(&key).await;
+        let _ = self.delete(&key).await;
+        Ok(info?.modified)
+    }
+
+    /// Keys under a prefix with sizes and last-modified times (paginated by the client).
+    pub async fn list_info(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let p = Path::from(prefix);
+        self.inner
+            .list(Some(&p))
+            .map_ok(|m| ObjectInfo {
+                key: m.location.to_string(),
+                size: m.size,
+                modified: m.last_modified,
+            })
+            .map_err(|e| map_err(e, prefix))
+            .try_collect()
+            .await
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes> {

@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 
 use super::crypto::{SymKey, wrap_key};
 use super::ids::{BlobId, IndexId, PackId};
-use super::index::IndexFile;
+use super::index::{IndexFile, MasterIndex};
+use super::lock::LeaseGuard;
 use super::pack::{BlobKind, PackBuilder, PackHeader, compress};
 use super::{Repository, pack_key};
 use crate::{Error, Result};
@@ -41,6 +42,12 @@ pub struct WriterStats {
 pub struct Writer {
     repo: Arc<Repository>,
     handle: tokio::runtime::Handle,
+    /// The index as loaded when the session began; marked packs are not offered for dedup.
+    index: Arc<MasterIndex>,
+    /// Pack slots (in `index`) this session reused blobs from: a mark written during the
+    /// session naming one of them forbids the commit.
+    relied: Vec<AtomicU64>,
+    guard: Option<LeaseGuard>,
     known: Mutex<HashSet<BlobId>>,
     idle: Mutex<Vec<PackBuilder>>,
     uploads: Arc<Semaphore>,
@@ -60,9 +67,14 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     pub(super) fn new(repo: Arc<Repository>, handle: tokio::runtime::Handle) -> Writer {
         let max_uploads = 3;
+        let index = repo.index();
+        let relied = (0..index.packs.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
         Writer {
             repo,
             handle,
+            index,
+            relied,
+            guard: None,
             known: Mutex::new(HashSet::new()),
             idle: Mutex::new(Vec::new()),
             uploads: Arc::new(Semaphore::new(max_uploads as usize)),
@@ -78,9 +90,45 @@ impl Writer {
         &self.repo
     }
 
+    /// Stop writing (every write fails) once this lease can no longer be vouched for.
+    pub fn with_guard(mut self, guard: Option<LeaseGuard>) -> Writer {
+        self.guard = guard;
+        self
+    }
+
+    fn check_lease(&self) -> Result<()> {
+        self.guard.as_ref().map_or(Ok(()), |g| g.check())
+    }
+
+    /// Reuse a stored blob if a live (unmarked) copy exists, and remember its pack.
+    fn reuse(&self, id: &BlobId) -> bool {
+        match self.index.get_live(id) {
+            Some(loc) => {
+                self.relied[loc.pack as usize / 64]
+                    .fetch_or(1 << (loc.pack % 64), Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Packs this session reused blobs from.
+    pub fn relied_packs(&self) -> Vec<PackId> {
+        let mut out = Vec::new();
+        for (word, bits) in self.relied.iter().enumerate() {
+            let mut b = bits.load(Ordering::Relaxed);
+            while b != 0 {
+                let slot = word * 64 + b.trailing_zeros() as usize;
+                out.push(self.index.pack(slot as u32).id);
+                b &= b - 1;
+            }
+        }
+        out
+    }
+
     /// Is this blob already stored, or being stored by this session?
     pub fn is_known(&self, id: &BlobId) -> bool {
-        self.repo.index().contains(id) || self.known.lock().contains(id)
+        self.reuse(id) || self.known.lock().contains(id)
     }
 
     /// Store a blob unless the repository has it. Blocking: call from a blocking thread.
@@ -95,10 +143,32 @@ impl Writer {
         id: BlobId,
         plaintext: &[u8],
     ) -> Result<AddedBlob> {
+        self.add_inner(kind, id, plaintext, false)
+    }
+
+    /// Store a blob even if the index has it (prune copying live blobs out of a pack it is
+    /// about to condemn). Still stored once per session.
+    pub fn add_blob_forced(
+        &self,
+        kind: BlobKind,
+        id: BlobId,
+        plaintext: &[u8],
+    ) -> Result<AddedBlob> {
+        self.add_inner(kind, id, plaintext, true)
+    }
+
+    fn add_inner(
+        &self,
+        kind: BlobKind,
+        id: BlobId,
+        plaintext: &[u8],
+        forced: bool,
+    ) -> Result<AddedBlob> {
         if let Some(e) = self.failed.lock().as_ref() {
             return Err(Error::Retryable(format!("an earlier pack upload failed: {e}")));
         }
-        if self.repo.index().contains(&id) || !self.known.lock().insert(id) {
+        self.check_lease()?;
+        if (!forced && self.reuse(&id)) || !self.known.lock().insert(id) {
             return Ok(AddedBlob { id, stored: 0 });
         }
         let (flags, payload) = compress(plaintext, self.repo.config().compression);
@@ -176,6 +246,9 @@ impl Writer {
         if packs.is_empty() {
             return Ok(());
         }
+        // An index written after the lease may have lapsed could name packs a prune has
+        // meanwhile deleted as unindexed leftovers.
+        self.check_lease()?;
         let file = IndexFile { packs };
         let id = IndexId::random();
         let sealed = file.seal(self.repo.meta_key(), &id);

@@ -1,0 +1,505 @@
+//! Lock objects in the bucket (`locks/…`), with leases judged on the store's clock.
+//!
+//! * **shared** (`locks/shared-<nonce>`): every backup holds one. It excludes nothing; it
+//!   tells `prune` which writers were running when it marked packs (FORMAT.md §15).
+//! * **maintenance** (`locks/maintenance`): exclusive among prunes and repacks.
+//! * **source** (`locks/source-<keyed hash>`): two runs of the same CronJob never back up
+//!   the same source at once.
+//!
+//! A lock is taken with a create-only put, so of two racers exactly one wins. Its holder
+//! rewrites it every `lease / 5` (after checking that its nonce is still there); whoever
+//! finds a lock whose last write, on the store's clock, is older than its lease may delete
+//! it. A holder that has not refreshed successfully for `lease × 3/4` stops writing: its
+//! [`LeaseGuard`] fails, well before anybody may consider the lease expired.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::Repository;
+use super::crypto::{SymKey, domain};
+use super::storage::{Store, Timestamp};
+use crate::{Error, Result};
+
+pub const LOCK_VERSION: u32 = 1;
+/// Default lease: long enough to ride out a slow store, short enough that a crashed
+/// CronJob's lock is gone before its next run.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockKind {
+    Shared,
+    Maintenance,
+    Source(String),
+}
+
+impl LockKind {
+    fn key(&self, repo: &Repository) -> String {
+        match self {
+            LockKind::Shared => format!("locks/shared-{}", hex::encode(rand::random::<[u8; 12]>())),
+            LockKind::Maintenance => "locks/maintenance".into(),
+            LockKind::Source(s) => {
+                format!("locks/source-{}", repo.write_key().source_lock_name(s))
+            }
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            LockKind::Shared => "shared".into(),
+            LockKind::Maintenance => "maintenance".into(),
+            LockKind::Source(s) => format!("source {s}"),
+        }
+    }
+}
+
+/// Who holds a lock: in a pod there is no PID worth checking, so name the pod, node and job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    pub pid: u32,
+}
+
+impl Holder {
+    /// From the environment: `CAIRN_POD_NAME`, `CAIRN_NODE_NAME`, `CAIRN_JOB_NAME` (set with
+    /// the downward API in our manifests).
+    pub fn from_env() -> Holder {
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        Holder {
+            host: crate::fs::backup::hostname(),
+            pod: var("CAIRN_POD_NAME"),
+            node: var("CAIRN_NODE_NAME"),
+            job: var("CAIRN_JOB_NAME"),
+            pid: std::process::id(),
+        }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.pod, &self.job) {
+            (Some(pod), _) => write!(f, "pod {pod}")?,
+            (None, Some(job)) => write!(f, "job {job}")?,
+            _ => write!(f, "{} pid {}", self.host, self.pid)?,
+        }
+        if let Some(node) = &self.node {
+            write!(f, " on {node}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The content of a lock object (sealed with the metadata key, bound to the object key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    pub version: u32,
+    /// `shared`, `maintenance` or `source`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Random; tells the holder its lock from a successor's.
+    pub nonce: String,
+    pub holder: Holder,
+    pub purpose: String,
+    pub lease_secs: u64,
+    /// The holder's clock when it first took the lock. Informative only.
+    pub created: String,
+}
+
+impl LockRecord {
+    fn seal(&self, meta: &SymKey, key: &str) -> Bytes {
+        Bytes::from(meta.seal(
+            domain::LOCK,
+            key.as_bytes(),
+            &serde_json::to_vec(self).expect("json"),
+        ))
+    }
+
+    fn open(meta: &SymKey, key: &str, sealed: &[u8]) -> Result<LockRecord> {
+        let plain = meta.open(domain::LOCK, key.as_bytes(), sealed, key)?;
+        serde_json::from_slice(&plain).map_err(|e| Error::Integrity(format!("{key}: {e}")))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LockOptions {
+    pub lease: Duration,
+    /// How long to wait for a held lock before giving up with [`Error::Locked`].
+    pub wait: Duration,
+    pub purpose: String,
+    pub holder: Holder,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            lease: DEFAULT_LEASE,
+            wait: Duration::ZERO,
+            purpose: String::new(),
+            holder: Holder::from_env(),
+        }
+    }
+}
+
+/// A lock found in the bucket.
+#[derive(Debug, Clone)]
+pub struct LockInfo {
+    pub key: String,
+    /// `None` when the object does not open (another repository's key, or damage).
+    pub record: Option<LockRecord>,
+    pub modified: Timestamp,
+    /// The object as read, to tell a later refresh or successor from it.
+    raw: Bytes,
+    /// Age of the last write, on the store's clock.
+    pub age: Duration,
+    pub expired: bool,
+}
+
+impl LockInfo {
+    pub fn lease(&self) -> Duration {
+        // A lock we cannot read is given a long lease: better to wait than to break it.
+        Duration::from_secs(self.record.as_ref().map_or(3600, |r| r.lease_secs))
+    }
+    pub fn describe(&self) -> String {
+        match &self.record {
+            Some(r) => format!(
+                "{} lock held by {} ({}), last refreshed {}s ago, lease {}s",
+                r.kind,
+                r.holder,
+                if r.purpose.is_empty() { "-" } else { &r.purpose },
+                self.age.as_secs(),
+                r.lease_secs
+            ),
+            None => format!("{} (unreadable), last written {}s ago", self.key, self.age.as_secs()),
+        }
+    }
+}
+
+/// Shared by a [`Lock`] and everything that writes under it.
+#[derive(Debug)]
+struct LeaseState {
+    key: String,
+    /// After this instant the holder must assume its lease may be gone.
+    deadline: Mutex<Instant>,
+    lost: Mutex<Option<String>>,
+}
+
+/// Cheap handle writers consult before every write that others depend on.
+#[derive(Debug, Clone)]
+pub struct LeaseGuard(Arc<LeaseState>);
+
+impl LeaseGuard {
+    /// Ok while the lease is certainly ours.
+    pub fn check(&self) -> Result<()> {
+        if let Some(why) = self.0.lost.lock().as_ref() {
+            return Err(Error::Locked(format!(
+                "lock {} lost ({why}); stopped writing",
+                self.0.key
+            )));
+        }
+        if Instant::now() >= *self.0.deadline.lock() {
+            return Err(Error::Locked(format!(
+                "lock {} could not be refreshed in time; stopped writing before its lease ran out",
+                self.0.key
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A held lock. Dropping it stops the refresher (the lease then runs out on its own);
+/// [`Lock::release`] deletes it at once.
+#[derive(Debug)]
+pub struct Lock {
+    store: Store,
+    meta: SymKey,
+    key: String,
+    nonce: String,
+    guard: LeaseGuard,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+fn safety(lease: Duration) -> Duration {
+    lease / 4
+}
+
+impl Lock {
+    pub async fn acquire(repo: &Repository, kind: LockKind, opts: &LockOptions) -> Result<Lock> {
+        if opts.lease < Duration::from_millis(200) {
+            return Err(Error::Invalid("lock lease must be at least 200ms".into()));
+        }
+        let store = repo.store().clone();
+        let meta = repo.meta_key().clone();
+        let key = kind.key(repo);
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
+        let record = LockRecord {
+            version: LOCK_VERSION,
+            kind: match &kind {
+                LockKind::Shared => "shared",
+                LockKind::Maintenance => "maintenance",
+                LockKind::Source(_) => "source",
+            }
+            .into(),
+            source: match &kind {
+                LockKind::Source(s) => Some(s.clone()),
+                _ => None,
+            },
+            nonce: nonce.clone(),
+            holder: opts.holder.clone(),
+            purpose: opts.purpose.clone(),
+            lease_secs: opts.lease.as_secs(),
+            created: crate::repo::now_rfc3339(),
+        };
+        let sealed = record.seal(&meta, &key);
+        let started = Instant::now();
+        let poll = (opts.lease / 10).clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let sent = loop {
+            let sent = Instant::now();
+            match store.create(&key, sealed.clone()).await {
+                Ok(()) => break sent,
+                Err(Error::AlreadyExists(_)) => {}
+                Err(e @ Error::Retryable(_)) => {
+                    // The create may have happened and only its response been lost.
+                    match read_record(&store, &meta, &key).await {
+                        Ok(Some(r)) if r.nonce == nonce => break sent,
+                        _ => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            let now = store.now().await?;
+            let Some(info) = inspect(&store, &meta, &key, now).await? else {
+                continue; // released meanwhile
+            };
+            if info.expired {
+                tracing::warn!(lock = %key, holder = %info.describe(), "breaking an expired lock");
+                break_if_unchanged(&store, &info).await?;
+                continue;
+            }
+            if started.elapsed() + poll > opts.wait {
+                return Err(Error::Locked(format!(
+                    "{} is locked: {}",
+                    kind.label(),
+                    info.describe()
+                )));
+            }
+            tokio::time::sleep(poll).await;
+        };
+        let state = Arc::new(LeaseState {
+            key: key.clone(),
+            deadline: Mutex::new(sent + opts.lease - safety(opts.lease)),
+            lost: Mutex::new(None),
+        });
+        let refresher = tokio::spawn(refresh_loop(
+            store.clone(),
+            meta.clone(),
+            key.clone(),
+            nonce.clone(),
+            sealed,
+            opts.lease,
+            state.clone(),
+        ));
+        tracing::debug!(lock = %key, "lock acquired");
+        Ok(Lock { store, meta, key, nonce, guard: LeaseGuard(state), refresher })
+    }
+
+    pub fn guard(&self) -> LeaseGuard {
+        self.guard.clone()
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Stop refreshing and delete the lock if it is still ours.
+    pub async fn release(self) -> Result<()> {
+        self.refresher.abort();
+        if let Ok(Some(r)) = read_record(&self.store, &self.meta, &self.key).await
+            && r.nonce == self.nonce
+        {
+            self.store.delete(&self.key).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
+}
+
+async fn refresh_loop(
+    store: Store,
+    meta: SymKey,
+    key: String,
+    nonce: String,
+    sealed: Bytes,
+    lease: Duration,
+    state: Arc<LeaseState>,
+) {
+    let every = lease / 5;
+    loop {
+        tokio::time::sleep(every).await;
+        if Instant::now() >= *state.deadline.lock() {
+            // Too late to refresh safely: someone may already have broken the lock.
+            state
+                .lost
+                .lock()
+                .get_or_insert_with(|| "lease ran out before a refresh succeeded".into());
+            return;
+        }
+        let sent = Instant::now();
+        match read_record(&store, &meta, &key).await {
+            Ok(Some(r)) if r.nonce == nonce => {}
+            Ok(Some(r)) => {
+                *state.lost.lock() = Some(format!("taken over by {}", r.holder));
+                return;
+            }
+            Ok(None) => {
+                *state.lost.lock() = Some("removed by someone else".into());
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(lock = %key, error = %e, "lock refresh: read failed; will retry");
+                continue;
+            }
+        }
+        match tokio::time::timeout(every, store.put_overwrite(&key, sealed.clone())).await {
+            Ok(Ok(())) => *state.deadline.lock() = sent + lease - safety(lease),
+            Ok(Err(e)) => {
+                tracing::warn!(lock = %key, error = %e, "lock refresh failed; will retry")
+            }
+            Err(_) => tracing::warn!(lock = %key, "lock refresh timed out; will retry"),
+        }
+    }
+}
+
+async fn read_record(store: &Store, meta: &SymKey, key: &str) -> Result<Option<LockRecord>> {
+    match store.get(key).await {
+        Ok(b) => LockRecord::open(meta, key, &b).map(Some),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Look at one lock object; `None` if it is gone.
+async fn inspect(
+    store: &Store,
+    meta: &SymKey,
+    key: &str,
+    now: Timestamp,
+) -> Result<Option<LockInfo>> {
+    let head = match store.head(key).await {
+        Ok(h) => h,
+        Err(Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let raw = match store.get(key).await {
+        Ok(b) => b,
+        Err(Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(info_from(key.to_string(), meta, raw, head.modified, now)))
+}
+
+fn info_from(
+    key: String,
+    meta: &SymKey,
+    raw: Bytes,
+    modified: Timestamp,
+    now: Timestamp,
+) -> LockInfo {
+    let age = (now - modified).to_std().unwrap_or(Duration::ZERO);
+    let record = LockRecord::open(meta, &key, &raw).ok();
+    let mut info = LockInfo { key, record, raw, modified, age, expired: false };
+    info.expired = age > info.lease();
+    info
+}
+
+/// Delete an expired lock, unless it changed since we judged it (its holder refreshed, or a
+/// successor took it): same bytes and same last-modified time.
+async fn break_if_unchanged(store: &Store, info: &LockInfo) -> Result<()> {
+    let (bytes, head) = match (store.get(&info.key).await, store.head(&info.key).await) {
+        (Ok(b), Ok(h)) => (b, h),
+        (Err(Error::NotFound(_)), _) | (_, Err(Error::NotFound(_))) => return Ok(()),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
+    if bytes == info.raw && head.modified == info.modified {
+        store.delete(&info.key).await?;
+    }
+    Ok(())
+}
+
+/// Every lock in the repository, judged on the store's clock.
+pub async fn list_locks(repo: &Repository) -> Result<Vec<LockInfo>> {
+    let store = repo.store();
+    let now = store.now().await?;
+    let mut out = Vec::new();
+    for obj in store.list_info("locks/").await? {
+        let name = obj.key.trim_start_matches("locks/");
+        if name.starts_with("clock-") || name.starts_with("probe-") {
+            continue;
+        }
+        let raw = match store.get(&obj.key).await {
+            Ok(b) => b,
+            Err(Error::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        out.push(info_from(obj.key, repo.meta_key(), raw, obj.modified, now));
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// Delete every expired lock; returns what was removed. Live locks are never touched.
+pub async fn remove_stale(repo: &Repository) -> Result<Vec<LockInfo>> {
+    let mut removed = Vec::new();
+    for info in list_locks(repo).await?.into_iter().filter(|l| l.expired) {
+        break_if_unchanged(repo.store(), &info).await?;
+        removed.push(info);
+    }
+    Ok(removed)
+}
+
+/// The locks a backup runs under: its source's (so two runs of one CronJob never overlap)
+/// and a shared one (so prune knows it is running).
+#[derive(Debug)]
+pub struct BackupLocks {
+    source: Lock,
+    shared: Lock,
+}
+
+impl BackupLocks {
+    pub async fn acquire(repo: &Repository, source: &str, opts: &LockOptions) -> Result<Self> {
+        let source_lock = Lock::acquire(repo, LockKind::Source(source.to_string()), opts).await?;
+        let shared = match Lock::acquire(repo, LockKind::Shared, opts).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = source_lock.release().await;
+                return Err(e);
+            }
+        };
+        Ok(BackupLocks { source: source_lock, shared })
+    }
+
+    /// The lease writers check: prune relies on the shared lock.
+    pub fn guard(&self) -> LeaseGuard {
+        self.shared.guard()
+    }
+
+    pub async fn release(self) -> Result<()> {
+        let a = self.shared.release().await;
+        let b = self.source.release().await;
+        a.and(b)
+    }
+}

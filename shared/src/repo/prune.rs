@@ -1,0 +1,530 @@
+//! `prune`: reclaim the space of forgotten snapshots, safely beside running backups.
+//!
+//! Two phases (FORMAT.md §15). A run
+//! 1. **deletes** what earlier runs marked, once a mark is older than the grace period on
+//!    the store's clock and every backup that was running when it was written has ended;
+//!    any pack in it that still holds the only copy of a referenced blob is kept (rescued);
+//! 2. **marks** what is unused now: packs without live blobs, packs left unindexed by
+//!    crashed writers, and packs whose live blobs it copied elsewhere (repack).
+//!
+//! Index objects are compacted on the way: the surviving packs of every index object are
+//! rewritten into a few large objects *before* the old ones and then the doomed packs are
+//! deleted, so a crash at any step leaves a repository that passes `check`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::ids::{BlobId, IndexId, PackId};
+use super::index::{IndexFile, MasterIndex};
+use super::lock::{self, Lock, LockKind, LockOptions};
+use super::mark::{self, Mark};
+use super::pack::{BlobKind, PackHeader};
+use super::snapshot::SnapshotEntry;
+use super::tree::{NodeKind, TreeBlob};
+use super::{Repository, pack_key};
+use crate::{Error, Result};
+
+/// More index objects than this are compacted even when no pack is deleted.
+const COMPACT_ABOVE: usize = 64;
+/// Packs per compacted index object (a few MiB each).
+const PACKS_PER_INDEX: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// How old a mark must be, on the store's clock, before its packs are deleted.
+    pub grace: Duration,
+    /// Unindexed packs younger than this are left alone (a running writer indexes them
+    /// soon); older ones are marked.
+    pub unindexed_age: Duration,
+    /// Repack partly used packs until unused bytes are at most this fraction of used bytes.
+    pub max_unused: f64,
+    /// Read at most this many live bytes for repacking in one run.
+    pub max_repack: u64,
+    pub dry_run: bool,
+    pub lock: LockOptions,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            grace: Duration::from_secs(24 * 3600),
+            unindexed_age: Duration::from_secs(3600),
+            max_unused: 0.05,
+            max_repack: u64::MAX,
+            dry_run: false,
+            lock: LockOptions { purpose: "prune".into(), ..Default::default() },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub snapshots: usize,
+    pub blobs: usize,
+    pub packs: usize,
+    pub used_bytes: u64,
+    pub unused_bytes: u64,
+    pub index_objects_before: usize,
+    pub index_objects_after: usize,
+    /// Phase 1.
+    pub deleted_packs: usize,
+    pub deleted_bytes: u64,
+    pub rescued_packs: usize,
+    pub deferred_deletes: usize,
+    pub marks_removed: usize,
+    pub marks_waiting: usize,
+    /// Phase 2.
+    pub marked_packs: usize,
+    pub marked_bytes: u64,
+    pub repacked_packs: usize,
+    pub repacked_live_bytes: u64,
+    pub repack_skipped_no_identity: usize,
+}
+
+/// One live bit per blob of the merged index, by position.
+struct LiveSet(Vec<u64>);
+
+impl LiveSet {
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+    /// Set; returns whether it was already set.
+    fn set(&mut self, i: usize) -> bool {
+        let was = self.get(i);
+        self.0[i / 64] |= 1 << (i % 64);
+        was
+    }
+}
+
+struct Loaded {
+    files: Vec<(String, IndexFile)>,
+    index: Arc<MasterIndex>,
+    live: LiveSet,
+}
+
+impl Loaded {
+    /// Is this entry of pack `slot` the copy readers use of a referenced blob?
+    fn live_here(&self, id: &BlobId, slot: u32) -> bool {
+        match self.index.position(id) {
+            Some(pos) => self.live.get(pos) && self.index.get(id).is_some_and(|l| l.pack == slot),
+            None => false,
+        }
+    }
+}
+
+pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneReport> {
+    if opts.grace < opts.lock.lease * 2 {
+        return Err(Error::Invalid(format!(
+            "grace {} must be at least twice the lock lease ({})",
+            humantime::format_duration(opts.grace),
+            humantime::format_duration(opts.lock.lease)
+        )));
+    }
+    let lock = if opts.dry_run {
+        None
+    } else {
+        Some(Lock::acquire(&repo, LockKind::Maintenance, &opts.lock).await?)
+    };
+    let result = run(&repo, opts, lock.as_ref()).await;
+    if let Some(l) = lock {
+        l.release().await?;
+    }
+    result
+}
+
+async fn run(
+    repo: &Arc<Repository>,
+    opts: &PruneOptions,
+    lock: Option<&Lock>,
+) -> Result<PruneReport> {
+    let guard = lock.map(|l| l.guard());
+    let check = || guard.as_ref().map_or(Ok(()), |g| g.check());
+    let store = repo.store().clone();
+    let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
+    let now = if opts.dry_run { chrono::Utc::now() } else { store.now().await? };
+
+    // ---- Load everything prune decides on. Any damage stops it: liveness must be exact.
+    let live_shared: HashSet<String> = lock::list_locks(repo)
+        .await?
+        .into_iter()
+        .filter(|l| !l.expired && l.record.as_ref().is_some_and(|r| r.kind == "shared"))
+        .map(|l| l.key)
+        .collect();
+    let marks = mark::load_marks(repo).await?;
+    let marked_all = mark::marked_packs(&marks);
+    let index_keys: Vec<String> = store.list("index/").await?.into_iter().map(|(k, _)| k).collect();
+    let mut files = Vec::new();
+    for (key, sealed) in repo.get_index_objects(index_keys).await? {
+        let id = IndexId::parse(key.trim_start_matches("index/"))?;
+        let file = IndexFile::open(repo.meta_key(), &id, &sealed).map_err(|e| {
+            Error::Integrity(format!("{key}: {e}; run `cairn check` before pruning"))
+        })?;
+        files.push((key, file));
+    }
+    report.index_objects_before = files.len();
+    let mut objects: HashMap<PackId, u64> = HashMap::new();
+    let mut object_age: HashMap<PackId, Duration> = HashMap::new();
+    for info in store.list_info("packs/").await? {
+        if let Some(id) = info.key.rsplit('/').next().and_then(|n| PackId::parse(n).ok()) {
+            objects.insert(id, info.size);
+            object_age.insert(id, (now - info.modified).to_std().unwrap_or(Duration::ZERO));
+        }
+    }
+    let (snapshots, bad) = repo.snapshots_lenient().await?;
+    if let Some((key, e)) = bad.into_iter().next() {
+        return Err(Error::Integrity(format!(
+            "{key} does not open ({e}); prune cannot tell what it references. Run `cairn check`"
+        )));
+    }
+    report.snapshots = snapshots.len();
+
+    let mut master = MasterIndex::default();
+    for (_, f) in &files {
+        for (id, h) in &f.packs {
+            master.add_pack(*id, h);
+        }
+    }
+    master.set_marked(&marked_all);
+    master.finish();
+    let index = repo.install_index(master);
+    report.blobs = index.len();
+    let live = walk(repo, &index, &snapshots).await?;
+    let loaded = Loaded { files, index, live };
+    let mut headers: HashMap<PackId, &PackHeader> = HashMap::new();
+    for (_, f) in &loaded.files {
+        for (id, h) in &f.packs {
+            headers.entry(*id).or_insert(h);
+        }
+    }
+
+    // ---- Phase 1: which marked packs may go now.
+    let mut aged = Vec::new();
+    for m in &marks {
+        let age = (now - m.modified).to_std().unwrap_or(Duration::ZERO);
+        let waiting_on = m.mark.running_backups.iter().filter(|k| live_shared.contains(*k)).count();
+        if age >= opts.grace && waiting_on == 0 {
+            aged.push(m);
+        } else {
+            report.marks_waiting += 1;
+        }
+    }
+    let mut doomed: HashSet<PackId> = HashSet::new();
+    for m in &aged {
+        for p in &m.mark.packs {
+            if objects.contains_key(p) {
+                doomed.insert(*p);
+            }
+        }
+    }
+    let candidates: Vec<PackId> = doomed.iter().copied().collect();
+    for p in candidates {
+        if let (Some(slot), Some(h)) = (loaded.index.pack_slot(&p), headers.get(&p))
+            && h.entries.iter().any(|e| loaded.live_here(&e.id, slot))
+        {
+            tracing::warn!(pack = %p.short(), "a marked pack holds the only copy of referenced data: kept");
+            doomed.remove(&p);
+            report.rescued_packs += 1;
+        }
+    }
+
+    // ---- Phase 2: what is unused now.
+    let mut dead = Vec::new();
+    let mut partial = Vec::new();
+    for (pid, h) in &headers {
+        let Some(size) = objects.get(pid) else { continue }; // indexed but missing: check's business
+        let slot = loaded.index.pack_slot(pid).expect("indexed pack has a slot");
+        let total: u64 = h.entries.iter().map(|e| u64::from(e.length)).sum();
+        let used: u64 = h
+            .entries
+            .iter()
+            .filter(|e| loaded.live_here(&e.id, slot))
+            .map(|e| u64::from(e.length))
+            .sum();
+        report.packs += 1;
+        report.used_bytes += used;
+        report.unused_bytes += total - used;
+        if marked_all.contains(pid) {
+            continue;
+        }
+        if used == 0 {
+            dead.push((*pid, *size));
+        } else if used < total {
+            partial.push((*pid, h.kind, used, total));
+        }
+    }
+    for (pid, size) in &objects {
+        if !headers.contains_key(pid)
+            && !marked_all.contains(pid)
+            && object_age.get(pid).is_some_and(|a| *a >= opts.unindexed_age)
+        {
+            dead.push((*pid, *size));
+        }
+    }
+    // Repack the most wasteful packs first until the waste is within bounds.
+    partial.sort_by(|a, b| {
+        let fa = (a.3 - a.2) as f64 / a.3 as f64;
+        let fb = (b.3 - b.2) as f64 / b.3 as f64;
+        fb.total_cmp(&fa)
+    });
+    let target = (report.used_bytes as f64 * opts.max_unused) as u64;
+    let mut waste = partial.iter().map(|p| p.3 - p.2).sum::<u64>();
+    let mut repack = Vec::new();
+    let mut budget = opts.max_repack;
+    for (pid, kind, used, total) in partial {
+        if waste <= target {
+            break;
+        }
+        if kind == BlobKind::Data && !repo.can_read_data() {
+            report.repack_skipped_no_identity += 1;
+            continue;
+        }
+        if used > budget {
+            continue;
+        }
+        budget -= used;
+        waste -= total - used;
+        repack.push(pid);
+    }
+    report.repacked_packs = repack.len();
+
+    if opts.dry_run {
+        report.deleted_packs = doomed.len();
+        report.deleted_bytes = doomed.iter().filter_map(|p| objects.get(p)).sum();
+        report.marked_packs = dead.len() + repack.len();
+        report.marked_bytes = dead.iter().map(|d| d.1).sum::<u64>()
+            + repack.iter().filter_map(|p| objects.get(p)).sum::<u64>();
+        report.index_objects_after = report.index_objects_before;
+        return Ok(report);
+    }
+
+    if !repack.is_empty() {
+        report.repacked_live_bytes =
+            copy_live_blobs(repo, &loaded, &headers, &repack, guard.clone()).await?;
+    }
+    let mut condemned: Vec<PackId> = dead.iter().map(|d| d.0).collect();
+    condemned.extend(repack.iter().copied());
+    if !condemned.is_empty() {
+        check()?;
+        let m = Mark {
+            version: mark::MARK_VERSION,
+            created: super::now_rfc3339(),
+            packs: condemned.clone(),
+            running_backups: live_shared.iter().cloned().collect(),
+        };
+        let key = mark::save_mark(repo, &m).await?;
+        report.marked_packs = condemned.len();
+        report.marked_bytes = condemned.iter().filter_map(|p| objects.get(p)).sum();
+        tracing::info!(mark = %key, packs = condemned.len(), "marked unused packs");
+    }
+
+    // ---- Compact the index, then delete the doomed packs.
+    let old_keys: Vec<String> = loaded.files.iter().map(|(k, _)| k.clone()).collect();
+    let compact = !doomed.is_empty() || loaded.files.len() > COMPACT_ABOVE;
+    let mut new_keys = HashSet::new();
+    // Packs whose deletion must be tried again: their mark stays.
+    let mut retry: HashSet<PackId> = HashSet::new();
+    if compact {
+        let mut seen = HashSet::new();
+        let survivors: Vec<(PackId, PackHeader)> = loaded
+            .files
+            .iter()
+            .flat_map(|(_, f)| f.packs.iter())
+            .filter(|(id, _)| !doomed.contains(id) && seen.insert(*id))
+            .map(|(id, h)| (*id, h.clone()))
+            .collect();
+        for chunk in survivors.chunks(PACKS_PER_INDEX) {
+            check()?;
+            let id = IndexId::random();
+            let file = IndexFile { packs: chunk.to_vec() };
+            store
+                .create(&format!("index/{id}"), bytes::Bytes::from(file.seal(repo.meta_key(), &id)))
+                .await?;
+            new_keys.insert(format!("index/{id}"));
+        }
+        // Index objects that appeared since loading (writers, or a prune whose lock we
+        // wrongly think expired): any doomed pack they list must stay.
+        let loaded_keys: HashSet<&String> = old_keys.iter().collect();
+        let appeared: Vec<String> = store
+            .list("index/")
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !loaded_keys.contains(k) && !new_keys.contains(k))
+            .collect();
+        for (key, sealed) in repo.get_index_objects(appeared).await? {
+            let id = IndexId::parse(key.trim_start_matches("index/"))?;
+            for (p, _) in IndexFile::open(repo.meta_key(), &id, &sealed)?.packs {
+                if doomed.remove(&p) {
+                    report.rescued_packs += 1;
+                }
+            }
+        }
+        for (key, file) in &loaded.files {
+            check()?;
+            if let Err(e) = store.delete(key).await {
+                // The old object still lists its packs: none of them may go.
+                tracing::warn!(object = %key, error = %e, "cannot delete index object; its packs stay");
+                for (p, _) in &file.packs {
+                    if doomed.remove(p) {
+                        report.deferred_deletes += 1;
+                        retry.insert(*p);
+                    }
+                }
+            }
+        }
+        report.index_objects_after = store.list("index/").await?.len();
+    } else {
+        report.index_objects_after = report.index_objects_before;
+    }
+    for p in &doomed {
+        check()?;
+        match store.delete(&pack_key(p)).await {
+            Ok(()) => {
+                report.deleted_packs += 1;
+                report.deleted_bytes += objects.get(p).copied().unwrap_or(0);
+            }
+            Err(e) => {
+                // Object Lock retention, or a policy without delete: try again next run.
+                tracing::warn!(pack = %p.short(), error = %e, "pack delete refused; deferred");
+                report.deferred_deletes += 1;
+                retry.insert(*p);
+            }
+        }
+    }
+    for m in aged {
+        if m.mark.packs.iter().any(|p| retry.contains(p)) {
+            continue;
+        }
+        if store.delete(&m.key).await.is_ok() {
+            report.marks_removed += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Mark every blob the snapshots reference. Trees shared between snapshots are read once.
+async fn walk(
+    repo: &Repository,
+    index: &MasterIndex,
+    snapshots: &[SnapshotEntry],
+) -> Result<LiveSet> {
+    let mut live = LiveSet(vec![0; index.len().div_ceil(64)]);
+    let missing = |id: &BlobId, s: &SnapshotEntry| {
+        Error::Integrity(format!(
+            "snapshot {} references blob {} that is in no index; run `cairn check`",
+            s.id.short(),
+            id.short()
+        ))
+    };
+    for s in snapshots {
+        let mut pending: Vec<BlobId> = Vec::new();
+        let visit_tree = |id: &BlobId, live: &mut LiveSet, pending: &mut Vec<BlobId>| {
+            let pos = index.position(id).ok_or_else(|| missing(id, s))?;
+            if !live.set(pos) {
+                pending.push(*id);
+            }
+            Ok::<_, Error>(())
+        };
+        for id in &s.snapshot.root.subtree {
+            visit_tree(id, &mut live, &mut pending)?;
+        }
+        while !pending.is_empty() {
+            let batch: Vec<BlobId> = pending.drain(..pending.len().min(16)).collect();
+            let blobs =
+                futures::future::try_join_all(batch.iter().map(|id| repo.read_blob(id))).await?;
+            for blob in blobs {
+                for node in TreeBlob::decode(&blob)?.nodes {
+                    if node.kind == NodeKind::Dir {
+                        for id in &node.subtree {
+                            visit_tree(id, &mut live, &mut pending)?;
+                        }
+                    }
+                    for ext in &node.content {
+                        if let Some(id) = &ext.id {
+                            let pos = index.position(id).ok_or_else(|| missing(id, s))?;
+                            live.set(pos);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(live)
+}
+
+/// Copy the live blobs of `packs` into new packs (and index objects). Returns bytes copied.
+async fn copy_live_blobs(
+    repo: &Arc<Repository>,
+    loaded: &Loaded,
+    headers: &HashMap<PackId, &PackHeader>,
+    packs: &[PackId],
+    guard: Option<lock::LeaseGuard>,
+) -> Result<u64> {
+    let mut work: Vec<(BlobKind, BlobId)> = Vec::new();
+    for p in packs {
+        let slot = loaded.index.pack_slot(p).expect("indexed");
+        let h = headers[p];
+        work.extend(
+            h.entries.iter().filter(|e| loaded.live_here(&e.id, slot)).map(|e| (h.kind, e.id)),
+        );
+    }
+    let repo2 = repo.clone();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || -> Result<u64> {
+        let writer = repo2.writer(handle.clone()).with_guard(guard);
+        let mut copied = 0u64;
+        for (kind, id) in work {
+            let plain = handle.block_on(repo2.read_blob(&id))?;
+            copied += plain.len() as u64;
+            writer.add_blob_forced(kind, id, &plain)?;
+        }
+        writer.flush()?;
+        Ok(copied)
+    })
+    .await
+    .map_err(|e| Error::Retryable(format!("repack worker: {e}")))?
+}
+
+impl PruneReport {
+    pub fn render(&self) -> String {
+        use crate::progress::human_bytes as h;
+        let would = if self.dry_run { "would be " } else { "" };
+        format!(
+            "{} snapshots, {} blobs in {} packs: {} used, {} unused\n\
+             deleted {}{} packs ({}); {} rescued, {} deferred; marks removed {}, waiting {}\n\
+             marked {}{} packs ({}) for deletion after the grace period; repacked {} packs ({} copied){}\n\
+             index objects {} -> {}\n",
+            self.snapshots,
+            self.blobs,
+            self.packs,
+            h(self.used_bytes),
+            h(self.unused_bytes),
+            would,
+            self.deleted_packs,
+            h(self.deleted_bytes),
+            self.rescued_packs,
+            self.deferred_deletes,
+            self.marks_removed,
+            self.marks_waiting,
+            would,
+            self.marked_packs,
+            h(self.marked_bytes),
+            self.repacked_packs,
+            h(self.repacked_live_bytes),
+            if self.repack_skipped_no_identity > 0 {
+                format!(
+                    "; {} data packs not repacked (needs the identity)",
+                    self.repack_skipped_no_identity
+                )
+            } else {
+                String::new()
+            },
+            self.index_objects_before,
+            self.index_objects_after,
+        )
+    }
+}
