@@ -140,12 +140,16 @@ pub mod repos {
 
     /// Small packs so that tests exercise many of them.
     pub async fn init(url: &str) -> TestRepo {
+        init_on(Store::open(url).unwrap()).await
+    }
+
+    pub async fn init_on(store: Store) -> TestRepo {
         let identity = age::x25519::Identity::generate();
         let recipient = KeyRecipient::parse(&identity.to_public().to_string()).unwrap();
         let opts = InitOptions { pack_size: 1 << 20, ..Default::default() };
-        let repo =
-            Repository::init(Store::open(url).unwrap(), &[recipient], opts).await.expect("init");
-        TestRepo { url: url.to_string(), identity, write_key: repo.write_key().clone() }
+        let url = store.url().to_string();
+        let repo = Repository::init(store, &[recipient], opts).await.expect("init");
+        TestRepo { url, identity, write_key: repo.write_key().clone() }
     }
 
     impl TestRepo {
@@ -163,6 +167,20 @@ pub mod repos {
             )
         }
 
+        /// Open on a given store (a fault-injecting wrapper, a clone): full or write access.
+        pub async fn open_on(
+            &self,
+            store: Store,
+            full: bool,
+        ) -> cairn_shared::Result<Arc<Repository>> {
+            let access = if full {
+                Access::Unlock(Unlock::from_identity_text(&self.identity_text(), "test").unwrap())
+            } else {
+                Access::Write(self.write_key.clone())
+            };
+            Repository::open(store, access).await.map(Arc::new)
+        }
+
         pub async fn open_write(&self) -> Arc<Repository> {
             Arc::new(
                 Repository::open(
@@ -173,5 +191,141 @@ pub mod repos {
                 .unwrap(),
             )
         }
+    }
+}
+
+pub mod faulty {
+    //! A store wrapper that lets the first N operations through and fails every later one,
+    //! as a process that crashed after its N-th request would look to the store: nothing it
+    //! does afterwards lands. Counting mode (no limit) measures how many operations a step
+    //! makes, so a test can sweep N over all of them.
+
+    use std::fmt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use futures::StreamExt;
+    use futures::stream::BoxStream;
+    use object_store::path::Path;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+        PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    };
+
+    #[derive(Debug, Default)]
+    pub struct Gate {
+        /// Operations allowed before failing; u64::MAX counts without failing.
+        pub limit: AtomicU64,
+        pub ops: AtomicU64,
+        /// Fail everything from now on (a test can pull the plug at any moment).
+        pub down: AtomicBool,
+    }
+
+    impl Gate {
+        fn pass(&self, what: &str, path: &Path) -> Result<()> {
+            let n = self.ops.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) || n >= self.limit.load(Ordering::SeqCst) {
+                return Err(object_store::Error::Generic {
+                    store: "faulty",
+                    source: format!("injected failure: {what} {path} (operation {n})").into(),
+                });
+            }
+            Ok(())
+        }
+
+        pub fn ops(&self) -> u64 {
+            self.ops.load(Ordering::SeqCst)
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct Faulty {
+        inner: Arc<dyn ObjectStore>,
+        pub gate: Arc<Gate>,
+    }
+
+    impl Faulty {
+        pub fn new(inner: Arc<dyn ObjectStore>, limit: u64) -> Faulty {
+            let gate = Gate { limit: AtomicU64::new(limit), ..Default::default() };
+            Faulty { inner, gate: Arc::new(gate) }
+        }
+    }
+
+    impl fmt::Display for Faulty {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "Faulty({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Faulty {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> Result<PutResult> {
+            self.gate.pass("put", location)?;
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> Result<Box<dyn MultipartUpload>> {
+            self.gate.pass("put_multipart", location)?;
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+            self.gate.pass("get", location)?;
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, Result<Path>>,
+        ) -> BoxStream<'static, Result<Path>> {
+            // One pass per object, so a sweep can stop between two deletes.
+            let gate = self.gate.clone();
+            let gated = locations.map(move |p| p.and_then(|p| gate.pass("delete", &p).map(|_| p)));
+            self.inner.delete_stream(gated.boxed())
+        }
+
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+            match self.gate.pass("list", prefix.unwrap_or(&Path::from(""))) {
+                Ok(()) => self.inner.list(prefix),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            }
+        }
+
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+            self.gate.pass("list", prefix.unwrap_or(&Path::from("")))?;
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+            self.gate.pass("copy", to)?;
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// A copy of every object of `from` in a new in-memory store (a fresh starting point
+    /// for each step of a sweep).
+    pub async fn clone_memory(from: &Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+        let to: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let metas: Vec<ObjectMeta> = from.list(None).map(|m| m.unwrap()).collect::<Vec<_>>().await;
+        for m in metas {
+            let bytes = from
+                .get_opts(&m.location, GetOptions::default())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            to.put_opts(&m.location, bytes.into(), PutOptions::default()).await.unwrap();
+        }
+        to
     }
 }

@@ -329,3 +329,34 @@ pub fn assert_same_tree(original: &Path, restored: &Path) {
         );
     }
 }
+
+/// What a tree holds, path by path: kind, size and a hash of the content (or link target).
+/// Restores are compared against this when the original tree has changed since.
+pub fn digest(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let ft = meta.file_type();
+            let value = if ft.is_dir() {
+                walk(root, &path, out);
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("link {}", fs::read_link(&path).unwrap().display())
+            } else if ft.is_file() {
+                let mut h = blake3::Hasher::new();
+                h.update_reader(File::open(&path).unwrap()).unwrap();
+                format!("file {} {}", meta.len(), h.finalize().to_hex())
+            } else {
+                format!("other {:o}", meta.mode() & 0o170000)
+            };
+            out.insert(rel, value);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}

@@ -25,6 +25,8 @@ use super::storage::{Store, Timestamp};
 use crate::{Error, Result};
 
 pub const LOCK_VERSION: u32 = 1;
+/// The coarsest last-modified resolution among supported stores (S3: one second).
+pub const CLOCK_RESOLUTION: Duration = Duration::from_secs(1);
 /// Default lease: long enough to ride out a slow store, short enough that a crashed
 /// CronJob's lock is gone before its next run.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(300);
@@ -110,7 +112,8 @@ pub struct LockRecord {
     pub nonce: String,
     pub holder: Holder,
     pub purpose: String,
-    pub lease_secs: u64,
+    /// Milliseconds.
+    pub lease_ms: u64,
     /// The holder's clock when it first took the lock. Informative only.
     pub created: String,
 }
@@ -151,7 +154,7 @@ impl Default for LockOptions {
 }
 
 /// A lock found in the bucket.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LockInfo {
     pub key: String,
     /// `None` when the object does not open (another repository's key, or damage).
@@ -164,10 +167,24 @@ pub struct LockInfo {
     pub expired: bool,
 }
 
+impl std::fmt::Debug for LockInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockInfo")
+            .field("key", &self.key)
+            .field("record", &self.record)
+            .field("modified", &self.modified)
+            .field("age", &self.age)
+            .field("expired", &self.expired)
+            .finish_non_exhaustive()
+    }
+}
+
 impl LockInfo {
     pub fn lease(&self) -> Duration {
         // A lock we cannot read is given a long lease: better to wait than to break it.
-        Duration::from_secs(self.record.as_ref().map_or(3600, |r| r.lease_secs))
+        self.record
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |r| Duration::from_millis(r.lease_ms))
     }
     pub fn describe(&self) -> String {
         match &self.record {
@@ -177,7 +194,7 @@ impl LockInfo {
                 r.holder,
                 if r.purpose.is_empty() { "-" } else { &r.purpose },
                 self.age.as_secs(),
-                r.lease_secs
+                r.lease_ms / 1000
             ),
             None => format!("{} (unreadable), last written {}s ago", self.key, self.age.as_secs()),
         }
@@ -256,7 +273,7 @@ impl Lock {
             nonce: nonce.clone(),
             holder: opts.holder.clone(),
             purpose: opts.purpose.clone(),
-            lease_secs: opts.lease.as_secs(),
+            lease_ms: opts.lease.as_millis() as u64,
             created: crate::repo::now_rfc3339(),
         };
         let sealed = record.seal(&meta, &key);
@@ -422,7 +439,8 @@ fn info_from(
     let age = (now - modified).to_std().unwrap_or(Duration::ZERO);
     let record = LockRecord::open(meta, &key, &raw).ok();
     let mut info = LockInfo { key, record, raw, modified, age, expired: false };
-    info.expired = age > info.lease();
+    // Stores such as S3 keep last-modified times to the second: allow for that rounding.
+    info.expired = age > info.lease() + CLOCK_RESOLUTION;
     info
 }
 
