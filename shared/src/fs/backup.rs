@@ -161,7 +161,7 @@ pub async fn backup_dir(
         let stats = (
             writer.stats.new_blobs.load(Ordering::Relaxed),
             writer.stats.new_bytes.load(Ordering::Relaxed),
-            writer.relied_packs(),
+            writer.relied_blobs(),
         );
         Ok((root, failures, counts, stats))
     })

@@ -199,6 +199,19 @@ impl MasterIndex {
         self.get(id).filter(|l| !self.marked[l.pack as usize])
     }
 
+    /// Position and location of a blob a writer may reuse (in an unmarked pack).
+    pub fn find_live(&self, id: &BlobId) -> Option<(usize, Location)> {
+        let i = self.position(id)?;
+        let loc = self.entries[i].1;
+        (!self.marked[loc.pack as usize]).then_some((i, loc))
+    }
+
+    /// The blob at a position and the pack holding it.
+    pub fn entry(&self, i: usize) -> (BlobId, PackId) {
+        let (id, loc) = self.entries[i];
+        (id, self.packs[loc.pack as usize].id)
+    }
+
     /// Position of a blob in the sorted entries (for per-blob bitmaps, 1 bit per blob).
     pub fn position(&self, id: &BlobId) -> Option<usize> {
         self.entries.binary_search_by(|e| e.0.cmp(id)).ok()

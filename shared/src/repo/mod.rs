@@ -486,44 +486,57 @@ impl Repository {
         Ok(nodes)
     }
 
-    /// The commit point of a backup (FORMAT.md §15.4): refuse if a prune marked, during
-    /// this session, a pack the session reused blobs from, or if the lease is in doubt;
-    /// otherwise save the snapshot record.
+    /// The commit point of a backup (FORMAT.md §15.4). Refuses if the lease is in doubt,
+    /// or if a prune marked, during the session, a pack holding the only live copy of a blob
+    /// the session reused. (A prune that repacked such a pack wrote the copies first: the
+    /// index is reloaded to find them.) Then saves the snapshot record.
     pub async fn commit_snapshot(
         &self,
         snapshot: &Snapshot,
-        relied: &[PackId],
+        relied: &[(BlobId, PackId)],
         guard: Option<&lock::LeaseGuard>,
     ) -> Result<SnapshotId> {
         if let Some(g) = guard {
             g.check()?;
         }
-        let seen = self.marks_seen.lock().clone();
-        let relied: std::collections::HashSet<PackId> = relied.iter().copied().collect();
-        for info in self.store.list_info("gc/").await? {
-            if seen.contains(&info.key) {
-                continue;
+        for _attempt in 0..3 {
+            let seen = self.marks_seen.lock().clone();
+            let mut condemned = std::collections::HashSet::new();
+            for info in self.store.list_info("gc/").await? {
+                if seen.contains(&info.key) {
+                    continue;
+                }
+                let id = IndexId::parse(info.key.trim_start_matches("gc/"))?;
+                match self.store.get(&info.key).await {
+                    Ok(sealed) => {
+                        condemned.extend(mark::Mark::open(self.meta_key(), &id, &sealed)?.packs)
+                    }
+                    Err(Error::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                }
             }
-            let id = IndexId::parse(info.key.trim_start_matches("gc/"))?;
-            let sealed = match self.store.get(&info.key).await {
-                Ok(b) => b,
-                Err(Error::NotFound(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            let m = mark::Mark::open(self.meta_key(), &id, &sealed)?;
-            let hit = m.packs.iter().filter(|p| relied.contains(p)).count();
-            if hit > 0 {
+            let at_risk: Vec<BlobId> =
+                relied.iter().filter(|(_, p)| condemned.contains(p)).map(|(b, _)| *b).collect();
+            if at_risk.is_empty() {
+                if let Some(g) = guard {
+                    g.check()?;
+                }
+                return self.save_snapshot(snapshot).await;
+            }
+            // Look for other live copies (a repack writes them before marking).
+            self.load_index().await?;
+            let index = self.index();
+            let lost = at_risk.iter().filter(|b| index.get_live(b).is_none()).count();
+            if lost > 0 {
                 return Err(Error::Retryable(format!(
-                    "a prune running beside this backup condemned {hit} pack(s) the backup reused \
-                     data from; no snapshot was saved. Run the backup again: it will store that \
-                     data anew"
+                    "a prune running beside this backup condemned the only copy of {lost} \
+                     blob(s) the backup reused; no snapshot was saved. Run the backup again: \
+                     it will store that data anew"
                 )));
             }
+            tracing::debug!(blobs = at_risk.len(), "reused blobs were repacked; copies found");
         }
-        if let Some(g) = guard {
-            g.check()?;
-        }
-        self.save_snapshot(snapshot).await
+        Err(Error::Retryable("marks keep appearing while committing; run the backup again".into()))
     }
 
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {

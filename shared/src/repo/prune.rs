@@ -148,6 +148,16 @@ async fn run(
     let now = if opts.dry_run { chrono::Utc::now() } else { store.now().await? };
 
     // ---- Load everything prune decides on. Any damage stops it: liveness must be exact.
+    // Snapshots before the index: every snapshot listed has its index objects written
+    // (packs → index → snapshot), so every blob it references is found. A snapshot
+    // committed later is covered by the marking protocol, not by this walk.
+    let (snapshots, bad) = repo.snapshots_lenient().await?;
+    if let Some((key, e)) = bad.into_iter().next() {
+        return Err(Error::Integrity(format!(
+            "{key} does not open ({e}); prune cannot tell what it references. Run `cairn check`"
+        )));
+    }
+    report.snapshots = snapshots.len();
     let live_shared: HashSet<String> = lock::list_locks(repo)
         .await?
         .into_iter()
@@ -174,13 +184,6 @@ async fn run(
             object_age.insert(id, (now - info.modified).to_std().unwrap_or(Duration::ZERO));
         }
     }
-    let (snapshots, bad) = repo.snapshots_lenient().await?;
-    if let Some((key, e)) = bad.into_iter().next() {
-        return Err(Error::Integrity(format!(
-            "{key} does not open ({e}); prune cannot tell what it references. Run `cairn check`"
-        )));
-    }
-    report.snapshots = snapshots.len();
 
     let mut master = MasterIndex::default();
     for (_, f) in &files {

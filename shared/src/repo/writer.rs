@@ -44,8 +44,8 @@ pub struct Writer {
     handle: tokio::runtime::Handle,
     /// The index as loaded when the session began; marked packs are not offered for dedup.
     index: Arc<MasterIndex>,
-    /// Pack slots (in `index`) this session reused blobs from: a mark written during the
-    /// session naming one of them forbids the commit.
+    /// Blobs (bit per position in `index`) this session reused: a mark written during the
+    /// session naming their pack forbids the commit unless another copy exists.
     relied: Vec<AtomicU64>,
     guard: Option<LeaseGuard>,
     known: Mutex<HashSet<BlobId>>,
@@ -68,7 +68,7 @@ impl Writer {
     pub(super) fn new(repo: Arc<Repository>, handle: tokio::runtime::Handle) -> Writer {
         let max_uploads = 3;
         let index = repo.index();
-        let relied = (0..index.packs.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        let relied = (0..index.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
         Writer {
             repo,
             handle,
@@ -100,26 +100,24 @@ impl Writer {
         self.guard.as_ref().map_or(Ok(()), |g| g.check())
     }
 
-    /// Reuse a stored blob if a live (unmarked) copy exists, and remember its pack.
+    /// Reuse a stored blob if a live (unmarked) copy exists, and remember that we did.
     fn reuse(&self, id: &BlobId) -> bool {
-        match self.index.get_live(id) {
-            Some(loc) => {
-                self.relied[loc.pack as usize / 64]
-                    .fetch_or(1 << (loc.pack % 64), Ordering::Relaxed);
+        match self.index.find_live(id) {
+            Some((pos, _)) => {
+                self.relied[pos / 64].fetch_or(1 << (pos % 64), Ordering::Relaxed);
                 true
             }
             None => false,
         }
     }
 
-    /// Packs this session reused blobs from.
-    pub fn relied_packs(&self) -> Vec<PackId> {
+    /// The stored blobs this session reused, with the pack it found each in.
+    pub fn relied_blobs(&self) -> Vec<(BlobId, PackId)> {
         let mut out = Vec::new();
         for (word, bits) in self.relied.iter().enumerate() {
             let mut b = bits.load(Ordering::Relaxed);
             while b != 0 {
-                let slot = word * 64 + b.trailing_zeros() as usize;
-                out.push(self.index.pack(slot as u32).id);
+                out.push(self.index.entry(word * 64 + b.trailing_zeros() as usize));
                 b &= b - 1;
             }
         }
