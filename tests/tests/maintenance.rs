@@ -218,3 +218,97 @@ async fn eight_writers_and_a_pruner_on_s3() {
     );
     writers_and_a_pruner(&url).await;
 }
+
+/// The `cairn` binary, built by `tests/run` next to the test executables.
+fn cairn_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("cairn");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` (tests/run does)",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_killed_with_sigkill_leaves_a_sound_repository() {
+    use rand::{RngCore, SeedableRng};
+    use std::os::unix::process::ExitStatusExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!(
+        "s3://{}/{}",
+        cairn_tests::env("CAIRN_TEST_S3_BUCKET"),
+        cairn_tests::unique("kill")
+    );
+    let t = repos::init(&url).await;
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for i in 0..64 {
+        let mut buf = vec![0u8; 2 << 20];
+        rng.fill_bytes(&mut buf);
+        std::fs::write(data.join(format!("f{i:02}")), buf).unwrap();
+    }
+    let want = digest(&data);
+    let wk = t.write_key.to_text();
+    let mut child = std::process::Command::new(cairn_bin())
+        .args(["--repo", &url, "--write-key", &wk, "backup", data.to_str().unwrap()])
+        .args(["--source", "victim", "--lock-lease", "2s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let repo = t.open_full().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let packs = repo.store().list("packs/").await.unwrap().len();
+        if packs >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the backup never uploaded a pack");
+        assert!(child.try_wait().unwrap().is_none(), "the backup ended before it could be killed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+
+    let report = check(&repo, &CheckOptions { read_data_fraction: 1.0 }).await.unwrap();
+    assert!(report.ok(), "after SIGKILL: {:?}", report.problems);
+    assert!(repo.snapshots().await.unwrap().is_empty(), "no snapshot from a killed backup");
+    let held = cairn_shared::repo::lock::list_locks(&repo).await.unwrap();
+    assert_eq!(held.len(), 2, "the dead run's source and shared locks: {held:?}");
+
+    // The next run waits out the dead run's lease and succeeds, no unlock needed.
+    let argv: Vec<String> =
+        ["cairn", "--repo", &url, "--write-key", &wk, "backup", data.to_str().unwrap()]
+            .into_iter()
+            .chain(["--source", "victim", "--lock-lease", "2s", "--lock-wait", "20s"])
+            .map(String::from)
+            .collect();
+    let exit = cairn::run(<cairn::Cli as clap::Parser>::try_parse_from(argv).unwrap()).await;
+    assert_eq!(exit, cairn_shared::Exit::Success);
+
+    // Two prunes a grace period apart remove what the killed run left.
+    let opts = PruneOptions {
+        grace: Duration::from_secs(4),
+        unindexed_age: Duration::from_secs(4),
+        lock: lock_opts(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        prune(repo.clone(), &opts).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    prune(repo.clone(), &opts).await.unwrap();
+    let report = check(&repo, &CheckOptions { read_data_fraction: 1.0 }).await.unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert!(report.unindexed_packs.is_empty(), "left over: {:?}", report.unindexed_packs);
+    repo.load_index().await.unwrap();
+    let snap = repo.find_snapshot("latest", Some("victim")).await.unwrap();
+    let out = tmp.path().join("out");
+    restore(repo.clone(), snap.snapshot.root, &out, RestoreOptions::default()).await.unwrap();
+    assert_eq!(digest(&out), want);
+}
