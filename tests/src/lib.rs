@@ -219,6 +219,8 @@ pub mod faulty {
         pub ops: AtomicU64,
         /// Fail everything from now on (a test can pull the plug at any moment).
         pub down: AtomicBool,
+        /// Refuse deletes the way a bucket with Object Lock retention does.
+        pub deny_deletes: AtomicBool,
     }
 
     impl Gate {
@@ -289,7 +291,17 @@ pub mod faulty {
         ) -> BoxStream<'static, Result<Path>> {
             // One pass per object, so a sweep can stop between two deletes.
             let gate = self.gate.clone();
-            let gated = locations.map(move |p| p.and_then(|p| gate.pass("delete", &p).map(|_| p)));
+            let gated = locations.map(move |p| {
+                let p = p?;
+                gate.pass("delete", &p)?;
+                if gate.deny_deletes.load(Ordering::SeqCst) && !p.as_ref().starts_with("locks/") {
+                    return Err(object_store::Error::PermissionDenied {
+                        path: p.to_string(),
+                        source: "object is under retention (injected)".into(),
+                    });
+                }
+                Ok(p)
+            });
             self.inner.delete_stream(gated.boxed())
         }
 

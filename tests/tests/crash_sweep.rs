@@ -232,3 +232,33 @@ async fn crash_at_every_point_of_a_forget() {
 async fn crash_at_every_point_of_a_prune() {
     sweep(Step::Prune).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletes_refused_by_retention_are_deferred_and_nothing_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = build_world(tmp.path()).await;
+    std::fs::create_dir_all(&w.scratch).unwrap();
+    let inner = clone_memory(&w.base).await;
+    tokio::time::sleep(GRACE).await;
+    let faulty = Faulty::new(inner.clone(), u64::MAX);
+    let gate = faulty.gate.clone();
+    gate.deny_deletes.store(true, std::sync::atomic::Ordering::SeqCst);
+    let repo =
+        w.t.open_on(Store::from_object_store(Arc::new(faulty), "memory://locked"), true)
+            .await
+            .unwrap();
+    let report = prune(repo.clone(), &prune_opts()).await.expect("prune succeeds");
+    assert!(report.deferred_deletes > 0, "{report:?}");
+    assert_eq!(report.deleted_packs, 0);
+    verify(&w, &inner, "deletes refused").await;
+
+    // Retention over: the next prunes finish the job.
+    gate.deny_deletes.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut deleted = 0;
+    for _ in 0..3 {
+        deleted += prune(repo.clone(), &prune_opts()).await.unwrap().deleted_packs;
+        tokio::time::sleep(GRACE + Duration::from_millis(50)).await;
+    }
+    assert!(deleted >= report.deferred_deletes, "deleted {deleted} of {}", report.deferred_deletes);
+    assert_eq!(verify(&w, &inner, "after retention").await, 0);
+}

@@ -117,13 +117,7 @@ impl Loaded {
 }
 
 pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneReport> {
-    if opts.grace < opts.lock.lease * 2 {
-        return Err(Error::Invalid(format!(
-            "grace {} must be at least twice the lock lease ({})",
-            humantime::format_duration(opts.grace),
-            humantime::format_duration(opts.lock.lease)
-        )));
-    }
+    validate(opts)?;
     let lock = if opts.dry_run {
         None
     } else {
@@ -134,6 +128,28 @@ pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneRe
         l.release().await?;
     }
     result
+}
+
+/// Prune under a maintenance lock the caller already holds (`cairn-maintain` takes it
+/// before forgetting, so that a locked-out run changes nothing).
+pub async fn prune_locked(
+    repo: Arc<Repository>,
+    opts: &PruneOptions,
+    lock: &Lock,
+) -> Result<PruneReport> {
+    validate(opts)?;
+    run(&repo, opts, Some(lock)).await
+}
+
+fn validate(opts: &PruneOptions) -> Result<()> {
+    if opts.grace < opts.lock.lease * 2 {
+        return Err(Error::Invalid(format!(
+            "grace {} must be at least twice the lock lease ({})",
+            humantime::format_duration(opts.grace),
+            humantime::format_duration(opts.lock.lease)
+        )));
+    }
+    Ok(())
 }
 
 async fn run(
