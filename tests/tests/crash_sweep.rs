@@ -19,10 +19,10 @@ use cairn_tests::repos::{self, TestRepo};
 use cairn_tests::trees::{TreeSpec, digest, generate, mutate};
 use object_store::ObjectStore;
 
-const LEASE: Duration = Duration::from_millis(300);
-const GRACE: Duration = Duration::from_millis(600);
+const LEASE: Duration = Duration::from_millis(1000);
+const GRACE: Duration = Duration::from_millis(2000);
 /// Long enough for the locks of a dead run to expire (lease + the clock slack).
-const EXPIRY: Duration = Duration::from_millis(300 + 1000 + 300);
+const EXPIRY: Duration = Duration::from_millis(1000 + 1000 + 300);
 
 type Digest = BTreeMap<String, String>;
 

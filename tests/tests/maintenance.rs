@@ -33,7 +33,7 @@ fn small_tree(seed: u64) -> TreeSpec {
 }
 
 fn lease_for(url: &str) -> Duration {
-    if url.starts_with("s3://") { Duration::from_secs(2) } else { Duration::from_millis(400) }
+    if url.starts_with("s3://") { Duration::from_secs(2) } else { Duration::from_secs(1) }
 }
 
 fn lock_opts(lease: Duration) -> LockOptions {

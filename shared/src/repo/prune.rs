@@ -211,6 +211,12 @@ async fn run(
     master.finish();
     let index = repo.install_index(master);
     report.blobs = index.len();
+    tracing::info!(
+        snapshots = snapshots.len(),
+        blobs = index.len(),
+        marks = marks.len(),
+        "prune: loaded; walking snapshots"
+    );
     let live = walk(repo, &index, &snapshots).await?;
     let loaded = Loaded { files, index, live };
     let mut headers: HashMap<PackId, &PackHeader> = HashMap::new();
@@ -320,6 +326,12 @@ async fn run(
         return Ok(report);
     }
 
+    tracing::info!(
+        to_delete = doomed.len(),
+        to_mark = dead.len(),
+        to_repack = repack.len(),
+        "prune: decided"
+    );
     if !repack.is_empty() {
         report.repacked_live_bytes =
             copy_live_blobs(repo, &loaded, &headers, &repack, guard.clone()).await?;
@@ -432,6 +444,9 @@ async fn walk(
     snapshots: &[SnapshotEntry],
 ) -> Result<LiveSet> {
     let mut live = LiveSet(vec![0; index.len().div_ceil(64)]);
+    let started = std::time::Instant::now();
+    let mut last_report = started;
+    let mut trees_read = 0u64;
     let missing = |id: &BlobId, s: &SnapshotEntry| {
         Error::Integrity(format!(
             "snapshot {} references blob {} that is in no index; run `cairn check`",
@@ -439,7 +454,7 @@ async fn walk(
             id.short()
         ))
     };
-    for s in snapshots {
+    for (done, s) in snapshots.iter().enumerate() {
         let mut pending: Vec<BlobId> = Vec::new();
         let visit_tree = |id: &BlobId, live: &mut LiveSet, pending: &mut Vec<BlobId>| {
             let pos = index.position(id).ok_or_else(|| missing(id, s))?;
@@ -455,6 +470,17 @@ async fn walk(
             let batch: Vec<BlobId> = pending.drain(..pending.len().min(16)).collect();
             let blobs =
                 futures::future::try_join_all(batch.iter().map(|id| repo.read_blob(id))).await?;
+            trees_read += blobs.len() as u64;
+            if last_report.elapsed() >= std::time::Duration::from_secs(5) {
+                last_report = std::time::Instant::now();
+                tracing::info!(
+                    snapshots_done = done,
+                    snapshots = snapshots.len(),
+                    trees_read,
+                    elapsed_s = started.elapsed().as_secs(),
+                    "prune: walking snapshots"
+                );
+            }
             for blob in blobs {
                 for node in TreeBlob::decode(&blob)?.nodes {
                     if node.kind == NodeKind::Dir {
