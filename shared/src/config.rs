@@ -98,7 +98,7 @@ impl RepoArgs {
     }
 }
 
-fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 5m, 2h, 7d)"))
 }
 

@@ -78,7 +78,6 @@ pub async fn backup_dir(
     path: &Path,
     opts: BackupOptions,
 ) -> Result<BackupOutcome> {
-    let started = std::time::Instant::now();
     let meta = std::fs::symlink_metadata(path)
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     repo.load_index().await?;
@@ -86,10 +85,6 @@ pub async fn backup_dir(
         Some(id) => Some(repo.find_snapshot(&id.to_hex(), None).await?.snapshot),
         None => None,
     };
-    let progress = Progress::new("backup");
-    if let Some(p) = &parent {
-        progress.total_bytes.store(p.summary.bytes, Ordering::Relaxed);
-    }
     let mut exclude = globset::GlobSetBuilder::new();
     for pattern in &opts.exclude {
         exclude.add(
@@ -98,13 +93,132 @@ pub async fn backup_dir(
         );
     }
     let exclude = exclude.build().map_err(|e| Error::Invalid(e.to_string()))?;
+    let total = parent.as_ref().map_or(0, |p| p.summary.bytes);
+    let path = path.to_path_buf();
+    let root = path.clone();
+    let guard = opts.guard.clone();
+    let prepared = run_backup(repo.clone(), opts, root, exclude, total, move |ctx| {
+        if meta.is_dir() {
+            let parent_root = parent.as_ref().map(|p| p.root.clone());
+            dir_node(ctx, &path, Name(Vec::new()), &meta, parent_root.as_ref())
+        } else {
+            // One file: the root is a directory holding just it.
+            let name = path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+            let parent_child = match &parent {
+                Some(p) => children_by_name(ctx, Some(&p.root))?.remove(&name),
+                None => None,
+            };
+            let node = entry_node(ctx, &path, Name(name), &meta, parent_child.as_ref())?;
+            single_file_root(ctx, node)
+        }
+    })
+    .await?;
+    prepared.commit(&repo, guard.as_ref()).await
+}
+
+/// Back up a byte stream (an etcd snapshot, a database dump) as the single file `name` of
+/// a new snapshot, without a local copy: it is chunked as it arrives. A read error, including
+/// one the producer raises at the end (a failed checksum), fails it. Returns the snapshot
+/// ready to commit: the caller adds what it learnt from the stream to `meta`, then commits.
+pub async fn backup_stream(
+    repo: Arc<Repository>,
+    reader: Box<dyn Read + Send>,
+    name: &str,
+    opts: BackupOptions,
+) -> Result<Prepared> {
+    if name.is_empty() || name.contains('/') {
+        return Err(Error::Invalid(format!("stream file name {name:?}")));
+    }
+    repo.load_index().await?;
+    let name = name.as_bytes().to_vec();
+    let empty = globset::GlobSet::empty();
+    run_backup(repo, opts, PathBuf::new(), empty, 0, move |ctx| {
+        let counted = CountingReader { inner: reader, progress: &ctx.progress };
+        let mut extents = Vec::new();
+        let size = chunk_into(ctx, counted, &mut extents)?;
+        ctx.files_read.fetch_add(1, Ordering::Relaxed);
+        ctx.bytes_read.fetch_add(size, Ordering::Relaxed);
+        ctx.progress.files.fetch_add(1, Ordering::Relaxed);
+        let mut node = Node::new(Name(name), NodeKind::File);
+        node.mode = 0o600;
+        node.size = size;
+        node.mtime_ns = now_ns();
+        node.content = extents;
+        single_file_root(ctx, node)
+    })
+    .await
+}
+
+fn now_ns() -> i128 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+}
+
+/// The synthetic root directory holding one file.
+fn single_file_root(ctx: &Ctx<'_>, node: Node) -> Result<Node> {
+    let mut root = Node::new(Name(Vec::new()), NodeKind::Dir);
+    root.mode = 0o755;
+    root.mtime_ns = node.mtime_ns;
+    root.subtree = store_listing(ctx, &[node])?;
+    Ok(root)
+}
+
+struct CountingReader<'a> {
+    inner: Box<dyn Read + Send>,
+    progress: &'a Progress,
+}
+
+impl Read for CountingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.add_bytes(n as u64);
+        Ok(n)
+    }
+}
+
+/// A backup whose data is stored and indexed, not yet committed: no snapshot record yet.
+#[derive(Debug)]
+pub struct Prepared {
+    pub snapshot: Snapshot,
+    relied: Vec<(crate::repo::BlobId, crate::repo::PackId)>,
+}
+
+impl Prepared {
+    /// Save the snapshot record: the commit point (FORMAT.md §15.4).
+    pub async fn commit(
+        self,
+        repo: &Repository,
+        guard: Option<&crate::repo::lock::LeaseGuard>,
+    ) -> Result<BackupOutcome> {
+        let snapshot = self.snapshot;
+        let id = repo.commit_snapshot(&snapshot, &self.relied, guard).await?;
+        tracing::info!(snapshot = %id.short(), source = %snapshot.source, files = snapshot.summary.files,
+            bytes = snapshot.summary.bytes, new_bytes = snapshot.summary.new_bytes, partial = snapshot.partial, "snapshot saved");
+        Ok(BackupOutcome { id, snapshot })
+    }
+}
+
+/// The common part of every backup: a rayon pool and a writer on a blocking thread build
+/// the root with `build`; then flush. The caller commits.
+async fn run_backup<F>(
+    repo: Arc<Repository>,
+    opts: BackupOptions,
+    root_path: PathBuf,
+    exclude: globset::GlobSet,
+    total_bytes: u64,
+    build: F,
+) -> Result<Prepared>
+where
+    F: for<'c> FnOnce(&'c Ctx<'c>) -> Result<Node> + Send + 'static,
+{
+    let started = std::time::Instant::now();
+    let progress = Progress::new("backup");
+    progress.total_bytes.store(total_bytes, Ordering::Relaxed);
     let handle = tokio::runtime::Handle::current();
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
         opts.threads
     };
-    let path = path.to_path_buf();
     let repo2 = repo.clone();
     let progress2 = progress.clone();
     let use_inode = opts.use_inode;
@@ -122,7 +236,7 @@ pub async fn backup_dir(
             writer: &writer,
             repo: &repo2,
             handle,
-            root: path.clone(),
+            root: root_path,
             use_inode,
             exclude,
             failures: Mutex::new(Vec::new()),
@@ -132,25 +246,7 @@ pub async fn backup_dir(
             dirs: 0.into(),
             hardlinks: Mutex::new(HashMap::new()),
         };
-        let root = pool.install(|| -> Result<Node> {
-            if meta.is_dir() {
-                let parent_root = parent.as_ref().map(|p| p.root.clone());
-                dir_node(&ctx, &path, Name(Vec::new()), &meta, parent_root.as_ref())
-            } else {
-                // One file: the root is a directory holding just it.
-                let name = path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
-                let parent_child = match &parent {
-                    Some(p) => children_by_name(&ctx, Some(&p.root))?.remove(&name),
-                    None => None,
-                };
-                let node = entry_node(&ctx, &path, Name(name), &meta, parent_child.as_ref())?;
-                let mut root = Node::new(Name(Vec::new()), NodeKind::Dir);
-                root.mode = 0o755;
-                root.mtime_ns = node.mtime_ns;
-                root.subtree = store_listing(&ctx, &[node])?;
-                Ok(root)
-            }
-        })?;
+        let root = pool.install(|| build(&ctx))?;
         writer.flush()?;
         let failures = ctx.failures.into_inner();
         let counts = (
@@ -194,10 +290,7 @@ pub async fn backup_dir(
         failures,
         meta: opts.meta.clone(),
     };
-    let id = repo.commit_snapshot(&snapshot, &stats.2, opts.guard.as_ref()).await?;
-    tracing::info!(snapshot = %id.short(), source = %snapshot.source, files = snapshot.summary.files,
-        bytes = snapshot.summary.bytes, new_bytes = snapshot.summary.new_bytes, partial = snapshot.partial, "snapshot saved");
-    Ok(BackupOutcome { id, snapshot })
+    Ok(Prepared { snapshot, relied: stats.2 })
 }
 
 pub fn hostname() -> String {
@@ -419,54 +512,62 @@ fn file_content(
 
 fn read_content(ctx: &Ctx<'_>, file: &File, size: u64) -> Result<Vec<Extent>> {
     let mut extents: Vec<Extent> = Vec::new();
-    let push = |extents: &mut Vec<Extent>, e: Extent| {
-        if e.len == 0 {
-            return;
-        }
-        match (extents.last_mut(), e.id) {
-            (Some(last), None) if last.id.is_none() => last.len += e.len,
-            _ => extents.push(e),
-        }
-    };
-    let batch = rayon::current_num_threads().max(2);
     let mut pos = 0u64;
     for (start, end) in data_regions(file, size) {
-        push(&mut extents, Extent { id: None, len: start - pos });
-        let reader = RegionReader { file, pos: start, end };
-        let mut pending: Vec<Vec<u8>> = Vec::with_capacity(batch);
-        let mut chunks = ctx.repo.chunker().stream(reader);
-        loop {
-            let next =
-                chunks.next().transpose().map_err(|e| Error::Invalid(format!("read: {e}")))?;
-            let done = next.is_none();
-            if let Some(c) = next {
-                pending.push(c);
-            }
-            if pending.len() >= batch || (done && !pending.is_empty()) {
-                let results: Vec<Extent> = pending
-                    .par_iter()
-                    .map(|c| -> Result<Extent> {
-                        let len = c.len() as u64;
-                        if is_zero(c) {
-                            return Ok(Extent { id: None, len });
-                        }
-                        let added = ctx.writer.add_blob(BlobKind::Data, c)?;
-                        Ok(Extent { id: Some(added.id), len })
-                    })
-                    .collect::<Result<_>>()?;
-                for e in results {
-                    push(&mut extents, e);
-                }
-                pending.clear();
-            }
-            if done {
-                break;
-            }
-        }
+        push_extent(&mut extents, Extent { id: None, len: start - pos });
+        chunk_into(ctx, RegionReader { file, pos: start, end }, &mut extents)?;
         pos = end;
     }
-    push(&mut extents, Extent { id: None, len: size.saturating_sub(pos) });
+    push_extent(&mut extents, Extent { id: None, len: size.saturating_sub(pos) });
     Ok(extents)
+}
+
+/// Append an extent, merging adjacent holes.
+fn push_extent(extents: &mut Vec<Extent>, e: Extent) {
+    if e.len == 0 {
+        return;
+    }
+    match (extents.last_mut(), e.id) {
+        (Some(last), None) if last.id.is_none() => last.len += e.len,
+        _ => extents.push(e),
+    }
+}
+
+/// Chunk everything `reader` yields into blobs, hashing, compressing and sealing a batch of
+/// chunks in parallel; all-zero chunks become holes. Returns the bytes read.
+fn chunk_into(ctx: &Ctx<'_>, reader: impl Read, extents: &mut Vec<Extent>) -> Result<u64> {
+    let batch = rayon::current_num_threads().max(2);
+    let mut pending: Vec<Vec<u8>> = Vec::with_capacity(batch);
+    let mut chunks = ctx.repo.chunker().stream(reader);
+    let mut total = 0u64;
+    loop {
+        let next = chunks.next().transpose().map_err(|e| Error::Invalid(format!("read: {e}")))?;
+        let done = next.is_none();
+        if let Some(c) = next {
+            total += c.len() as u64;
+            pending.push(c);
+        }
+        if pending.len() >= batch || (done && !pending.is_empty()) {
+            let results: Vec<Extent> = pending
+                .par_iter()
+                .map(|c| -> Result<Extent> {
+                    let len = c.len() as u64;
+                    if is_zero(c) {
+                        return Ok(Extent { id: None, len });
+                    }
+                    let added = ctx.writer.add_blob(BlobKind::Data, c)?;
+                    Ok(Extent { id: Some(added.id), len })
+                })
+                .collect::<Result<_>>()?;
+            for e in results {
+                push_extent(extents, e);
+            }
+            pending.clear();
+        }
+        if done {
+            return Ok(total);
+        }
+    }
 }
 
 fn is_zero(buf: &[u8]) -> bool {

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod restore;
+pub mod stream;
 
-pub use backup::{BackupOptions, BackupOutcome, backup_dir};
+pub use backup::{BackupOptions, BackupOutcome, Prepared, backup_dir, backup_stream};
 pub use restore::{RestoreOptions, RestoreReport, restore, write_file_to};

@@ -1,0 +1,561 @@
+//! The etcd snapshot job: pick a healthy member (a follower, to spare the leader), stream
+//! its Maintenance snapshot straight into the repository (chunked as it arrives, memory
+//! bounded whatever the database size), verify the SHA-256 trailer etcd appends, record what
+//! a restore needs to check itself (revision, raft index, `HashKV`), and commit.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use cairn_shared::config::{LockArgs, Need, RepoArgs};
+use cairn_shared::fs::stream::{Sha256Trailer, channel};
+use cairn_shared::fs::{BackupOptions, backup_stream};
+use cairn_shared::progress::human_bytes;
+use cairn_shared::repo::lock::BackupLocks;
+use cairn_shared::telemetry::TelemetryOptions;
+use cairn_shared::{Error, Exit};
+use clap::Parser;
+use etcd_client::{
+    AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, TlsOptions,
+};
+use serde::Serialize;
+
+/// The file name of the database inside an etcd snapshot.
+pub const DB_FILE: &str = "snapshot.db";
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    cairn_shared::config::parse_duration(s)
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn-etcd-snapshot",
+    version,
+    about = "Stream an etcd snapshot into a cairn repository",
+    long_about = "Stream an etcd snapshot into a cairn repository.\n\n\
+        Probes every endpoint (Status, alarms), picks a healthy member, preferring a follower \
+        to spare the leader (--member overrides), streams its Maintenance snapshot into the \
+        repository as `snapshot.db` without a local copy, verifies the SHA-256 etcd appends, \
+        and records version, cluster and member ids, revision, raft index/term, db sizes and \
+        HashKV at the snapshot revision.\n\n\
+        On a kubeadm control plane use the API server's etcd client certificate: \
+        --cacert /etc/kubernetes/pki/etcd/ca.crt --cert /etc/kubernetes/pki/apiserver-etcd-client.crt \
+        --key /etc/kubernetes/pki/apiserver-etcd-client.key.\n\n\
+        Exit codes: 0 ok, 1 retryable (unreachable, no healthy member, stream cut), 2 usage, \
+        4 TLS/authentication refused or integrity (SHA-256 mismatch), 5 another snapshot of \
+        this source is running."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// etcd client URLs, comma separated (https://… for TLS).
+    #[arg(long, env = "CAIRN_ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    pub endpoints: Vec<String>,
+    /// CA bundle that signed the etcd server certificates.
+    #[arg(long, env = "CAIRN_ETCD_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, env = "CAIRN_ETCD_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, env = "CAIRN_ETCD_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// User name, for etcd with authentication instead of client certificates.
+    #[arg(long, env = "CAIRN_ETCD_USER", requires = "password_file")]
+    pub user: Option<String>,
+    /// File holding the password of --user.
+    #[arg(long, env = "CAIRN_ETCD_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Snapshot this member (name, hex id or client URL) instead of choosing one.
+    #[arg(long, env = "CAIRN_ETCD_MEMBER")]
+    pub member: Option<String>,
+    /// Per-request timeout for probes, and for connecting.
+    #[arg(long, env = "CAIRN_ETCD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Give up when the snapshot stream sends nothing for this long.
+    #[arg(long, env = "CAIRN_ETCD_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+    /// Snapshot source name.
+    #[arg(long, env = "CAIRN_SOURCE", default_value = "etcd")]
+    pub source: String,
+    /// Cluster name recorded in the snapshot.
+    #[arg(long, env = "CAIRN_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Tag as key=value. Repeatable.
+    #[arg(long = "tag", value_parser = parse_kv)]
+    pub tags: Vec<(String, String)>,
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log format: auto, human or json.
+    #[arg(long, env = "CAIRN_LOG_FORMAT", default_value = "auto")]
+    pub log_format: String,
+    /// Print the summary as JSON on stdout.
+    #[arg(long, env = "CAIRN_JSON")]
+    pub json: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected key=value"))
+}
+
+impl Cli {
+    pub fn telemetry_options(&self) -> TelemetryOptions {
+        TelemetryOptions {
+            service: "cairn-etcd-snapshot",
+            default_level: match self.verbose {
+                0 => "info".into(),
+                1 => "debug".into(),
+                _ => "trace".into(),
+            },
+            json: match self.log_format.as_str() {
+                "json" => Some(true),
+                "human" => Some(false),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// What the job learnt about one member.
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub endpoint: String,
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub cluster_id: String,
+    pub leader: bool,
+    pub learner: bool,
+    pub raft_index: u64,
+    pub raft_term: u64,
+    pub db_size: i64,
+    pub db_size_in_use: i64,
+    pub errors: Vec<String>,
+    pub alarms: Vec<String>,
+}
+
+impl Member {
+    fn problem(&self) -> Option<String> {
+        if !self.alarms.is_empty() {
+            Some(format!("alarm {}", self.alarms.join(",")))
+        } else if !self.errors.is_empty() {
+            Some(format!("errors: {}", self.errors.join("; ")))
+        } else {
+            None
+        }
+    }
+}
+
+/// Facts recorded in the snapshot (`meta.etcd`), so a restore can be checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct EtcdMeta {
+    pub member: Member,
+    pub chosen_because: String,
+    /// A revision the snapshot holds (read just before the stream started); `hash_kv` is
+    /// HashKV at it, to compare with the restored member.
+    pub revision: i64,
+    pub hash_kv: u32,
+    pub hash_kv_compact_revision: i64,
+    pub stream_bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub exit: &'static str,
+    pub exit_code: u8,
+    pub snapshot: Option<String>,
+    pub source: String,
+    pub db_bytes: u64,
+    pub new_bytes: u64,
+    /// Share of the database that was already in the repository.
+    pub dedup_ratio: f64,
+    pub duration_ms: u64,
+    pub etcd: Option<EtcdMeta>,
+    pub error: Option<String>,
+}
+
+/// Map an etcd client error onto cairn's policy: refused TLS or credentials are not worth
+/// retrying (exit 4); anything else about reaching the member is (exit 1).
+pub fn classify(context: &str, e: etcd_client::Error) -> Error {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    let lower = text.to_lowercase();
+    let denied = [
+        "certificate",
+        "unknownissuer",
+        "unknown issuer",
+        "handshake",
+        "tls",
+        "x509",
+        "authentication failed",
+        "permission denied",
+        "invalid auth token",
+        "user name is empty",
+    ];
+    if let etcd_client::Error::GRpcStatus(st) = &e
+        // gRPC codes 7 (PERMISSION_DENIED) and 16 (UNAUTHENTICATED).
+        && matches!(i32::from(st.code()), 7 | 16)
+    {
+        return Error::Denied(format!("{context}: {text}"));
+    }
+    if denied.iter().any(|w| lower.contains(w)) {
+        Error::Denied(format!("{context}: {text}"))
+    } else {
+        Error::Retryable(format!("{context}: {text}"))
+    }
+}
+
+fn read_file(path: &PathBuf, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Invalid(format!("{what} {}: {e}", path.display())))
+}
+
+impl Cli {
+    fn connect_options(&self, with_timeout: bool) -> Result<ConnectOptions, Error> {
+        let mut o = ConnectOptions::new().with_connect_timeout(self.timeout);
+        if with_timeout {
+            o = o.with_timeout(self.timeout);
+        }
+        let tls_wanted = self.cacert.is_some()
+            || self.cert.is_some()
+            || self.endpoints.iter().any(|e| e.starts_with("https://"));
+        if tls_wanted {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &self.cacert {
+                tls = tls.ca_certificate(Certificate::from_pem(read_file(ca, "CA")?));
+            }
+            if let (Some(c), Some(k)) = (&self.cert, &self.key) {
+                tls = tls.identity(Identity::from_pem(
+                    read_file(c, "client certificate")?,
+                    read_file(k, "client key")?,
+                ));
+            }
+            o = o.with_tls(tls);
+        }
+        if let (Some(u), Some(p)) = (&self.user, &self.password_file) {
+            let pw = std::fs::read_to_string(p)
+                .map_err(|e| Error::Invalid(format!("password file {}: {e}", p.display())))?;
+            o = o.with_user(u.clone(), pw.trim_end_matches(['\n', '\r']).to_string());
+        }
+        Ok(o)
+    }
+}
+
+async fn connect(
+    endpoint: &str,
+    opts: &ConnectOptions,
+    timeout: Duration,
+) -> Result<Client, Error> {
+    match tokio::time::timeout(timeout, Client::connect([endpoint], Some(opts.clone()))).await {
+        Ok(r) => r.map_err(|e| classify(&format!("connecting to {endpoint}"), e)),
+        Err(_) => {
+            Err(Error::Retryable(format!("connecting to {endpoint}: timed out after {timeout:?}")))
+        }
+    }
+}
+
+/// Status of every endpoint, with names and alarms.
+async fn probe(cli: &Cli, opts: &ConnectOptions) -> (Vec<Member>, Vec<(String, Error)>) {
+    let mut members = Vec::new();
+    let mut failures = Vec::new();
+    let mut names: HashMap<u64, String> = HashMap::new();
+    let mut alarms: HashMap<u64, Vec<String>> = HashMap::new();
+    let mut cluster_facts_done = false;
+    for ep in &cli.endpoints {
+        let result = async {
+            let mut c = connect(ep, opts, cli.timeout).await?;
+            let st = c.status().await.map_err(|e| classify(&format!("status of {ep}"), e))?;
+            if !cluster_facts_done {
+                if let Ok(list) = c.member_list().await {
+                    for m in list.members() {
+                        names.insert(m.id(), m.name().to_string());
+                    }
+                }
+                let a = c
+                    .alarm(AlarmAction::Get, AlarmType::None, None)
+                    .await
+                    .map_err(|e| classify(&format!("alarms via {ep}"), e))?;
+                for am in a.alarms() {
+                    alarms
+                        .entry(am.member_id())
+                        .or_default()
+                        .push(format!("{:?}", am.alarm()).to_uppercase());
+                }
+                cluster_facts_done = true;
+            }
+            let header = st
+                .header()
+                .ok_or_else(|| Error::Retryable(format!("status of {ep}: no header")))?;
+            let id = header.member_id();
+            Ok::<Member, Error>(Member {
+                endpoint: ep.clone(),
+                id: format!("{id:x}"),
+                name: names.get(&id).cloned().unwrap_or_default(),
+                version: st.version().to_string(),
+                cluster_id: format!("{:x}", header.cluster_id()),
+                leader: st.leader() == id,
+                learner: st.is_learner(),
+                raft_index: st.raft_index(),
+                raft_term: st.raft_term(),
+                db_size: st.db_size(),
+                db_size_in_use: st.raft_used_db_size(),
+                errors: st.errors().to_vec(),
+                alarms: alarms.get(&id).cloned().unwrap_or_default(),
+            })
+        }
+        .await;
+        match result {
+            Ok(m) => members.push(m),
+            Err(e) => failures.push((ep.clone(), e)),
+        }
+    }
+    (members, failures)
+}
+
+/// Pick the member to snapshot, and say why.
+pub fn choose(members: &[Member], wanted: Option<&str>) -> Result<(Member, String), Error> {
+    if let Some(w) = wanted {
+        let m = members
+            .iter()
+            .find(|m| m.name == w || m.id == w.trim_start_matches("0x") || m.endpoint == w)
+            .ok_or_else(|| {
+                Error::NotFound(format!("member {w:?} is not among the reachable members"))
+            })?;
+        if let Some(p) = m.problem() {
+            return Err(Error::Retryable(format!(
+                "member {} ({}) is unhealthy: {p}",
+                m.name, m.endpoint
+            )));
+        }
+        return Ok((m.clone(), format!("requested with --member {w}")));
+    }
+    let mut healthy: Vec<&Member> = members.iter().filter(|m| m.problem().is_none()).collect();
+    if healthy.is_empty() {
+        let why: Vec<String> = members
+            .iter()
+            .map(|m| format!("{} ({}): {}", m.name, m.endpoint, m.problem().unwrap_or_default()))
+            .collect();
+        return Err(Error::Retryable(format!("no healthy etcd member: {}", why.join("; "))));
+    }
+    // Followers first (spare the leader), voters before learners, most up to date first.
+    healthy.sort_by_key(|m| (m.leader, m.learner, std::cmp::Reverse(m.raft_index)));
+    let m = healthy[0];
+    let why = match (m.leader, members.len()) {
+        (false, _) => format!(
+            "healthy follower with raft index {} (of {} members reachable; the leader is spared)",
+            m.raft_index,
+            members.len()
+        ),
+        (true, 1) => "the only reachable member (healthy)".to_string(),
+        (true, _) => "the leader: no healthy follower was reachable".to_string(),
+    };
+    Ok((m.clone(), why))
+}
+
+pub async fn run(cli: Cli) -> Exit {
+    let started = Instant::now();
+    let mut summary = Summary { source: cli.source.clone(), ..Default::default() };
+    let exit = match snapshot(&cli, &mut summary).await {
+        Ok(()) => Exit::Success,
+        Err(e) => {
+            let exit = Exit::from_error(&e);
+            let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            eprintln!("cairn-etcd-snapshot: {line}");
+            summary.error = Some(line);
+            exit
+        }
+    };
+    summary.exit = exit.as_str();
+    summary.exit_code = exit.code();
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    if cli.json {
+        if let Ok(s) = serde_json::to_string_pretty(&summary) {
+            println!("{s}");
+        }
+    } else if let Some(id) = &summary.snapshot {
+        let secs = summary.duration_ms as f64 / 1000.0;
+        println!("etcd snapshot {} saved ({})", &id[..8], summary.source);
+        if let Some(m) = &summary.etcd {
+            println!(
+                "  member {} ({}) v{}: {}",
+                m.member.name, m.member.endpoint, m.member.version, m.chosen_because
+            );
+            println!(
+                "  revision {}  raft index {}  HashKV {:08x}",
+                m.revision, m.member.raft_index, m.hash_kv
+            );
+        }
+        println!(
+            "  db {}  new {}  dedup {:.1} %  {:.1}s ({}/s)",
+            human_bytes(summary.db_bytes),
+            human_bytes(summary.new_bytes),
+            summary.dedup_ratio * 100.0,
+            secs,
+            human_bytes((summary.db_bytes as f64 / secs.max(0.001)) as u64)
+        );
+    }
+    exit
+}
+
+async fn snapshot(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
+    let probe_opts = cli.connect_options(true)?;
+    let stream_opts = cli.connect_options(false)?;
+    let (members, failures) = probe(cli, &probe_opts).await;
+    for (ep, e) in &failures {
+        tracing::warn!(endpoint = %ep, error = %e, "endpoint did not answer");
+    }
+    if members.is_empty() {
+        // Report the most telling cause: a refused certificate beats a timeout.
+        let (ep, e) = failures
+            .into_iter()
+            .max_by_key(|(_, e)| matches!(e, Error::Denied(_)))
+            .ok_or_else(|| cairn_shared::exit::usage("no endpoint given"))?;
+        return Err(e).context(format!("no etcd endpoint answered (last tried {ep})"));
+    }
+    let (member, why) = choose(&members, cli.member.as_deref())?;
+    tracing::info!(member = %member.name, endpoint = %member.endpoint, reason = %why, "snapshotting");
+
+    let repo = Arc::new(cli.repo.open(Need::Write).await.context("opening the repository")?);
+    let locks = BackupLocks::acquire(&repo, &cli.source, &cli.lock.options("etcd snapshot"))
+        .await
+        .with_context(|| format!("locking source {}", cli.source))?;
+    let result = stream_and_commit(cli, summary, &repo, &locks, &member, why, &stream_opts).await;
+    let released = locks.release().await;
+    result?;
+    released.context("releasing locks")?;
+    Ok(())
+}
+
+struct StreamFacts {
+    revision: i64,
+    bytes: u64,
+    sha256: [u8; 32],
+}
+
+async fn stream_and_commit(
+    cli: &Cli,
+    summary: &mut Summary,
+    repo: &Arc<cairn_shared::repo::Repository>,
+    locks: &BackupLocks,
+    member: &Member,
+    why: String,
+    opts: &ConnectOptions,
+) -> anyhow::Result<()> {
+    let mut client = connect(&member.endpoint, opts, cli.timeout).await?;
+    // The store revision just before the stream starts: the snapshot holds at least it, and
+    // HashKV at it can be recomputed on a restored member. (Snapshot responses carry no
+    // revision.)
+    let start_revision = client
+        .status()
+        .await
+        .map_err(|e| classify(&format!("status of {}", member.endpoint), e))?
+        .header()
+        .map_or(0, |h| h.revision());
+    let mut stream = client
+        .snapshot()
+        .await
+        .map_err(|e| classify(&format!("snapshot from {}", member.endpoint), e))?;
+    let (tx, reader) = channel(8);
+    let stall = cli.stall_timeout;
+    let endpoint = member.endpoint.clone();
+    let producer = tokio::spawn(async move {
+        let mut check = Sha256Trailer::default();
+        let mut revision = start_revision;
+        let mut remaining = None;
+        let fail = |msg: String| async {
+            let _ = tx.send(Err(std::io::Error::other(msg.clone()))).await;
+            msg
+        };
+        loop {
+            let next = match tokio::time::timeout(stall, stream.message()).await {
+                Err(_) => {
+                    return Err(Error::Retryable(
+                        fail(format!("snapshot stream from {endpoint} stalled for {stall:?}"))
+                            .await,
+                    ));
+                }
+                Ok(Err(e)) => {
+                    let e = classify(&format!("snapshot stream from {endpoint}"), e);
+                    fail(e.to_string()).await;
+                    return Err(e);
+                }
+                Ok(Ok(m)) => m,
+            };
+            let Some(msg) = next else { break };
+            if let Some(h) = msg.header()
+                && h.revision() > revision
+            {
+                revision = h.revision();
+            }
+            remaining = Some(msg.remaining_bytes());
+            check.update(msg.blob());
+            if tx.send(Ok(Bytes::copy_from_slice(msg.blob()))).await.is_err() {
+                return Err(Error::Retryable("the repository side stopped reading".into()));
+            }
+        }
+        if remaining != Some(0) {
+            let m = format!(
+                "snapshot stream from {endpoint} ended early after {} bytes ({} announced as remaining)",
+                check.total(),
+                remaining.map_or("unknown".into(), |r| r.to_string())
+            );
+            return Err(Error::Retryable(fail(m).await));
+        }
+        let bytes = check.total();
+        match check.finish() {
+            Ok(sha256) => Ok(StreamFacts { revision, bytes, sha256 }),
+            Err(m) => Err(Error::Integrity(fail(format!("snapshot from {endpoint}: {m}")).await)),
+        }
+        // `tx` drops here: end of stream for the reader, after a verified trailer only.
+    });
+
+    let opts = BackupOptions {
+        source: cli.source.clone(),
+        cluster: cli.cluster.clone(),
+        tags: cli.tags.iter().cloned().collect(),
+        guard: Some(locks.guard()),
+        ..Default::default()
+    };
+    let prepared = backup_stream(repo.clone(), Box::new(reader), DB_FILE, opts).await;
+    let facts = producer.await.map_err(|e| Error::Retryable(format!("stream task: {e}")))?;
+    // The stream's own error explains a failed backup best.
+    let facts = facts?;
+    let mut prepared = prepared.context("storing the snapshot")?;
+
+    let hash = client.hash_kv(facts.revision).await.map_err(|e| {
+        classify(&format!("HashKV at revision {} on {}", facts.revision, member.endpoint), e)
+    })?;
+    let meta = EtcdMeta {
+        member: member.clone(),
+        chosen_because: why,
+        revision: facts.revision,
+        hash_kv: hash.hash(),
+        hash_kv_compact_revision: hash.compact_version(),
+        stream_bytes: facts.bytes,
+        sha256: hex::encode(facts.sha256),
+    };
+    prepared.snapshot.meta = serde_json::json!({ "etcd": meta });
+    let out =
+        prepared.commit(repo, Some(&locks.guard())).await.context("committing the snapshot")?;
+    let s = &out.snapshot.summary;
+    summary.snapshot = Some(out.id.to_hex());
+    summary.db_bytes = s.bytes;
+    summary.new_bytes = s.new_bytes;
+    summary.dedup_ratio =
+        if s.bytes > 0 { 1.0 - (s.new_bytes as f64 / s.bytes as f64).min(1.0) } else { 0.0 };
+    summary.etcd = Some(meta);
+    Ok(())
+}
