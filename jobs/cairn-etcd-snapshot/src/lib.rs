@@ -267,6 +267,26 @@ async fn connect(
     }
 }
 
+/// Without a client certificate, a server that requires one may just close the TLS
+/// connection (TLS 1.3 reports the refusal after the handshake): say so, as a denial.
+fn explain_closed_tls(cli: &Cli, e: Error) -> Error {
+    match e {
+        Error::Retryable(m)
+            if cli.cert.is_none()
+                && (cli.cacert.is_some() || m.contains("https://"))
+                && ["broken pipe", "connection reset", "closed"]
+                    .iter()
+                    .any(|w| m.to_lowercase().contains(w)) =>
+        {
+            Error::Denied(format!(
+                "{m} (the server closed the TLS connection: it likely requires a client \
+                 certificate; pass --cert and --key)"
+            ))
+        }
+        other => other,
+    }
+}
+
 /// Status of every endpoint, with names and alarms.
 async fn probe(cli: &Cli, opts: &ConnectOptions) -> (Vec<Member>, Vec<(String, Error)>) {
     let mut members = Vec::new();
@@ -319,7 +339,7 @@ async fn probe(cli: &Cli, opts: &ConnectOptions) -> (Vec<Member>, Vec<(String, E
         .await;
         match result {
             Ok(m) => members.push(m),
-            Err(e) => failures.push((ep.clone(), e)),
+            Err(e) => failures.push((ep.clone(), explain_closed_tls(cli, e))),
         }
     }
     (members, failures)

@@ -1,0 +1,303 @@
+//! The restore job, launched from CI or by hand as a one-off Job: `etcd` writes an etcd
+//! snapshot back to a file that `etcdutl snapshot restore` accepts (and can run it).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use cairn_shared::config::{Need, RepoArgs};
+use cairn_shared::fs::stream::verify_sha256_trailer;
+use cairn_shared::progress::human_bytes;
+use cairn_shared::repo::NodeKind;
+use cairn_shared::telemetry::TelemetryOptions;
+use cairn_shared::{Error, Exit};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+/// The database file inside an etcd snapshot (as `cairn-etcd-snapshot` stores it).
+pub const ETCD_DB_FILE: &str = "snapshot.db";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn-restore",
+    version,
+    about = "Restore from a cairn repository",
+    long_about = "Restore from a cairn repository; meant for one-off Jobs launched by CI or an \
+        operator. Needs the identity (CAIRN_IDENTITY or CAIRN_PASSPHRASE): a write key cannot \
+        decrypt.\n\n\
+        Exit codes: 0 ok, 1 retryable, 2 usage (unknown snapshot, output exists), 4 integrity \
+        (checksum mismatch, damaged data) or access denied."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log format: auto, human or json.
+    #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "auto")]
+    pub log_format: String,
+    /// Print the summary as JSON on stdout.
+    #[arg(long, global = true, env = "CAIRN_JSON")]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write an etcd snapshot to a file (SHA-256 trailer intact and verified); optionally run
+    /// `etcdutl snapshot restore` into a data directory.
+    Etcd(EtcdArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EtcdArgs {
+    /// Snapshot id, unique prefix, or `latest` (of --source).
+    #[arg(long, env = "CAIRN_SNAPSHOT", default_value = "latest")]
+    pub snapshot: String,
+    /// Source name the etcd job used.
+    #[arg(long, env = "CAIRN_SOURCE", default_value = "etcd")]
+    pub source: String,
+    /// Where to write the snapshot file.
+    #[arg(long, env = "CAIRN_OUTPUT")]
+    pub output: PathBuf,
+    /// Replace --output if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Also run `etcdutl snapshot restore` into this (new) data directory.
+    #[arg(long, env = "CAIRN_ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Member name for the restored data directory.
+    #[arg(long, env = "CAIRN_ETCD_NAME", requires = "data_dir")]
+    pub name: Option<String>,
+    /// Initial cluster, e.g. `m1=https://10.0.0.1:2380,m2=…`.
+    #[arg(long, env = "CAIRN_ETCD_INITIAL_CLUSTER", requires = "data_dir")]
+    pub initial_cluster: Option<String>,
+    /// This member's peer URLs.
+    #[arg(long, env = "CAIRN_ETCD_INITIAL_ADVERTISE_PEER_URLS", requires = "data_dir")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Initial cluster token (a new one avoids talking to members of the old cluster).
+    #[arg(long, env = "CAIRN_ETCD_INITIAL_CLUSTER_TOKEN", requires = "data_dir")]
+    pub initial_cluster_token: Option<String>,
+    /// Raise the revision by this much (Kubernetes: so watchers see a newer revision than
+    /// any they cached; e.g. 1000000000).
+    #[arg(long, env = "CAIRN_ETCD_BUMP_REVISION", requires = "data_dir")]
+    pub bump_revision: Option<u64>,
+    /// Mark the old revisions compacted (with --bump-revision), so clients re-list.
+    #[arg(long, env = "CAIRN_ETCD_MARK_COMPACTED", requires = "bump_revision")]
+    pub mark_compacted: bool,
+    /// The etcdutl binary.
+    #[arg(long, env = "CAIRN_ETCDUTL", default_value = "etcdutl")]
+    pub etcdutl: PathBuf,
+}
+
+impl Cli {
+    pub fn telemetry_options(&self) -> TelemetryOptions {
+        TelemetryOptions {
+            service: "cairn-restore",
+            default_level: match self.verbose {
+                0 => "info".into(),
+                1 => "debug".into(),
+                _ => "trace".into(),
+            },
+            json: match self.log_format.as_str() {
+                "json" => Some(true),
+                "human" => Some(false),
+                _ => None,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct EtcdSummary {
+    pub exit: &'static str,
+    pub exit_code: u8,
+    pub snapshot: Option<String>,
+    pub output: Option<PathBuf>,
+    pub bytes: u64,
+    pub sha256: Option<String>,
+    /// What the snapshot job recorded (revision, HashKV, member): check the restored member
+    /// against it.
+    pub recorded: Option<serde_json::Value>,
+    pub data_dir: Option<PathBuf>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+pub async fn run(cli: Cli) -> Exit {
+    let started = Instant::now();
+    match &cli.command {
+        Command::Etcd(args) => {
+            let mut summary = EtcdSummary::default();
+            let exit = match restore_etcd(&cli.repo, args, &mut summary).await {
+                Ok(()) => Exit::Success,
+                Err(e) => {
+                    let exit = Exit::from_error(&e);
+                    let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+                    eprintln!("cairn-restore: {line}");
+                    summary.error = Some(line);
+                    exit
+                }
+            };
+            summary.exit = exit.as_str();
+            summary.exit_code = exit.code();
+            summary.duration_ms = started.elapsed().as_millis() as u64;
+            if cli.json {
+                if let Ok(s) = serde_json::to_string_pretty(&summary) {
+                    println!("{s}");
+                }
+            } else if exit == Exit::Success {
+                println!(
+                    "restored etcd snapshot {} to {} ({}, SHA-256 verified)",
+                    summary.snapshot.as_deref().map_or("", |s| &s[..8]),
+                    args.output.display(),
+                    human_bytes(summary.bytes)
+                );
+                if let Some(r) = &summary.recorded {
+                    println!(
+                        "  recorded: revision {}  HashKV {}  member {}",
+                        r["revision"], r["hash_kv"], r["member"]["name"]
+                    );
+                }
+                if let Some(d) = &summary.data_dir {
+                    println!("  etcdutl snapshot restore → {}", d.display());
+                }
+            }
+            exit
+        }
+    }
+}
+
+async fn restore_etcd(
+    repo: &RepoArgs,
+    args: &EtcdArgs,
+    summary: &mut EtcdSummary,
+) -> anyhow::Result<()> {
+    if args.output.exists() && !args.force {
+        return Err(cairn_shared::exit::usage(format!(
+            "{} exists (use --force to replace it)",
+            args.output.display()
+        )));
+    }
+    if let Some(d) = &args.data_dir
+        && d.exists()
+    {
+        return Err(cairn_shared::exit::usage(format!(
+            "data directory {} exists; etcdutl restores into a new one",
+            d.display()
+        )));
+    }
+    let repo = Arc::new(repo.open(Need::Read).await.context("opening the repository")?);
+    repo.load_index().await?;
+    let snap = repo.find_snapshot(&args.snapshot, Some(&args.source)).await?;
+    summary.snapshot = Some(snap.id.to_hex());
+    summary.recorded = snap.snapshot.meta.get("etcd").cloned();
+    let node = repo.lookup(&snap.snapshot, ETCD_DB_FILE).await.map_err(|e| match e {
+        Error::NotFound(_) => Error::NotFound(format!(
+            "snapshot {} has no {ETCD_DB_FILE}: not an etcd snapshot",
+            snap.id.short()
+        )),
+        other => other,
+    })?;
+    if node.kind != NodeKind::File {
+        return Err(Error::Integrity(format!("{ETCD_DB_FILE} is not a file")).into());
+    }
+
+    // Written under a temporary name and renamed once verified: a failed restore never
+    // leaves a plausible-looking file behind.
+    let partial = partial_path(&args.output);
+    let handle = tokio::runtime::Handle::current();
+    let (repo2, node2, partial2) = (repo.clone(), node.clone(), partial.clone());
+    let written = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut f = std::fs::File::create(&partial2)
+            .with_context(|| format!("creating {}", partial2.display()))?;
+        cairn_shared::fs::write_file_to(&repo2, &handle, &node2, &mut f, false, |_| {})?;
+        f.sync_all()?;
+        Ok(())
+    })
+    .await?;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e.context(format!("writing {}", args.output.display())));
+    }
+    let verified = verify_sha256_trailer(&partial).context("reading back the file")?;
+    let digest = match verified {
+        Ok(d) => d,
+        Err(m) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(Error::Integrity(format!("restored {ETCD_DB_FILE}: {m}")).into());
+        }
+    };
+    if let Some(want) = summary.recorded.as_ref().and_then(|r| r["sha256"].as_str())
+        && want != hex::encode(digest)
+    {
+        let _ = std::fs::remove_file(&partial);
+        return Err(Error::Integrity(format!(
+            "restored {ETCD_DB_FILE} has SHA-256 {} but the snapshot job recorded {want}",
+            hex::encode(digest)
+        ))
+        .into());
+    }
+    std::fs::rename(&partial, &args.output)
+        .with_context(|| format!("renaming into {}", args.output.display()))?;
+    summary.output = Some(args.output.clone());
+    summary.bytes = node.size;
+    summary.sha256 = Some(hex::encode(digest));
+
+    if let Some(dir) = &args.data_dir {
+        run_etcdutl(args, dir).await?;
+        summary.data_dir = Some(dir.clone());
+    }
+    Ok(())
+}
+
+fn partial_path(output: &Path) -> PathBuf {
+    let mut name = output.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".cairn-partial");
+    output.with_file_name(name)
+}
+
+async fn run_etcdutl(args: &EtcdArgs, dir: &Path) -> anyhow::Result<()> {
+    let mut cmd = tokio::process::Command::new(&args.etcdutl);
+    cmd.arg("snapshot").arg("restore").arg(&args.output).arg("--data-dir").arg(dir);
+    let opt = |cmd: &mut tokio::process::Command, flag: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            cmd.arg(flag).arg(v);
+        }
+    };
+    opt(&mut cmd, "--name", &args.name);
+    opt(&mut cmd, "--initial-cluster", &args.initial_cluster);
+    opt(&mut cmd, "--initial-advertise-peer-urls", &args.initial_advertise_peer_urls);
+    opt(&mut cmd, "--initial-cluster-token", &args.initial_cluster_token);
+    if let Some(n) = args.bump_revision {
+        cmd.arg("--bump-revision").arg(n.to_string());
+    }
+    if args.mark_compacted {
+        cmd.arg("--mark-compacted");
+    }
+    tracing::info!(command = ?cmd.as_std(), "running etcdutl");
+    let out = match tokio::time::timeout(std::time::Duration::from_secs(3600), cmd.output()).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(cairn_shared::exit::usage(format!(
+                "{} not found: put etcdutl on the PATH or pass --etcdutl (the restore image ships it)",
+                args.etcdutl.display()
+            )));
+        }
+        Ok(Err(e)) => return Err(e).context("starting etcdutl"),
+        Err(_) => return Err(Error::Retryable("etcdutl ran for over an hour".into()).into()),
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+        return Err(Error::Invalid(format!(
+            "etcdutl snapshot restore failed ({}): {last}",
+            out.status
+        ))
+        .into());
+    }
+    Ok(())
+}
