@@ -579,3 +579,59 @@ async fn stream_and_commit(
     summary.etcd = Some(meta);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, leader: bool, raft_index: u64) -> Member {
+        Member {
+            endpoint: format!("https://{name}:2379"),
+            id: format!("{:x}", name.len() * 1000 + raft_index as usize),
+            name: name.into(),
+            version: "3.6.16".into(),
+            cluster_id: "c".into(),
+            leader,
+            learner: false,
+            raft_index,
+            raft_term: 2,
+            db_size: 1,
+            db_size_in_use: 1,
+            errors: vec![],
+            alarms: vec![],
+        }
+    }
+
+    #[test]
+    fn a_follower_is_preferred_and_the_most_up_to_date_one() {
+        let ms = vec![member("a", true, 100), member("b", false, 90), member("c", false, 99)];
+        let (m, why) = choose(&ms, None).unwrap();
+        assert_eq!(m.name, "c");
+        assert!(why.contains("follower") && why.contains("leader is spared"), "{why}");
+    }
+
+    #[test]
+    fn unhealthy_members_are_skipped_and_the_leader_is_the_last_resort() {
+        let mut b = member("b", false, 100);
+        b.alarms = vec!["NOSPACE".into()];
+        let mut c = member("c", false, 100);
+        c.errors = vec!["slow disk".into()];
+        let ms = vec![member("a", true, 100), b, c];
+        let (m, why) = choose(&ms, None).unwrap();
+        assert_eq!(m.name, "a");
+        assert!(why.contains("leader"), "{why}");
+        let mut a = member("a", true, 100);
+        a.alarms = vec!["CORRUPT".into()];
+        let err = choose(&[a, ms[1].clone()], None).unwrap_err();
+        assert!(matches!(err, Error::Retryable(_)) && err.to_string().contains("NOSPACE"), "{err}");
+    }
+
+    #[test]
+    fn member_override_by_name_id_or_endpoint() {
+        let ms = vec![member("a", true, 100), member("b", false, 90)];
+        assert_eq!(choose(&ms, Some("a")).unwrap().0.name, "a");
+        assert_eq!(choose(&ms, Some(&ms[1].id)).unwrap().0.name, "b");
+        assert_eq!(choose(&ms, Some("https://b:2379")).unwrap().0.name, "b");
+        assert!(matches!(choose(&ms, Some("zz")), Err(Error::NotFound(_))));
+    }
+}
