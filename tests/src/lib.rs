@@ -221,6 +221,8 @@ pub mod faulty {
         pub down: AtomicBool,
         /// Refuse deletes the way a bucket with Object Lock retention does.
         pub deny_deletes: AtomicBool,
+        /// Past the limit, hang (never answer) instead of failing.
+        pub hang: AtomicBool,
     }
 
     impl Gate {
@@ -233,6 +235,15 @@ pub mod faulty {
                 });
             }
             Ok(())
+        }
+
+        /// Like `pass`, but a hanging gate never returns past the limit.
+        async fn enter(&self, what: &str, path: &Path) -> Result<()> {
+            let r = self.pass(what, path);
+            if r.is_err() && self.hang.load(Ordering::SeqCst) {
+                futures::future::pending::<()>().await;
+            }
+            r
         }
 
         pub fn ops(&self) -> u64 {
@@ -267,7 +278,7 @@ pub mod faulty {
             payload: PutPayload,
             opts: PutOptions,
         ) -> Result<PutResult> {
-            self.gate.pass("put", location)?;
+            self.gate.enter("put", location).await?;
             self.inner.put_opts(location, payload, opts).await
         }
 
@@ -276,12 +287,12 @@ pub mod faulty {
             location: &Path,
             opts: PutMultipartOptions,
         ) -> Result<Box<dyn MultipartUpload>> {
-            self.gate.pass("put_multipart", location)?;
+            self.gate.enter("put_multipart", location).await?;
             self.inner.put_multipart_opts(location, opts).await
         }
 
         async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-            self.gate.pass("get", location)?;
+            self.gate.enter("get", location).await?;
             self.inner.get_opts(location, options).await
         }
 
@@ -291,16 +302,20 @@ pub mod faulty {
         ) -> BoxStream<'static, Result<Path>> {
             // One pass per object, so a sweep can stop between two deletes.
             let gate = self.gate.clone();
-            let gated = locations.map(move |p| {
-                let p = p?;
-                gate.pass("delete", &p)?;
-                if gate.deny_deletes.load(Ordering::SeqCst) && !p.as_ref().starts_with("locks/") {
-                    return Err(object_store::Error::PermissionDenied {
-                        path: p.to_string(),
-                        source: "object is under retention (injected)".into(),
-                    });
+            let gated = locations.then(move |p| {
+                let gate = gate.clone();
+                async move {
+                    let p = p?;
+                    gate.enter("delete", &p).await?;
+                    if gate.deny_deletes.load(Ordering::SeqCst) && !p.as_ref().starts_with("locks/")
+                    {
+                        return Err(object_store::Error::PermissionDenied {
+                            path: p.to_string(),
+                            source: "object is under retention (injected)".into(),
+                        });
+                    }
+                    Ok(p)
                 }
-                Ok(p)
             });
             self.inner.delete_stream(gated.boxed())
         }
@@ -308,17 +323,20 @@ pub mod faulty {
         fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
             match self.gate.pass("list", prefix.unwrap_or(&Path::from(""))) {
                 Ok(()) => self.inner.list(prefix),
+                Err(_) if self.gate.hang.load(Ordering::SeqCst) => {
+                    futures::stream::pending().boxed()
+                }
                 Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
             }
         }
 
         async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-            self.gate.pass("list", prefix.unwrap_or(&Path::from("")))?;
+            self.gate.enter("list", prefix.unwrap_or(&Path::from(""))).await?;
             self.inner.list_with_delimiter(prefix).await
         }
 
         async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-            self.gate.pass("copy", to)?;
+            self.gate.enter("copy", to).await?;
             self.inner.copy_opts(from, to, options).await
         }
     }

@@ -30,6 +30,16 @@ pub struct ObjectInfo {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     url: String,
+    timeout: std::time::Duration,
+}
+
+/// `CAIRN_STORE_TIMEOUT` (e.g. `2m`), else 5 minutes: long enough for a 16 MiB pack on a slow
+/// link, short enough that a hung connection does not outlive a lock lease by much.
+fn default_timeout() -> std::time::Duration {
+    std::env::var("CAIRN_STORE_TIMEOUT")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or(std::time::Duration::from_secs(300))
 }
 
 impl std::fmt::Debug for Store {
@@ -122,11 +132,11 @@ impl Store {
                 )));
             }
         };
-        Ok(Store { inner, url: url.to_string() })
+        Ok(Store { inner, url: url.to_string(), timeout: default_timeout() })
     }
 
     pub fn from_object_store(inner: Arc<dyn ObjectStore>, url: &str) -> Store {
-        Store { inner, url: url.to_string() }
+        Store { inner, url: url.to_string(), timeout: default_timeout() }
     }
 
     pub fn url(&self) -> &str {
@@ -137,28 +147,44 @@ impl Store {
         &self.inner
     }
 
+    /// Give up on any single request (or list page) after this long (default 5 min,
+    /// `CAIRN_STORE_TIMEOUT`): a hung store fails the operation instead of hanging the job.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Store {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn timed<T>(
+        &self,
+        key: &str,
+        fut: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(|e| map_err(e, key)),
+            Err(_) => Err(Error::Retryable(format!(
+                "object store, {key}: no answer within {}",
+                humantime::format_duration(self.timeout)
+            ))),
+        }
+    }
+
     /// Write a new object; an existing one is [`Error::AlreadyExists`], never overwritten.
     pub async fn create(&self, key: &str, data: Bytes) -> Result<()> {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        self.inner
-            .put_opts(&Path::from(key), PutPayload::from(data), opts)
-            .await
-            .map_err(|e| map_err(e, key))?;
+        self.timed(key, self.inner.put_opts(&Path::from(key), PutPayload::from(data), opts))
+            .await?;
         Ok(())
     }
 
     /// Write or replace an object. Only lock objects are ever replaced (a lease refresh).
     pub async fn put_overwrite(&self, key: &str, data: Bytes) -> Result<()> {
-        self.inner
-            .put(&Path::from(key), PutPayload::from(data))
-            .await
-            .map_err(|e| map_err(e, key))?;
+        self.timed(key, self.inner.put(&Path::from(key), PutPayload::from(data))).await?;
         Ok(())
     }
 
     /// Size and the store's own last-modified time of one object.
     pub async fn head(&self, key: &str) -> Result<ObjectInfo> {
-        let m = self.inner.head(&Path::from(key)).await.map_err(|e| map_err(e, key))?;
+        let m = self.timed(key, self.inner.head(&Path::from(key))).await?;
         Ok(ObjectInfo { key: key.to_string(), size: m.size, modified: m.last_modified })
     }
 
@@ -172,50 +198,54 @@ impl Store {
         Ok(info?.modified)
     }
 
-    /// Keys under a prefix with sizes and last-modified times (paginated by the client).
+    /// Keys under a prefix with sizes and last-modified times (paginated by the client;
+    /// each page must come within the timeout).
     pub async fn list_info(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let p = Path::from(prefix);
-        self.inner
-            .list(Some(&p))
-            .map_ok(|m| ObjectInfo {
-                key: m.location.to_string(),
-                size: m.size,
-                modified: m.last_modified,
-            })
-            .map_err(|e| map_err(e, prefix))
-            .try_collect()
-            .await
-    }
-
-    pub async fn get(&self, key: &str) -> Result<Bytes> {
-        let r = self.inner.get(&Path::from(key)).await.map_err(|e| map_err(e, key))?;
-        r.bytes().await.map_err(|e| map_err(e, key))
-    }
-
-    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
-        self.inner.get_range(&Path::from(key), range).await.map_err(|e| map_err(e, key))
-    }
-
-    pub async fn size(&self, key: &str) -> Result<u64> {
-        Ok(self.inner.head(&Path::from(key)).await.map_err(|e| map_err(e, key))?.size)
-    }
-
-    pub async fn delete(&self, key: &str) -> Result<()> {
-        match self.inner.delete(&Path::from(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(map_err(e, key)),
+        let mut stream = self.inner.list(Some(&p));
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout(self.timeout, stream.next()).await {
+                Ok(None) => return Ok(out),
+                Ok(Some(Ok(m))) => out.push(ObjectInfo {
+                    key: m.location.to_string(),
+                    size: m.size,
+                    modified: m.last_modified,
+                }),
+                Ok(Some(Err(e))) => return Err(map_err(e, prefix)),
+                Err(_) => {
+                    return Err(Error::Retryable(format!(
+                        "object store, listing {prefix}: no answer within {}",
+                        humantime::format_duration(self.timeout)
+                    )));
+                }
+            }
         }
     }
 
-    /// Keys under a prefix (paginated by the store client), with their sizes.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = Path::from(key);
+        self.timed(key, async { self.inner.get(&path).await?.bytes().await }).await
+    }
+
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        self.timed(key, self.inner.get_range(&Path::from(key), range)).await
+    }
+
+    pub async fn size(&self, key: &str) -> Result<u64> {
+        Ok(self.head(key).await?.size)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.timed(key, self.inner.delete(&Path::from(key))).await {
+            Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keys under a prefix with their sizes.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
-        let p = Path::from(prefix);
-        self.inner
-            .list(Some(&p))
-            .map_ok(|m| (m.location.to_string(), m.size))
-            .map_err(|e| map_err(e, prefix))
-            .try_collect()
-            .await
+        Ok(self.list_info(prefix).await?.into_iter().map(|o| (o.key, o.size)).collect())
     }
 
     /// Fetch many objects with bounded concurrency.
