@@ -292,7 +292,11 @@ async fn a_store_that_hangs_mid_backup_fails_it_in_bounded_time() {
                 });
         // Past the commit only the lock release hangs: the backup then succeeds, and its
         // locks expire on their own.
-        eprintln!("hang after {n} of {total}: {:?} in {:?}", result.as_ref().err(), started.elapsed());
+        eprintln!(
+            "hang after {n} of {total}: {:?} in {:?}",
+            result.as_ref().err(),
+            started.elapsed()
+        );
         verify(&w, &inner, &format!("store hung after {n} operations")).await;
     }
 }

@@ -312,3 +312,61 @@ async fn a_backup_killed_with_sigkill_leaves_a_sound_repository() {
     restore(repo.clone(), snap.snapshot.root, &out, RestoreOptions::default()).await.unwrap();
     assert_eq!(digest(&out), want);
 }
+
+/// A writer that reused data from a pack, while a prune marked that pack and a later prune
+/// deleted it *and* its mark, must not commit: its commit check sees the index compacted
+/// under it and finds the data gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writer_outliving_mark_and_delete_does_not_commit() {
+    use cairn_shared::repo::{BlobKind, Extent, Name, Node, NodeKind, TreeBlob};
+    let t = repos::init(&format!("memory://{}", cairn_tests::unique("outlive"))).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let content = b"data only the forgotten snapshot had".to_vec();
+    std::fs::write(tmp.path().join("f"), &content).unwrap();
+    let full = t.open_full().await;
+    let old = backup_dir(
+        full.clone(),
+        tmp.path(),
+        BackupOptions { source: "a".into(), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    full.store().delete(&format!("snapshots/{}", old.id)).await.unwrap(); // forgotten
+
+    // The long-running writer loads the index and reuses the blob.
+    let w = t.open_write().await;
+    w.load_index().await.unwrap();
+    let handle = tokio::runtime::Handle::current();
+    let w2 = w.clone();
+    let (relied, root) = tokio::task::spawn_blocking(move || {
+        let writer = w2.writer(handle);
+        let added = writer.add_blob(BlobKind::Data, &content).unwrap();
+        assert_eq!(added.stored, 0, "reused from the forgotten snapshot's pack");
+        let mut file = Node::new(Name(b"f".to_vec()), NodeKind::File);
+        file.size = content.len() as u64;
+        file.content = vec![Extent { id: Some(added.id), len: file.size }];
+        let mut root = Node::new(Name(Vec::new()), NodeKind::Dir);
+        root.subtree =
+            vec![writer.add_blob(BlobKind::Tree, &TreeBlob::encode(&[file])).unwrap().id];
+        writer.flush().unwrap();
+        (writer.relied_blobs(), root)
+    })
+    .await
+    .unwrap();
+    assert!(!relied.is_empty());
+
+    // Meanwhile: one prune marks the pack, a later one deletes it and removes the mark.
+    let lease = Duration::from_secs(1);
+    let first = prune(full.clone(), &prune_opts(lease)).await.unwrap();
+    assert!(first.marked_packs > 0, "{first:?}");
+    tokio::time::sleep(lease * 2 + Duration::from_millis(100)).await;
+    let second = prune(full.clone(), &prune_opts(lease)).await.unwrap();
+    assert!(second.deleted_packs > 0 && second.marks_removed > 0, "{second:?}");
+    assert!(full.store().list("gc/").await.unwrap().is_empty(), "the mark is gone");
+
+    let mut snapshot = old.snapshot.clone();
+    snapshot.root = root;
+    let err = w.commit_snapshot(&snapshot, &relied, None).await.unwrap_err();
+    assert!(matches!(err, Error::Retryable(_)), "{err}");
+    assert!(w.snapshots().await.unwrap().is_empty(), "nothing committed");
+}

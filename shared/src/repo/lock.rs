@@ -392,6 +392,12 @@ async fn refresh_loop(
             }
         }
         match tokio::time::timeout(every, store.put_overwrite(&key, sealed.clone())).await {
+            // A refresh that lands after our own deadline may have overwritten a successor
+            // who broke the lock meanwhile: we cannot tell, so the lease counts as lost.
+            Ok(Ok(())) if Instant::now() >= *state.deadline.lock() => {
+                state.lost.lock().get_or_insert_with(|| "a refresh landed too late".into());
+                return;
+            }
             Ok(Ok(())) => *state.deadline.lock() = sent + lease - safety(lease),
             Ok(Err(e)) => {
                 tracing::warn!(lock = %key, error = %e, "lock refresh failed; will retry")

@@ -102,6 +102,9 @@ pub struct Repository {
     windows: Mutex<WindowCache>,
     /// Mark objects seen by the last index load: a commit checks for marks written since.
     marks_seen: Mutex<std::collections::HashSet<String>>,
+    /// Index objects loaded by the last index load: one gone at commit time means a prune
+    /// compacted the index, and may be about to delete packs the session reused.
+    index_seen: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Reads of small blobs fetch a whole window of their pack and keep the last few windows:
@@ -263,6 +266,7 @@ impl Repository {
             pack_keys: Mutex::new(HashMap::new()),
             windows: Mutex::new(WindowCache::default()),
             marks_seen: Mutex::new(Default::default()),
+            index_seen: Mutex::new(Default::default()),
         })
     }
 
@@ -311,6 +315,7 @@ impl Repository {
         };
         let keys = self.store.list("index/").await?;
         let fetched = self.get_index_objects(keys.into_iter().map(|(k, _)| k).collect()).await?;
+        *self.index_seen.lock() = fetched.iter().map(|(k, _)| k.clone()).collect();
         let mut master = MasterIndex::default();
         for (key, sealed) in fetched {
             let opened = IndexId::parse(key.trim_start_matches("index/"))
@@ -486,10 +491,12 @@ impl Repository {
         Ok(nodes)
     }
 
-    /// The commit point of a backup (FORMAT.md §15.4). Refuses if the lease is in doubt,
-    /// or if a prune marked, during the session, a pack holding the only live copy of a blob
-    /// the session reused. (A prune that repacked such a pack wrote the copies first: the
-    /// index is reloaded to find them.) Then saves the snapshot record.
+    /// The commit point of a backup (FORMAT.md §15.4). Refuses if the lease is in doubt, or
+    /// if a prune may delete data the session reused: a mark written since the index was
+    /// loaded names its pack, or an index object loaded then is gone (a prune compacted the
+    /// index, which it does before deleting packs). Then the index is reloaded and every
+    /// such blob must have a copy in an unmarked, indexed pack (a repack writes copies
+    /// before marking). Otherwise no snapshot is saved.
     pub async fn commit_snapshot(
         &self,
         snapshot: &Snapshot,
@@ -499,11 +506,13 @@ impl Repository {
         if let Some(g) = guard {
             g.check()?;
         }
+        let mut relied: Vec<(BlobId, PackId)> = relied.to_vec();
         for _attempt in 0..3 {
-            let seen = self.marks_seen.lock().clone();
+            let marks_seen = self.marks_seen.lock().clone();
             let mut condemned = std::collections::HashSet::new();
+            let mut compacted = false;
             for info in self.store.list_info("gc/").await? {
-                if seen.contains(&info.key) {
+                if marks_seen.contains(&info.key) {
                     continue;
                 }
                 let id = IndexId::parse(info.key.trim_start_matches("gc/"))?;
@@ -511,19 +520,25 @@ impl Repository {
                     Ok(sealed) => {
                         condemned.extend(mark::Mark::open(self.meta_key(), &id, &sealed)?.packs)
                     }
-                    Err(Error::NotFound(_)) => continue,
+                    // A mark acted on and removed meanwhile: its packs may be gone.
+                    Err(Error::NotFound(_)) => compacted = true,
                     Err(e) => return Err(e),
                 }
             }
-            let at_risk: Vec<BlobId> =
-                relied.iter().filter(|(_, p)| condemned.contains(p)).map(|(b, _)| *b).collect();
+            let listed: std::collections::HashSet<String> =
+                self.store.list("index/").await?.into_iter().map(|(k, _)| k).collect();
+            compacted |= self.index_seen.lock().iter().any(|k| !listed.contains(k));
+            let at_risk: Vec<BlobId> = relied
+                .iter()
+                .filter(|(_, p)| compacted || condemned.contains(p))
+                .map(|(b, _)| *b)
+                .collect();
             if at_risk.is_empty() {
                 if let Some(g) = guard {
                     g.check()?;
                 }
                 return self.save_snapshot(snapshot).await;
             }
-            // Look for other live copies (a repack writes them before marking).
             self.load_index().await?;
             let index = self.index();
             let lost = at_risk.iter().filter(|b| index.get_live(b).is_none()).count();
@@ -534,9 +549,17 @@ impl Repository {
                      it will store that data anew"
                 )));
             }
-            tracing::debug!(blobs = at_risk.len(), "reused blobs were repacked; copies found");
+            // Follow the copies: a later mark must be judged against where they are now.
+            for (b, p) in relied.iter_mut() {
+                if let Some(loc) = index.get_live(b) {
+                    *p = index.pack(loc.pack).id;
+                }
+            }
+            tracing::debug!(blobs = at_risk.len(), "reused blobs still have live copies");
         }
-        Err(Error::Retryable("marks keep appearing while committing; run the backup again".into()))
+        Err(Error::Retryable(
+            "a prune keeps changing the index while committing; run the backup again".into(),
+        ))
     }
 
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {

@@ -340,11 +340,20 @@ async fn run(
     condemned.extend(repack.iter().copied());
     if !condemned.is_empty() {
         check()?;
+        // Listed now, just before the mark is written, so that few backups can start
+        // between the listing and the mark (those that do see the mark, or are caught by
+        // their commit check).
+        let running: Vec<String> = lock::list_locks(repo)
+            .await?
+            .into_iter()
+            .filter(|l| !l.expired && l.record.as_ref().is_some_and(|r| r.kind == "shared"))
+            .map(|l| l.key)
+            .collect();
         let m = Mark {
             version: mark::MARK_VERSION,
             created: super::now_rfc3339(),
             packs: condemned.clone(),
-            running_backups: live_shared.iter().cloned().collect(),
+            running_backups: running,
         };
         let key = mark::save_mark(repo, &m).await?;
         report.marked_packs = condemned.len();
@@ -356,6 +365,7 @@ async fn run(
     let old_keys: Vec<String> = loaded.files.iter().map(|(k, _)| k.clone()).collect();
     let compact = !doomed.is_empty() || loaded.files.len() > COMPACT_ABOVE;
     let mut new_keys = HashSet::new();
+    let mut appeared_files: Vec<(String, IndexFile)> = Vec::new();
     // Packs whose deletion must be tried again: their mark stays.
     let mut retry: HashSet<PackId> = HashSet::new();
     if compact {
@@ -388,11 +398,13 @@ async fn run(
             .collect();
         for (key, sealed) in repo.get_index_objects(appeared).await? {
             let id = IndexId::parse(key.trim_start_matches("index/"))?;
-            for (p, _) in IndexFile::open(repo.meta_key(), &id, &sealed)?.packs {
-                if doomed.remove(&p) {
+            let file = IndexFile::open(repo.meta_key(), &id, &sealed)?;
+            for (p, _) in &file.packs {
+                if doomed.remove(p) {
                     report.rescued_packs += 1;
                 }
             }
+            appeared_files.push((key, file));
         }
         for (key, file) in &loaded.files {
             check()?;
@@ -410,6 +422,36 @@ async fn run(
         report.index_objects_after = store.list("index/").await?.len();
     } else {
         report.index_objects_after = report.index_objects_before;
+    }
+    if !doomed.is_empty() {
+        let rescued = rescue_for_new_snapshots(
+            repo,
+            opts,
+            &snapshots,
+            &loaded,
+            &appeared_files,
+            &marked_all,
+            &doomed,
+        )
+        .await?;
+        if !rescued.is_empty() {
+            // Their index entries went with the old index objects: index them again.
+            check()?;
+            let id = IndexId::random();
+            let file = IndexFile {
+                packs: rescued
+                    .iter()
+                    .filter_map(|p| headers.get(p).map(|h| (*p, (*h).clone())))
+                    .collect(),
+            };
+            store
+                .create(&format!("index/{id}"), bytes::Bytes::from(file.seal(repo.meta_key(), &id)))
+                .await?;
+            for p in &rescued {
+                doomed.remove(p);
+            }
+            report.rescued_packs += rescued.len();
+        }
     }
     for p in &doomed {
         check()?;
@@ -430,11 +472,72 @@ async fn run(
         if m.mark.packs.iter().any(|p| retry.contains(p)) {
             continue;
         }
+        check()?;
         if store.delete(&m.key).await.is_ok() {
             report.marks_removed += 1;
         }
     }
     Ok(report)
+}
+
+/// How long prune waits, after removing doomed packs from the index, before looking for
+/// snapshots committed meanwhile: a writer whose commit check ran just before the removal
+/// has this long to finish its one snapshot write.
+fn settle(opts: &PruneOptions) -> Duration {
+    (opts.lock.lease / 2).min(Duration::from_secs(5))
+}
+
+/// Snapshots committed since prune listed them may use doomed packs (their writers checked
+/// before the index changed). Walk them against everything indexed, old and new; return the
+/// doomed packs holding the only copy of data they use. If they cannot be walked, keep all.
+#[allow(clippy::too_many_arguments)]
+async fn rescue_for_new_snapshots(
+    repo: &Arc<Repository>,
+    opts: &PruneOptions,
+    listed: &[SnapshotEntry],
+    loaded: &Loaded,
+    appeared: &[(String, IndexFile)],
+    marked: &HashSet<PackId>,
+    doomed: &HashSet<PackId>,
+) -> Result<Vec<PackId>> {
+    tokio::time::sleep(settle(opts)).await;
+    let known: HashSet<_> = listed.iter().map(|s| s.id).collect();
+    let (now, bad) = repo.snapshots_lenient().await?;
+    let fresh: Vec<SnapshotEntry> = now.into_iter().filter(|s| !known.contains(&s.id)).collect();
+    if fresh.is_empty() && bad.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut master = MasterIndex::default();
+    for (_, f) in loaded.files.iter().chain(appeared.iter()) {
+        for (id, h) in &f.packs {
+            master.add_pack(*id, h);
+        }
+    }
+    master.set_marked(marked);
+    master.finish();
+    let index = repo.install_index(master);
+    let live = match (bad.is_empty(), walk(repo, &index, &fresh).await) {
+        (true, Ok(live)) => live,
+        (_, result) => {
+            tracing::warn!(error = ?result.err(), "snapshots committed meanwhile cannot be walked: no pack deleted this run");
+            return Ok(doomed.iter().copied().collect());
+        }
+    };
+    let view = Loaded { files: Vec::new(), index, live };
+    let mut rescued = Vec::new();
+    for (_, f) in loaded.files.iter() {
+        for (p, h) in &f.packs {
+            if doomed.contains(p)
+                && !rescued.contains(p)
+                && let Some(slot) = view.index.pack_slot(p)
+                && h.entries.iter().any(|e| view.live_here(&e.id, slot))
+            {
+                tracing::warn!(pack = %p.short(), "a snapshot committed during prune uses this pack: kept");
+                rescued.push(*p);
+            }
+        }
+    }
+    Ok(rescued)
 }
 
 /// Mark every blob the snapshots reference. Trees shared between snapshots are read once.
