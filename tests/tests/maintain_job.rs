@@ -29,6 +29,10 @@ async fn maintenance_forgets_prunes_and_checks_in_one_run() {
     let w = t.open_write().await;
     for round in 0..3 {
         mutate(&src, round);
+        // Data only this snapshot has: forgetting it frees real space.
+        let mut unique = vec![0u8; 2 << 20];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut unique);
+        std::fs::write(src.join("unique.bin"), unique).unwrap();
         backup_dir(
             w.clone(),
             &src,

@@ -276,22 +276,27 @@ fn problem(kind: &str, object: &str, detail: &str) -> Problem {
     Problem { kind: kind.into(), object: object.into(), detail: detail.into() }
 }
 
+/// Read a pack's header from the pack itself: only its tail is fetched (trailer, then the
+/// sealed header).
+pub async fn read_pack_header(repo: &Repository, id: &PackId, size: u64) -> Result<PackHeader> {
+    let key = pack_key(id);
+    if size < (MAGIC.len() + TRAILER_LEN) as u64 {
+        return Err(Error::Integrity(format!("truncated to {size} bytes")));
+    }
+    let trailer = repo.store().get_range(&key, size - TRAILER_LEN as u64..size).await?;
+    let sealed_len = header_len_from_trailer(id, &trailer, size)?;
+    let start = size - TRAILER_LEN as u64 - u64::from(sealed_len);
+    let sealed = repo.store().get_range(&key, start..size - TRAILER_LEN as u64).await?;
+    open_header(id, &sealed, start, repo.meta_key())
+}
+
 async fn verify_pack_header(
     repo: &Repository,
     id: &PackId,
     size: u64,
     indexed: &PackHeader,
 ) -> Result<()> {
-    let key = pack_key(id);
-    if size < (MAGIC.len() + TRAILER_LEN) as u64 {
-        return Err(Error::Integrity(format!("truncated to {size} bytes")));
-    }
-    // Only the tail is fetched: trailer, then the sealed header.
-    let trailer = repo.store().get_range(&key, size - TRAILER_LEN as u64..size).await?;
-    let sealed_len = header_len_from_trailer(id, &trailer, size)?;
-    let start = size - TRAILER_LEN as u64 - u64::from(sealed_len);
-    let sealed = repo.store().get_range(&key, start..size - TRAILER_LEN as u64).await?;
-    let header = open_header(id, &sealed, start, repo.meta_key())?;
+    let header = read_pack_header(repo, id, size).await?;
     if &header != indexed {
         return Err(Error::Integrity("pack header disagrees with the index".into()));
     }

@@ -97,7 +97,7 @@ pub struct PackRecord {
 }
 
 /// The merged index: a sorted array of (blob id, location), binary-searched.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MasterIndex {
     pub packs: Vec<PackRecord>,
     pack_slots: HashMap<PackId, u32>,

@@ -29,8 +29,10 @@ use crate::{Error, Result};
 
 /// More index objects than this are compacted even when no pack is deleted.
 const COMPACT_ABOVE: usize = 64;
-/// Packs per compacted index object (a few MiB each).
+/// Packs per compacted index object.
 const PACKS_PER_INDEX: usize = 4096;
+/// Blob entries per compacted index object (about 25 MiB of plaintext at most).
+const ENTRIES_PER_INDEX: usize = 500_000;
 
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
@@ -101,19 +103,50 @@ impl LiveSet {
 }
 
 struct Loaded {
-    files: Vec<(String, IndexFile)>,
+    /// The index objects loaded, with the packs each lists. The objects themselves are read
+    /// again when needed rather than held: memory is the merged index plus a few bits and
+    /// words per blob and pack.
+    objects: Vec<(String, Vec<PackId>)>,
     index: Arc<MasterIndex>,
     live: LiveSet,
 }
 
-impl Loaded {
-    /// Is this entry of pack `slot` the copy readers use of a referenced blob?
-    fn live_here(&self, id: &BlobId, slot: u32) -> bool {
-        match self.index.position(id) {
-            Some(pos) => self.live.get(pos) && self.index.get(id).is_some_and(|l| l.pack == slot),
-            None => false,
+/// Bytes of live canonical blobs per pack slot: a pack with none holds no data any listed
+/// snapshot needs (other copies serve them).
+fn used_per_slot(index: &MasterIndex, live: &LiveSet) -> Vec<u64> {
+    let mut used = vec![0u64; index.packs.len()];
+    for (i, (_, loc)) in index.iter().enumerate() {
+        if live.get(i) {
+            used[loc.pack as usize] += u64::from(loc.length);
         }
     }
+    used
+}
+
+/// Index objects, fetched a few at a time and decoded strictly, in arrival order.
+fn index_objects<'a>(
+    repo: &'a Repository,
+    keys: Vec<String>,
+) -> impl futures::Stream<Item = Result<(String, IndexFile)>> + 'a {
+    use futures::StreamExt;
+    futures::stream::iter(keys)
+        .map(move |key| async move {
+            let sealed = repo.store().get(&key).await?;
+            let id = IndexId::parse(key.trim_start_matches("index/"))?;
+            let file = IndexFile::open(repo.meta_key(), &id, &sealed).map_err(|e| {
+                Error::Integrity(format!("{key}: {e}; run `cairn check` before pruning"))
+            })?;
+            Ok((key, file))
+        })
+        .buffer_unordered(8)
+}
+
+async fn write_index_object(repo: &Repository, packs: Vec<(PackId, PackHeader)>) -> Result<String> {
+    let id = IndexId::random();
+    let key = format!("index/{id}");
+    let file = IndexFile { packs };
+    repo.store().create(&key, bytes::Bytes::from(file.seal(repo.meta_key(), &id))).await?;
+    Ok(key)
 }
 
 pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneReport> {
@@ -152,11 +185,20 @@ fn validate(opts: &PruneOptions) -> Result<()> {
     Ok(())
 }
 
+fn live_shared_locks(locks: Vec<lock::LockInfo>) -> Vec<String> {
+    locks
+        .into_iter()
+        .filter(|l| !l.expired && l.record.as_ref().is_some_and(|r| r.kind == "shared"))
+        .map(|l| l.key)
+        .collect()
+}
+
 async fn run(
     repo: &Arc<Repository>,
     opts: &PruneOptions,
     lock: Option<&Lock>,
 ) -> Result<PruneReport> {
+    use futures::StreamExt;
     let guard = lock.map(|l| l.guard());
     let check = || guard.as_ref().map_or(Ok(()), |g| g.check());
     let store = repo.store().clone();
@@ -166,7 +208,7 @@ async fn run(
     // ---- Load everything prune decides on. Any damage stops it: liveness must be exact.
     // Snapshots before the index: every snapshot listed has its index objects written
     // (packs → index → snapshot), so every blob it references is found. A snapshot
-    // committed later is covered by the marking protocol, not by this walk.
+    // committed later is covered by the commit check and step 6 (FORMAT.md §15).
     let (snapshots, bad) = repo.snapshots_lenient().await?;
     if let Some((key, e)) = bad.into_iter().next() {
         return Err(Error::Integrity(format!(
@@ -174,37 +216,34 @@ async fn run(
         )));
     }
     report.snapshots = snapshots.len();
-    let live_shared: HashSet<String> = lock::list_locks(repo)
-        .await?
-        .into_iter()
-        .filter(|l| !l.expired && l.record.as_ref().is_some_and(|r| r.kind == "shared"))
-        .map(|l| l.key)
-        .collect();
+    let live_shared: HashSet<String> =
+        live_shared_locks(lock::list_locks(repo).await?).into_iter().collect();
     let marks = mark::load_marks(repo).await?;
     let marked_all = mark::marked_packs(&marks);
     let index_keys: Vec<String> = store.list("index/").await?.into_iter().map(|(k, _)| k).collect();
-    let mut files = Vec::new();
-    for (key, sealed) in repo.get_index_objects(index_keys).await? {
-        let id = IndexId::parse(key.trim_start_matches("index/"))?;
-        let file = IndexFile::open(repo.meta_key(), &id, &sealed).map_err(|e| {
-            Error::Integrity(format!("{key}: {e}; run `cairn check` before pruning"))
-        })?;
-        files.push((key, file));
+    let mut master = MasterIndex::default();
+    let mut objects_listed: Vec<(String, Vec<PackId>)> = Vec::with_capacity(index_keys.len());
+    let mut totals: HashMap<PackId, u64> = HashMap::new();
+    let mut stream = std::pin::pin!(index_objects(repo, index_keys));
+    while let Some(item) = stream.next().await {
+        let (key, file) = item?;
+        let mut packs = Vec::with_capacity(file.packs.len());
+        for (id, h) in &file.packs {
+            master.add_pack(*id, h);
+            totals
+                .entry(*id)
+                .or_insert_with(|| h.entries.iter().map(|e| u64::from(e.length)).sum());
+            packs.push(*id);
+        }
+        objects_listed.push((key, packs));
     }
-    report.index_objects_before = files.len();
+    report.index_objects_before = objects_listed.len();
     let mut objects: HashMap<PackId, u64> = HashMap::new();
     let mut object_age: HashMap<PackId, Duration> = HashMap::new();
     for info in store.list_info("packs/").await? {
         if let Some(id) = info.key.rsplit('/').next().and_then(|n| PackId::parse(n).ok()) {
             objects.insert(id, info.size);
             object_age.insert(id, (now - info.modified).to_std().unwrap_or(Duration::ZERO));
-        }
-    }
-
-    let mut master = MasterIndex::default();
-    for (_, f) in &files {
-        for (id, h) in &f.packs {
-            master.add_pack(*id, h);
         }
     }
     master.set_marked(&marked_all);
@@ -218,13 +257,8 @@ async fn run(
         "prune: loaded; walking snapshots"
     );
     let live = walk(repo, &index, &snapshots).await?;
-    let loaded = Loaded { files, index, live };
-    let mut headers: HashMap<PackId, &PackHeader> = HashMap::new();
-    for (_, f) in &loaded.files {
-        for (id, h) in &f.packs {
-            headers.entry(*id).or_insert(h);
-        }
-    }
+    let used = used_per_slot(&index, &live);
+    let loaded = Loaded { objects: objects_listed, index, live };
 
     // ---- Phase 1: which marked packs may go now.
     let mut aged = Vec::new();
@@ -247,9 +281,7 @@ async fn run(
     }
     let candidates: Vec<PackId> = doomed.iter().copied().collect();
     for p in candidates {
-        if let (Some(slot), Some(h)) = (loaded.index.pack_slot(&p), headers.get(&p))
-            && h.entries.iter().any(|e| loaded.live_here(&e.id, slot))
-        {
+        if loaded.index.pack_slot(&p).is_some_and(|slot| used[slot as usize] > 0) {
             tracing::warn!(pack = %p.short(), "a marked pack holds the only copy of referenced data: kept");
             doomed.remove(&p);
             report.rescued_packs += 1;
@@ -259,30 +291,25 @@ async fn run(
     // ---- Phase 2: what is unused now.
     let mut dead = Vec::new();
     let mut partial = Vec::new();
-    for (pid, h) in &headers {
-        let Some(size) = objects.get(pid) else { continue }; // indexed but missing: check's business
-        let slot = loaded.index.pack_slot(pid).expect("indexed pack has a slot");
-        let total: u64 = h.entries.iter().map(|e| u64::from(e.length)).sum();
-        let used: u64 = h
-            .entries
-            .iter()
-            .filter(|e| loaded.live_here(&e.id, slot))
-            .map(|e| u64::from(e.length))
-            .sum();
+    for (slot, record) in loaded.index.packs.iter().enumerate() {
+        let pid = record.id;
+        let Some(size) = objects.get(&pid) else { continue }; // indexed but missing: check's business
+        let total = totals.get(&pid).copied().unwrap_or(0);
+        let used = used[slot].min(total);
         report.packs += 1;
         report.used_bytes += used;
         report.unused_bytes += total - used;
-        if marked_all.contains(pid) {
+        if marked_all.contains(&pid) {
             continue;
         }
         if used == 0 {
-            dead.push((*pid, *size));
+            dead.push((pid, *size));
         } else if used < total {
-            partial.push((*pid, h.kind, used, total));
+            partial.push((slot as u32, record.kind, used, total));
         }
     }
     for (pid, size) in &objects {
-        if !headers.contains_key(pid)
+        if loaded.index.pack_slot(pid).is_none()
             && !marked_all.contains(pid)
             && object_age.get(pid).is_some_and(|a| *a >= opts.unindexed_age)
         {
@@ -297,9 +324,9 @@ async fn run(
     });
     let target = (report.used_bytes as f64 * opts.max_unused) as u64;
     let mut waste = partial.iter().map(|p| p.3 - p.2).sum::<u64>();
-    let mut repack = Vec::new();
+    let mut repack: Vec<u32> = Vec::new();
     let mut budget = opts.max_repack;
-    for (pid, kind, used, total) in partial {
+    for (slot, kind, used, total) in partial {
         if waste <= target {
             break;
         }
@@ -312,16 +339,17 @@ async fn run(
         }
         budget -= used;
         waste -= total - used;
-        repack.push(pid);
+        repack.push(slot);
     }
     report.repacked_packs = repack.len();
+    let repack_ids: Vec<PackId> = repack.iter().map(|s| loaded.index.pack(*s).id).collect();
 
     if opts.dry_run {
         report.deleted_packs = doomed.len();
         report.deleted_bytes = doomed.iter().filter_map(|p| objects.get(p)).sum();
         report.marked_packs = dead.len() + repack.len();
         report.marked_bytes = dead.iter().map(|d| d.1).sum::<u64>()
-            + repack.iter().filter_map(|p| objects.get(p)).sum::<u64>();
+            + repack_ids.iter().filter_map(|p| objects.get(p)).sum::<u64>();
         report.index_objects_after = report.index_objects_before;
         return Ok(report);
     }
@@ -333,22 +361,16 @@ async fn run(
         "prune: decided"
     );
     if !repack.is_empty() {
-        report.repacked_live_bytes =
-            copy_live_blobs(repo, &loaded, &headers, &repack, guard.clone()).await?;
+        report.repacked_live_bytes = copy_live_blobs(repo, &loaded, &repack, guard.clone()).await?;
     }
     let mut condemned: Vec<PackId> = dead.iter().map(|d| d.0).collect();
-    condemned.extend(repack.iter().copied());
+    condemned.extend(repack_ids.iter().copied());
     if !condemned.is_empty() {
         check()?;
         // Listed now, just before the mark is written, so that few backups can start
         // between the listing and the mark (those that do see the mark, or are caught by
         // their commit check).
-        let running: Vec<String> = lock::list_locks(repo)
-            .await?
-            .into_iter()
-            .filter(|l| !l.expired && l.record.as_ref().is_some_and(|r| r.kind == "shared"))
-            .map(|l| l.key)
-            .collect();
+        let running = live_shared_locks(lock::list_locks(repo).await?);
         let m = Mark {
             version: mark::MARK_VERSION,
             created: super::now_rfc3339(),
@@ -361,30 +383,36 @@ async fn run(
         tracing::info!(mark = %key, packs = condemned.len(), "marked unused packs");
     }
 
-    // ---- Compact the index, then delete the doomed packs.
-    let old_keys: Vec<String> = loaded.files.iter().map(|(k, _)| k.clone()).collect();
-    let compact = !doomed.is_empty() || loaded.files.len() > COMPACT_ABOVE;
+    // ---- Compact the index (new objects first, then the old ones go), then delete.
+    let compact = !doomed.is_empty() || loaded.objects.len() > COMPACT_ABOVE;
     let mut new_keys = HashSet::new();
     let mut appeared_files: Vec<(String, IndexFile)> = Vec::new();
     // Packs whose deletion must be tried again: their mark stays.
     let mut retry: HashSet<PackId> = HashSet::new();
     if compact {
+        let old_keys: Vec<String> = loaded.objects.iter().map(|(k, _)| k.clone()).collect();
         let mut seen = HashSet::new();
-        let survivors: Vec<(PackId, PackHeader)> = loaded
-            .files
-            .iter()
-            .flat_map(|(_, f)| f.packs.iter())
-            .filter(|(id, _)| !doomed.contains(id) && seen.insert(*id))
-            .map(|(id, h)| (*id, h.clone()))
-            .collect();
-        for chunk in survivors.chunks(PACKS_PER_INDEX) {
+        let mut chunk: Vec<(PackId, PackHeader)> = Vec::new();
+        let mut chunk_entries = 0usize;
+        let mut stream = std::pin::pin!(index_objects(repo, old_keys.clone()));
+        while let Some(item) = stream.next().await {
+            let (_, file) = item?;
+            for (id, h) in file.packs {
+                if doomed.contains(&id) || !seen.insert(id) {
+                    continue;
+                }
+                chunk_entries += h.entries.len();
+                chunk.push((id, h));
+                if chunk.len() >= PACKS_PER_INDEX || chunk_entries >= ENTRIES_PER_INDEX {
+                    check()?;
+                    new_keys.insert(write_index_object(repo, std::mem::take(&mut chunk)).await?);
+                    chunk_entries = 0;
+                }
+            }
+        }
+        if !chunk.is_empty() {
             check()?;
-            let id = IndexId::random();
-            let file = IndexFile { packs: chunk.to_vec() };
-            store
-                .create(&format!("index/{id}"), bytes::Bytes::from(file.seal(repo.meta_key(), &id)))
-                .await?;
-            new_keys.insert(format!("index/{id}"));
+            new_keys.insert(write_index_object(repo, chunk).await?);
         }
         // Index objects that appeared since loading (writers, or a prune whose lock we
         // wrongly think expired): any doomed pack they list must stay.
@@ -406,12 +434,12 @@ async fn run(
             }
             appeared_files.push((key, file));
         }
-        for (key, file) in &loaded.files {
+        for (key, packs) in &loaded.objects {
             check()?;
             if let Err(e) = store.delete(key).await {
                 // The old object still lists its packs: none of them may go.
                 tracing::warn!(object = %key, error = %e, "cannot delete index object; its packs stay");
-                for (p, _) in &file.packs {
+                for p in packs {
                     if doomed.remove(p) {
                         report.deferred_deletes += 1;
                         retry.insert(*p);
@@ -435,18 +463,16 @@ async fn run(
         )
         .await?;
         if !rescued.is_empty() {
-            // Their index entries went with the old index objects: index them again.
+            // Their index entries went with the old index objects: index them again, from
+            // the headers in the packs themselves.
+            let mut packs = Vec::new();
+            for p in &rescued {
+                if let Some(size) = objects.get(p) {
+                    packs.push((*p, super::check::read_pack_header(repo, p, *size).await?));
+                }
+            }
             check()?;
-            let id = IndexId::random();
-            let file = IndexFile {
-                packs: rescued
-                    .iter()
-                    .filter_map(|p| headers.get(p).map(|h| (*p, (*h).clone())))
-                    .collect(),
-            };
-            store
-                .create(&format!("index/{id}"), bytes::Bytes::from(file.seal(repo.meta_key(), &id)))
-                .await?;
+            write_index_object(repo, packs).await?;
             for p in &rescued {
                 doomed.remove(p);
             }
@@ -507,8 +533,8 @@ async fn rescue_for_new_snapshots(
     if fresh.is_empty() && bad.is_empty() {
         return Ok(Vec::new());
     }
-    let mut master = MasterIndex::default();
-    for (_, f) in loaded.files.iter().chain(appeared.iter()) {
+    let mut master = (*loaded.index).clone();
+    for (_, f) in appeared {
         for (id, h) in &f.packs {
             master.add_pack(*id, h);
         }
@@ -523,19 +549,14 @@ async fn rescue_for_new_snapshots(
             return Ok(doomed.iter().copied().collect());
         }
     };
-    let view = Loaded { files: Vec::new(), index, live };
-    let mut rescued = Vec::new();
-    for (_, f) in loaded.files.iter() {
-        for (p, h) in &f.packs {
-            if doomed.contains(p)
-                && !rescued.contains(p)
-                && let Some(slot) = view.index.pack_slot(p)
-                && h.entries.iter().any(|e| view.live_here(&e.id, slot))
-            {
-                tracing::warn!(pack = %p.short(), "a snapshot committed during prune uses this pack: kept");
-                rescued.push(*p);
-            }
-        }
+    let used = used_per_slot(&index, &live);
+    let rescued: Vec<PackId> = doomed
+        .iter()
+        .copied()
+        .filter(|p| index.pack_slot(p).is_some_and(|slot| used[slot as usize] > 0))
+        .collect();
+    for p in &rescued {
+        tracing::warn!(pack = %p.short(), "a snapshot committed during prune uses this pack: kept");
     }
     Ok(rescued)
 }
@@ -604,22 +625,22 @@ async fn walk(
     Ok(live)
 }
 
-/// Copy the live blobs of `packs` into new packs (and index objects). Returns bytes copied.
+/// Copy the live canonical blobs of the packs in `slots` into new packs (and index
+/// objects). Returns bytes copied.
 async fn copy_live_blobs(
     repo: &Arc<Repository>,
     loaded: &Loaded,
-    headers: &HashMap<PackId, &PackHeader>,
-    packs: &[PackId],
+    slots: &[u32],
     guard: Option<lock::LeaseGuard>,
 ) -> Result<u64> {
-    let mut work: Vec<(BlobKind, BlobId)> = Vec::new();
-    for p in packs {
-        let slot = loaded.index.pack_slot(p).expect("indexed");
-        let h = headers[p];
-        work.extend(
-            h.entries.iter().filter(|e| loaded.live_here(&e.id, slot)).map(|e| (h.kind, e.id)),
-        );
-    }
+    let wanted: HashSet<u32> = slots.iter().copied().collect();
+    let work: Vec<(BlobKind, BlobId)> = loaded
+        .index
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, loc))| wanted.contains(&loc.pack) && loaded.live.get(*i))
+        .map(|(_, (id, loc))| (loc.kind, *id))
+        .collect();
     let repo2 = repo.clone();
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> Result<u64> {
