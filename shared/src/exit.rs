@@ -69,6 +69,14 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     ExitError(Exit::Usage, msg.into()).into()
 }
 
+/// A job's failure, reported the one way: `prog: context: cause` on stderr. Returns the exit
+/// code and the line (for the JSON summary).
+pub fn report_failure(prog: &str, e: &anyhow::Error) -> (Exit, String) {
+    let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+    eprintln!("{prog}: {line}");
+    (Exit::from_error(e), line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,3 +100,35 @@ fn otlp_providers(service: &'static str) -> anyhow::Result<(SdkTracerProvider, S
         .build();
     Ok((tracer, meter))
 }
+
+/// Output flags every job has: verbosity, log format, JSON summary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutputArgs {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log format: auto (human on a terminal, JSON lines otherwise), human or json.
+    #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "auto")]
+    pub log_format: String,
+    /// Print the result as JSON on stdout (for CI).
+    #[arg(long, global = true, env = "CAIRN_JSON")]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    pub fn telemetry(&self, service: &'static str) -> TelemetryOptions {
+        TelemetryOptions {
+            service,
+            default_level: match self.verbose {
+                0 => "info".into(),
+                1 => "debug".into(),
+                _ => "trace".into(),
+            },
+            json: match self.log_format.as_str() {
+                "json" => Some(true),
+                "human" => Some(false),
+                _ => None,
+            },
+        }
+    }
+}

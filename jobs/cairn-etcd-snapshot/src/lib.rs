@@ -15,7 +15,7 @@ use cairn_shared::fs::stream::{Sha256Trailer, channel};
 use cairn_shared::fs::{BackupOptions, backup_stream};
 use cairn_shared::progress::human_bytes;
 use cairn_shared::repo::lock::BackupLocks;
-use cairn_shared::telemetry::TelemetryOptions;
+use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
 use cairn_shared::{Error, Exit};
 use clap::Parser;
 use etcd_client::{
@@ -89,15 +89,8 @@ pub struct Cli {
     /// Tag as key=value. Repeatable.
     #[arg(long = "tag", value_parser = parse_kv)]
     pub tags: Vec<(String, String)>,
-    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-    /// Log format: auto, human or json.
-    #[arg(long, env = "CAIRN_LOG_FORMAT", default_value = "auto")]
-    pub log_format: String,
-    /// Print the summary as JSON on stdout.
-    #[arg(long, env = "CAIRN_JSON")]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -108,19 +101,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 
 impl Cli {
     pub fn telemetry_options(&self) -> TelemetryOptions {
-        TelemetryOptions {
-            service: "cairn-etcd-snapshot",
-            default_level: match self.verbose {
-                0 => "info".into(),
-                1 => "debug".into(),
-                _ => "trace".into(),
-            },
-            json: match self.log_format.as_str() {
-                "json" => Some(true),
-                "human" => Some(false),
-                _ => None,
-            },
-        }
+        self.output.telemetry("cairn-etcd-snapshot")
     }
 }
 
@@ -391,9 +372,7 @@ pub async fn run(cli: Cli) -> Exit {
     let exit = match snapshot(&cli, &mut summary).await {
         Ok(()) => Exit::Success,
         Err(e) => {
-            let exit = Exit::from_error(&e);
-            let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
-            eprintln!("cairn-etcd-snapshot: {line}");
+            let (exit, line) = cairn_shared::exit::report_failure("cairn-etcd-snapshot", &e);
             summary.error = Some(line);
             exit
         }
@@ -401,7 +380,7 @@ pub async fn run(cli: Cli) -> Exit {
     summary.exit = exit.as_str();
     summary.exit_code = exit.code();
     summary.duration_ms = started.elapsed().as_millis() as u64;
-    if cli.json {
+    if cli.output.json {
         if let Ok(s) = serde_json::to_string_pretty(&summary) {
             println!("{s}");
         }

@@ -13,7 +13,7 @@ use cairn_shared::repo::check::{CheckOptions, CheckReport, check};
 use cairn_shared::repo::forget::{ForgetReport, forget};
 use cairn_shared::repo::lock::{Lock, LockKind};
 use cairn_shared::repo::prune::{PruneOptions, PruneReport, prune, prune_locked};
-use cairn_shared::telemetry::TelemetryOptions;
+use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
 use clap::Parser;
 use serde::Serialize;
 
@@ -53,32 +53,13 @@ pub struct Cli {
     /// Report what forget and prune would do; change nothing.
     #[arg(long, env = "CAIRN_DRY_RUN")]
     pub dry_run: bool,
-    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-    /// Log format: auto, human or json.
-    #[arg(long, env = "CAIRN_LOG_FORMAT", default_value = "auto")]
-    pub log_format: String,
-    /// Print the summary as JSON on stdout.
-    #[arg(long, env = "CAIRN_JSON")]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 impl Cli {
     pub fn telemetry_options(&self) -> TelemetryOptions {
-        TelemetryOptions {
-            service: "cairn-maintain",
-            default_level: match self.verbose {
-                0 => "info".into(),
-                1 => "debug".into(),
-                _ => "trace".into(),
-            },
-            json: match self.log_format.as_str() {
-                "json" => Some(true),
-                "human" => Some(false),
-                _ => None,
-            },
-        }
+        self.output.telemetry("cairn-maintain")
     }
 }
 
@@ -117,9 +98,7 @@ pub async fn run(cli: Cli) -> Exit {
     let exit = match result {
         Ok(exit) => exit,
         Err(e) => {
-            let exit = Exit::from_error(&e);
-            let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
-            eprintln!("cairn-maintain: {line}");
+            let (exit, line) = cairn_shared::exit::report_failure("cairn-maintain", &e);
             summary.error = Some(line);
             exit
         }
@@ -127,7 +106,7 @@ pub async fn run(cli: Cli) -> Exit {
     summary.exit = exit.as_str();
     summary.exit_code = exit.code();
     summary.duration_ms = started.elapsed().as_millis() as u64;
-    if cli.json {
+    if cli.output.json {
         match serde_json::to_string_pretty(&summary) {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("cairn-maintain: summary: {e}"),

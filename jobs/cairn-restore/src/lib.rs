@@ -10,7 +10,7 @@ use cairn_shared::config::{Need, RepoArgs};
 use cairn_shared::fs::stream::verify_sha256_trailer;
 use cairn_shared::progress::human_bytes;
 use cairn_shared::repo::NodeKind;
-use cairn_shared::telemetry::TelemetryOptions;
+use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
 use cairn_shared::{Error, Exit};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -32,15 +32,8 @@ pub const ETCD_DB_FILE: &str = "snapshot.db";
 pub struct Cli {
     #[command(flatten)]
     pub repo: RepoArgs,
-    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-    /// Log format: auto, human or json.
-    #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "auto")]
-    pub log_format: String,
-    /// Print the summary as JSON on stdout.
-    #[arg(long, global = true, env = "CAIRN_JSON")]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -95,19 +88,7 @@ pub struct EtcdArgs {
 
 impl Cli {
     pub fn telemetry_options(&self) -> TelemetryOptions {
-        TelemetryOptions {
-            service: "cairn-restore",
-            default_level: match self.verbose {
-                0 => "info".into(),
-                1 => "debug".into(),
-                _ => "trace".into(),
-            },
-            json: match self.log_format.as_str() {
-                "json" => Some(true),
-                "human" => Some(false),
-                _ => None,
-            },
-        }
+        self.output.telemetry("cairn-restore")
     }
 }
 
@@ -135,9 +116,7 @@ pub async fn run(cli: Cli) -> Exit {
             let exit = match restore_etcd(&cli.repo, args, &mut summary).await {
                 Ok(()) => Exit::Success,
                 Err(e) => {
-                    let exit = Exit::from_error(&e);
-                    let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
-                    eprintln!("cairn-restore: {line}");
+                    let (exit, line) = cairn_shared::exit::report_failure("cairn-restore", &e);
                     summary.error = Some(line);
                     exit
                 }
@@ -145,7 +124,7 @@ pub async fn run(cli: Cli) -> Exit {
             summary.exit = exit.as_str();
             summary.exit_code = exit.code();
             summary.duration_ms = started.elapsed().as_millis() as u64;
-            if cli.json {
+            if cli.output.json {
                 if let Ok(s) = serde_json::to_string_pretty(&summary) {
                     println!("{s}");
                 }

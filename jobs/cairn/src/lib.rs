@@ -14,7 +14,7 @@ use cairn_shared::repo::check::{CheckOptions, check};
 use cairn_shared::repo::lock::{BackupLocks, LeaseGuard};
 use cairn_shared::repo::{InitOptions, KeyRecipient, NodeKind, Repository, SnapshotEntry};
 use cairn_shared::repo::{forget, prune};
-use cairn_shared::telemetry::TelemetryOptions;
+use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -31,15 +31,8 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(flatten)]
     pub repo: RepoArgs,
-    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-    /// Log format: auto (human on a terminal, JSON lines otherwise), human or json.
-    #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "auto")]
-    pub log_format: String,
-    /// Print the result as JSON on stdout (for CI).
-    #[arg(long, global = true, env = "CAIRN_JSON")]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -195,19 +188,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 
 impl Cli {
     pub fn telemetry_options(&self) -> TelemetryOptions {
-        TelemetryOptions {
-            service: "cairn",
-            default_level: match self.verbose {
-                0 => "info".into(),
-                1 => "debug".into(),
-                _ => "trace".into(),
-            },
-            json: match self.log_format.as_str() {
-                "json" => Some(true),
-                "human" => Some(false),
-                _ => None,
-            },
-        }
+        self.output.telemetry("cairn")
     }
 }
 
@@ -215,16 +196,8 @@ impl Cli {
 pub async fn run(cli: Cli) -> Exit {
     match dispatch(cli).await {
         Ok(exit) => exit,
-        Err(e) => {
-            let exit = Exit::from_error(&e);
-            eprintln!("cairn: {}", chain(&e));
-            exit
-        }
+        Err(e) => cairn_shared::exit::report_failure("cairn", &e).0,
     }
-}
-
-fn chain(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
 }
 
 /// `SNAP[:PATH]`.
@@ -256,7 +229,7 @@ fn snapshot_json(s: &SnapshotEntry) -> serde_json::Value {
 }
 
 async fn dispatch(cli: Cli) -> Result<Exit> {
-    let json = cli.json;
+    let json = cli.output.json;
     let args = cli.repo;
     match cli.command {
         Command::Version => {
