@@ -634,19 +634,21 @@ async fn copy_live_blobs(
     guard: Option<lock::LeaseGuard>,
 ) -> Result<u64> {
     let wanted: HashSet<u32> = slots.iter().copied().collect();
-    let work: Vec<(BlobKind, BlobId)> = loaded
+    let mut work: Vec<(u32, u32, BlobKind, BlobId)> = loaded
         .index
         .iter()
         .enumerate()
         .filter(|(i, (_, loc))| wanted.contains(&loc.pack) && loaded.live.get(*i))
-        .map(|(_, (id, loc))| (loc.kind, *id))
+        .map(|(_, (id, loc))| (loc.pack, loc.offset, loc.kind, *id))
         .collect();
+    // In pack order: reads then go through each pack front to back, window by window.
+    work.sort_unstable_by_key(|w| (w.0, w.1));
     let repo2 = repo.clone();
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> Result<u64> {
         let writer = repo2.writer(handle.clone()).with_guard(guard);
         let mut copied = 0u64;
-        for (kind, id) in work {
+        for (_, _, kind, id) in work {
             let plain = handle.block_on(repo2.read_blob(&id))?;
             copied += plain.len() as u64;
             writer.add_blob_forced(kind, id, &plain)?;
