@@ -180,7 +180,6 @@ pub fn classify(context: &str, e: etcd_client::Error) -> Error {
         "unknownissuer",
         "unknown issuer",
         "handshake",
-        "tls",
         "x509",
         "authentication failed",
         "permission denied",
@@ -487,7 +486,9 @@ async fn stream_and_commit(
                     ));
                 }
                 Ok(Err(e)) => {
-                    let e = classify(&format!("snapshot stream from {endpoint}"), e);
+                    // The connection was accepted and the stream started: whatever breaks it
+                    // now (a member going away, a cut connection) is worth a retry.
+                    let e = Error::Retryable(format!("snapshot stream from {endpoint}: {e}"));
                     fail(e.to_string()).await;
                     return Err(e);
                 }
