@@ -1,7 +1,8 @@
 //! The etcd snapshot job and its restore against the real mTLS etcd: 100k keys (some of
 //! about 1 MiB), a second snapshot after 1 % of them change stores little, the first restores
 //! through `etcdutl snapshot restore` into a fresh etcd holding exactly its keys and the same
-//! HashKV; bad endpoints, certificates, a cut stream and an alarm fail with their exit codes.
+//! HashKV; password authentication works; bad endpoints, certificates, passwords, a cut
+//! stream and an alarm fail with their exit codes.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -251,7 +252,33 @@ async fn etcd_snapshots_dedup_restore_exactly_and_fail_cleanly() {
     let hash = restored.hash_kv(rev).await.unwrap();
     assert_eq!(u64::from(hash.hash()), meta["hash_kv"].as_u64().unwrap(), "HashKV at {rev}");
 
+    // Password authentication instead of client certificates: the right password works, a
+    // wrong one is refused (exit 4).
+    restored.user_add("root", "s3cret", None).await.unwrap();
+    restored.user_grant_role("root", "root").await.unwrap();
+    restored.auth_enable().await.unwrap();
+    let (good_pw, bad_pw) = (tmp.path().join("pw"), tmp.path().join("bad-pw"));
+    std::fs::write(&good_pw, "s3cret\n").unwrap();
+    std::fs::write(&bad_pw, "nope\n").unwrap();
+    let with_password = |file: &Path| -> Vec<String> {
+        let file = file.display().to_string();
+        ["--endpoints", &endpoint, "--user", "root", "--password-file", &file]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    assert_eq!(run(job(with_password(&bad_pw))).await, Exit::Integrity);
+    let before = repo.snapshots().await.unwrap().len();
+    assert_eq!(run(job(with_password(&good_pw))).await, Exit::Success);
+    assert_eq!(repo.snapshots().await.unwrap().len(), before + 1);
+
     // An alarm on the only member: no snapshot, retryable.
+    let mut restored = Client::connect(
+        [endpoint.as_str()],
+        Some(etcd_client::ConnectOptions::new().with_user("root", "s3cret")),
+    )
+    .await
+    .unwrap();
     let member = restored.status().await.unwrap().header().unwrap().member_id();
     let mut alarm = etcd_client::AlarmOptions::new();
     alarm.with_member(member);
@@ -260,7 +287,7 @@ async fn etcd_snapshots_dedup_restore_exactly_and_fail_cleanly() {
         .await
         .unwrap();
     let before = repo.snapshots().await.unwrap().len();
-    assert_eq!(run(job(vec!["--endpoints".into(), endpoint.clone()])).await, Exit::Retryable);
+    assert_eq!(run(job(with_password(&good_pw))).await, Exit::Retryable);
 
     // Unreachable, wrong CA, no client certificate, a stream cut mid-way: clean failures.
     assert_eq!(run(job(tls("https://127.0.0.1:1"))).await, Exit::Retryable);

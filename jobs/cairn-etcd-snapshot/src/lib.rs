@@ -254,7 +254,7 @@ fn explain_closed_tls(cli: &Cli, e: Error) -> Error {
         Error::Retryable(m)
             if cli.cert.is_none()
                 && (cli.cacert.is_some() || m.contains("https://"))
-                && ["broken pipe", "connection reset", "closed"]
+                && ["broken pipe", "connection reset", "closed", "cancel", "unexpected eof"]
                     .iter()
                     .any(|w| m.to_lowercase().contains(w)) =>
         {
