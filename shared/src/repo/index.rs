@@ -165,10 +165,6 @@ impl MasterIndex {
         self.sorted = false;
     }
 
-    pub fn is_marked(&self, slot: u32) -> bool {
-        self.marked[slot as usize]
-    }
-
     /// Sort and drop duplicate blobs (the same blob in two packs: either copy will do, but
     /// a copy in an unmarked pack is preferred).
     pub fn finish(&mut self) {
