@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod exit;
 pub mod fs;
+pub mod k8s;
 pub mod progress;
 pub mod repo;
 pub mod telemetry;

@@ -95,6 +95,12 @@ pub mod kube_world {
         client_from(&env("CAIRN_TEST_KUBECONFIG_RESTRICTED")).await
     }
 
+    /// Client with the admin identity on the world's second cluster: a separate, empty
+    /// kube-apiserver (own etcd) that restore-into-a-new-cluster tests restore into.
+    pub async fn second() -> Client {
+        client_from(&env("CAIRN_TEST_KUBECONFIG_SECOND")).await
+    }
+
     /// The restricted identity's user name, as RBAC subjects name it.
     pub const RESTRICTED_USER: &str = "cairn-restricted";
 }

@@ -93,3 +93,23 @@ async fn restricted_identity_is_denied_until_a_role_grants_it() {
     }
     Api::<Namespace>::all(admin).delete(&ns, &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test]
+async fn second_cluster_is_separate() {
+    let first: Api<Namespace> = Api::all(kube_world::admin().await);
+    let second: Api<Namespace> = Api::all(kube_world::second().await);
+    let name = unique("world-second");
+    first
+        .create(&PostParams::default(), &Namespace { metadata: meta(&name), ..Default::default() })
+        .await
+        .expect("create namespace in the first cluster");
+    assert!(first.get_opt(&name).await.expect("get in first").is_some());
+    assert!(
+        second.get_opt(&name).await.expect("get in second").is_none(),
+        "namespace {name} of the first cluster is visible in the second"
+    );
+    // The second cluster is a working cluster of its own.
+    let listed = second.list(&ListParams::default()).await.expect("list in second");
+    assert!(listed.items.iter().any(|n| n.metadata.name.as_deref() == Some("kube-system")));
+    first.delete(&name, &DeleteParams::default()).await.expect("delete namespace");
+}

@@ -149,6 +149,138 @@ pub async fn backup_stream(
     .await
 }
 
+/// One file of a synthetic tree for [`backup_files`]: a relative `/`-separated path, its
+/// content and modification time.
+#[derive(Debug, Clone)]
+pub struct VirtualFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mtime_ns: i128,
+}
+
+/// Back up files that exist only in memory (exported manifests). Items arrive on `items`
+/// (a bounded channel: the producer waits while the repository catches up); `render` turns
+/// each into a file on the backup's thread pool (serialisation is CPU work, kept off the
+/// async runtime), and it is chunked and stored at once: only its node stays until the end,
+/// so memory grows by a node per file, never by content. Directories come from the paths
+/// (mode 0755), files get mode 0600. A path that repeats replaces the earlier file. Returns
+/// the snapshot ready to commit.
+pub async fn backup_files<T, F>(
+    repo: Arc<Repository>,
+    mut items: tokio::sync::mpsc::Receiver<T>,
+    render: F,
+    opts: BackupOptions,
+) -> Result<Prepared>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Result<VirtualFile> + Send + Sync + 'static,
+{
+    repo.load_index().await?;
+    let empty = globset::GlobSet::empty();
+    run_backup(repo, opts, PathBuf::new(), empty, 0, move |ctx| {
+        let mut root = VirtualDir::default();
+        let batch_len = rayon::current_num_threads().max(2) * 16;
+        let mut batch: Vec<T> = Vec::with_capacity(batch_len);
+        loop {
+            // Take what is queued; block only when nothing is.
+            let mut done = false;
+            while batch.len() < batch_len {
+                match items.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) if !batch.is_empty() => {
+                        break;
+                    }
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                        match items.blocking_recv() {
+                            Some(item) => batch.push(item),
+                            None => {
+                                done = true;
+                                break;
+                            }
+                        }
+                    }
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            let nodes: Vec<(String, Node)> = batch
+                .par_drain(..)
+                .map(|item| virtual_file_node(ctx, render(item)?))
+                .collect::<Result<_>>()?;
+            for (dir, node) in nodes {
+                root.insert(&dir, node);
+            }
+            if done {
+                break;
+            }
+        }
+        let mut node = root.store(ctx, Name(Vec::new()))?;
+        node.mtime_ns = now_ns();
+        Ok(node)
+    })
+    .await
+}
+
+/// Store one virtual file's content; returns its directory and node.
+fn virtual_file_node(ctx: &Ctx<'_>, f: VirtualFile) -> Result<(String, Node)> {
+    let (dir, name) = match f.path.rsplit_once('/') {
+        Some((d, n)) => (d.to_string(), n),
+        None => (String::new(), f.path.as_str()),
+    };
+    if name.is_empty() || f.path.split('/').any(|c| c == "." || c == "..") {
+        return Err(Error::Invalid(format!("file path {:?}", f.path)));
+    }
+    let mut node = Node::new(Name(name.as_bytes().to_vec()), NodeKind::File);
+    node.mode = 0o600;
+    node.mtime_ns = f.mtime_ns;
+    let mut extents = Vec::new();
+    node.size = chunk_into(ctx, f.content.as_slice(), &mut extents)?;
+    node.content = extents;
+    ctx.progress.add_file(node.size);
+    ctx.files_read.fetch_add(1, Ordering::Relaxed);
+    ctx.bytes_read.fetch_add(node.size, Ordering::Relaxed);
+    Ok((dir, node))
+}
+
+/// The directory skeleton [`backup_files`] builds as files arrive.
+#[derive(Default)]
+struct VirtualDir {
+    dirs: BTreeMap<Vec<u8>, VirtualDir>,
+    files: BTreeMap<Vec<u8>, Node>,
+}
+
+impl VirtualDir {
+    fn insert(&mut self, dir: &str, node: Node) {
+        let mut at = self;
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            at = at.dirs.entry(part.as_bytes().to_vec()).or_default();
+        }
+        at.files.insert(node.name.0.clone(), node);
+    }
+
+    /// Store the listings bottom-up; a name that is both a file and a directory keeps the
+    /// directory (paths come from the caller's layout, which never makes both).
+    fn store(self, ctx: &Ctx<'_>, name: Name) -> Result<Node> {
+        ctx.dirs.fetch_add(1, Ordering::Relaxed);
+        let mut node = Node::new(name, NodeKind::Dir);
+        node.mode = 0o755;
+        let mut children: BTreeMap<Vec<u8>, Node> = self.files;
+        for (n, d) in self.dirs {
+            let child = d.store(ctx, Name(n.clone()))?;
+            node.mtime_ns = node.mtime_ns.max(child.mtime_ns);
+            children.insert(n, child);
+        }
+        for f in children.values() {
+            node.mtime_ns = node.mtime_ns.max(f.mtime_ns);
+        }
+        let nodes: Vec<Node> = children.into_values().collect();
+        node.subtree = store_listing(ctx, &nodes)?;
+        Ok(node)
+    }
+}
+
 fn now_ns() -> i128 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos()
 }

@@ -5,5 +5,7 @@ pub mod backup;
 pub mod restore;
 pub mod stream;
 
-pub use backup::{BackupOptions, BackupOutcome, Prepared, backup_dir, backup_stream};
+pub use backup::{
+    BackupOptions, BackupOutcome, Prepared, VirtualFile, backup_dir, backup_files, backup_stream,
+};
 pub use restore::{RestoreOptions, RestoreReport, restore, write_file_to};

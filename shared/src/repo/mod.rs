@@ -626,6 +626,19 @@ impl Repository {
         }
     }
 
+    /// The whole content of a small file node (manifests, records): holes read as zeros.
+    /// Large files go through [`crate::fs::write_file_to`] instead.
+    pub async fn read_file(&self, node: &Node) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(node.size as usize);
+        for extent in &node.content {
+            match &extent.id {
+                Some(id) => out.extend_from_slice(&self.read_blob(id).await?),
+                None => out.resize(out.len() + extent.len as usize, 0),
+            }
+        }
+        Ok(out)
+    }
+
     /// Find the node at `path` ("" or "/" is the root) in a snapshot.
     pub async fn lookup(&self, snapshot: &Snapshot, path: &str) -> Result<Node> {
         let mut node = snapshot.root.clone();

@@ -1,0 +1,580 @@
+//! The manifest export job: discover every served resource (CRDs and their custom resources
+//! included), list each with pagination and bounded concurrency, and store every object, with
+//! its status, as one YAML file at a stable path (see `cairn_shared::k8s::layout`). Objects
+//! stream from the API server into the repository: memory holds a page per concurrent list,
+//! not the cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cairn_shared::Exit;
+use cairn_shared::config::{LockArgs, Need, RepoArgs};
+use cairn_shared::fs::{BackupOptions, VirtualFile, backup_files};
+use cairn_shared::k8s::layout::{self, ObjectPath, Resource, resource_matches};
+use cairn_shared::k8s::list::{AsyncPageSink, ListOptions, get_object, list_pages};
+use cairn_shared::k8s::normalize::strip_managed_fields;
+use cairn_shared::k8s::selector::Selector;
+use cairn_shared::k8s::{KubeArgs, classify, discover, status_code, to_yaml};
+use cairn_shared::progress::human_bytes;
+use cairn_shared::repo::Failure;
+use cairn_shared::repo::lock::BackupLocks;
+use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
+use clap::Parser;
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// API groups that serve measurements, not objects: never exported.
+const METRICS_GROUPS: &[&str] =
+    &["metrics.k8s.io", "custom.metrics.k8s.io", "external.metrics.k8s.io"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterResources {
+    /// Cluster-scoped objects when no --namespace is given.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn-manifest-export",
+    version,
+    about = "Export every Kubernetes API object into a cairn repository",
+    long_about = "Export every Kubernetes API object into a cairn repository.\n\n\
+        Discovers every served group at its preferred version (CRDs and custom resources \
+        included), lists each resource with pagination and bounded concurrency, and stores \
+        each object, status included, as YAML at\n  cluster/<group>/<resource>/<name>.yaml\n  \
+        namespaces/<ns>/<group>/<resource>/<name>.yaml\n(`core` for the legacy group), with \
+        cluster/version.json, cluster/discovery.json and cluster/resource-versions.json. \
+        Secrets are stored too: the repository is encrypted and a write key cannot read them \
+        back.\n\n\
+        Needs get/list on what it exports (a read-only ClusterRole; with --namespace NAME, a \
+        Role in that namespace suffices). A resource it may not list is reported and makes \
+        the run partial; an API group that fails discovery (an aggregated API whose backend \
+        is down) is reported and skipped.\n\n\
+        Exit codes: 0 ok, 1 retryable (API server or store unreachable), 2 usage, 3 partial \
+        (some resources denied; the snapshot is saved), 4 credentials refused, 5 another \
+        export of this cluster is running."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Only namespaces matching this glob. Repeatable. Plain names are listed namespace by
+    /// namespace (a Role per namespace suffices); globs list cluster-wide and filter.
+    #[arg(long = "namespace", short = 'n', env = "CAIRN_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Leave out namespaces matching this glob. Repeatable.
+    #[arg(long = "exclude-namespace", env = "CAIRN_EXCLUDE_NAMESPACES", value_delimiter = ',')]
+    pub exclude_namespaces: Vec<String>,
+    /// Only these resources (`deployments.apps`, `configmaps`, `Certificate`). Repeatable.
+    #[arg(long = "resource", env = "CAIRN_RESOURCES", value_delimiter = ',')]
+    pub resources: Vec<String>,
+    /// Leave out these resources. Repeatable.
+    #[arg(long = "exclude-resource", env = "CAIRN_EXCLUDE_RESOURCES", value_delimiter = ',')]
+    pub exclude_resources: Vec<String>,
+    /// Only objects matching this label selector (as kubectl -l).
+    #[arg(long, short = 'l', env = "CAIRN_SELECTOR")]
+    pub selector: Option<String>,
+    /// Export cluster-scoped objects: auto = unless --namespace is given.
+    #[arg(long, env = "CAIRN_CLUSTER_RESOURCES", value_enum, default_value = "auto")]
+    pub cluster_resources: ClusterResources,
+    /// Keep metadata.managedFields (dropped by default: large and only noise for restores).
+    #[arg(long, env = "CAIRN_KEEP_MANAGED_FIELDS")]
+    pub keep_managed_fields: bool,
+    /// Export Events too (left out by default).
+    #[arg(long, env = "CAIRN_INCLUDE_EVENTS")]
+    pub include_events: bool,
+    /// Lists running at once.
+    #[arg(long, env = "CAIRN_CONCURRENCY", default_value = "8")]
+    pub concurrency: usize,
+    /// Objects per list page.
+    #[arg(long, env = "CAIRN_PAGE_SIZE", default_value = "500")]
+    pub page_size: u32,
+    /// Snapshot source name.
+    #[arg(long, env = "CAIRN_SOURCE", default_value = "manifests")]
+    pub source: String,
+    /// Cluster name recorded in the snapshot (buckets shared by clusters).
+    #[arg(long, env = "CAIRN_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Tag as key=value. Repeatable.
+    #[arg(long = "tag", value_parser = parse_kv)]
+    pub tags: Vec<(String, String)>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected key=value"))
+}
+
+impl Cli {
+    pub fn telemetry_options(&self) -> TelemetryOptions {
+        self.output.telemetry("cairn-manifest-export")
+    }
+}
+
+/// What the run did, printed at the end (`--json` for CI).
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub exit: &'static str,
+    pub exit_code: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    pub objects: u64,
+    pub resources: usize,
+    pub bytes: u64,
+    pub new_bytes: u64,
+    /// Objects per resource (`deployments.apps`: 12).
+    pub per_resource: BTreeMap<String, u64>,
+    /// Lists the identity may not make: the run is partial.
+    pub denied: Vec<String>,
+    /// Groups and resources skipped because the server could not serve them.
+    pub skipped: Vec<String>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub async fn run(cli: Cli) -> Exit {
+    let started = Instant::now();
+    let mut summary = Summary { source: cli.source.clone(), ..Default::default() };
+    let exit = match export(&cli, &mut summary).await {
+        Ok(()) if summary.denied.is_empty() => Exit::Success,
+        Ok(()) => Exit::Partial,
+        Err(e) => {
+            let (exit, line) = cairn_shared::exit::report_failure("cairn-manifest-export", &e);
+            summary.error = Some(line);
+            exit
+        }
+    };
+    summary.exit = exit.as_str();
+    summary.exit_code = exit.code();
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    print_summary(&cli, &summary);
+    exit
+}
+
+fn print_summary(cli: &Cli, s: &Summary) {
+    if cli.output.json {
+        if let Ok(text) = serde_json::to_string_pretty(s) {
+            println!("{text}");
+        }
+        return;
+    }
+    let Some(id) = &s.snapshot else { return };
+    let secs = s.duration_ms as f64 / 1000.0;
+    println!(
+        "manifest snapshot {} saved ({}{})",
+        &id[..8],
+        s.source,
+        s.server_version.as_deref().map(|v| format!(", Kubernetes {v}")).unwrap_or_default()
+    );
+    println!(
+        "  {} objects of {} resources, {} ({} new) in {secs:.1}s ({:.0} objects/s)",
+        s.objects,
+        s.resources,
+        human_bytes(s.bytes),
+        human_bytes(s.new_bytes),
+        s.objects as f64 / secs.max(0.001)
+    );
+    let mut top: Vec<(&String, &u64)> = s.per_resource.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let shown: Vec<String> = top.iter().take(6).map(|(r, n)| format!("{r} {n}")).collect();
+    if !shown.is_empty() {
+        println!("  most: {}", shown.join(", "));
+    }
+    for d in &s.denied {
+        println!("  DENIED  {d}");
+    }
+    for d in &s.skipped {
+        println!("  skipped {d}");
+    }
+}
+
+/// Namespace filters, parsed once.
+struct NamespaceFilter {
+    include: Option<globset::GlobSet>,
+    exclude: globset::GlobSet,
+    /// The include patterns when every one is a plain name: list namespace by namespace.
+    literal: Option<Vec<String>>,
+}
+
+impl NamespaceFilter {
+    fn new(include: &[String], exclude: &[String]) -> anyhow::Result<Self> {
+        let build = |patterns: &[String]| -> anyhow::Result<globset::GlobSet> {
+            let mut b = globset::GlobSetBuilder::new();
+            for p in patterns {
+                b.add(globset::Glob::new(p).map_err(|e| {
+                    cairn_shared::exit::usage(format!("namespace pattern {p:?}: {e}"))
+                })?);
+            }
+            Ok(b.build()?)
+        };
+        let is_glob = |p: &String| p.contains(['*', '?', '[', '{']);
+        Ok(NamespaceFilter {
+            include: (!include.is_empty()).then(|| build(include)).transpose()?,
+            exclude: build(exclude)?,
+            literal: (!include.is_empty() && !include.iter().any(is_glob))
+                .then(|| include.to_vec()),
+        })
+    }
+
+    fn active(&self) -> bool {
+        self.include.is_some()
+    }
+
+    fn matches(&self, ns: &str) -> bool {
+        self.include.as_ref().is_none_or(|i| i.is_match(ns)) && !self.exclude.is_match(ns)
+    }
+}
+
+/// What flows from the lists into the repository.
+enum Item {
+    Object(ObjectPath, Value),
+    File(String, Vec<u8>),
+}
+
+fn render(item: Item, keep_managed_fields: bool) -> cairn_shared::Result<VirtualFile> {
+    match item {
+        Item::Object(path, mut obj) => {
+            if !keep_managed_fields {
+                strip_managed_fields(&mut obj);
+            }
+            // A stable mtime (the object's creation) keeps unchanged directories deduplicated.
+            let mtime_ns = obj
+                .pointer("/metadata/creationTimestamp")
+                .and_then(Value::as_str)
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map_or(0, |t| t.unix_timestamp_nanos());
+            Ok(VirtualFile { path: path.path(), content: to_yaml(&obj)?.into_bytes(), mtime_ns })
+        }
+        Item::File(path, content) => Ok(VirtualFile { path, content, mtime_ns: 0 }),
+    }
+}
+
+/// One list to make: a resource, everywhere or in one namespace.
+#[derive(Debug, Clone)]
+struct Task {
+    resource: Resource,
+    namespace: Option<String>,
+}
+
+/// How one list ended.
+enum TaskEnd {
+    Done { objects: u64, resource_version: String },
+    Denied(String),
+    Skipped(String),
+}
+
+struct Sink<'a> {
+    tx: &'a mpsc::Sender<Item>,
+    resource: &'a Resource,
+    filter: &'a NamespaceFilter,
+    objects: u64,
+}
+
+impl AsyncPageSink for &mut Sink<'_> {
+    async fn page(&mut self, items: Vec<Value>) {
+        for obj in items {
+            let meta = obj.get("metadata");
+            let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("");
+            let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+            if name.is_empty() || name.contains('/') {
+                continue;
+            }
+            let keep = match (self.resource.namespaced, ns) {
+                (true, Some(ns)) => self.filter.matches(ns),
+                (true, None) => false,
+                // Namespace objects follow the namespace filter too.
+                (false, _)
+                    if self.resource.group.is_empty() && self.resource.resource == "namespaces" =>
+                {
+                    self.filter.matches(name)
+                }
+                (false, _) => true,
+            };
+            if !keep {
+                continue;
+            }
+            let path = ObjectPath::new(
+                if self.resource.namespaced { ns } else { None },
+                &self.resource.group,
+                &self.resource.resource,
+                name,
+            );
+            self.objects += 1;
+            if self.tx.send(Item::Object(path, obj)).await.is_err() {
+                return; // the repository side failed; its error is reported
+            }
+        }
+    }
+}
+
+async fn run_task(
+    client: &kube::Client,
+    task: &Task,
+    tx: &mpsc::Sender<Item>,
+    filter: &NamespaceFilter,
+    opts: &ListOptions,
+) -> anyhow::Result<TaskEnd> {
+    let what = match &task.namespace {
+        Some(ns) => format!("{} in namespace {ns}", task.resource.name()),
+        None => task.resource.name(),
+    };
+    let mut attempt = 0;
+    loop {
+        let mut sink = Sink { tx, resource: &task.resource, filter, objects: 0 };
+        let result =
+            list_pages(client, &task.resource, task.namespace.as_deref(), opts, &mut sink).await;
+        match result {
+            Ok(rv) => return Ok(TaskEnd::Done { objects: sink.objects, resource_version: rv }),
+            Err(e) => match status_code(&e) {
+                Some(401 | 403) => {
+                    tracing::warn!(resource = %what, "list denied");
+                    return Ok(TaskEnd::Denied(format!("list {what}: {}", classify("", e))));
+                }
+                // Gone since discovery (a CRD deleted), or an aggregated API that fails.
+                Some(404 | 405 | 500..=599) => {
+                    tracing::warn!(resource = %what, error = %e, "resource skipped");
+                    return Ok(TaskEnd::Skipped(format!("{what}: {}", classify("", e))));
+                }
+                _ if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(resource = %what, error = %e, attempt, "list failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * (1 << attempt))).await;
+                }
+                _ => return Err(classify(&format!("listing {what}"), e).into()),
+            },
+        }
+    }
+}
+
+fn select_resources(cli: &Cli, all: &[Resource], filter: &NamespaceFilter) -> Vec<Resource> {
+    let cluster_scoped = match cli.cluster_resources {
+        ClusterResources::Always => true,
+        ClusterResources::Never => false,
+        ClusterResources::Auto => !filter.active(),
+    };
+    all.iter()
+        .filter(|r| r.can("list"))
+        .filter(|r| !METRICS_GROUPS.contains(&r.group.as_str()))
+        .filter(|r| {
+            cli.include_events
+                || !(r.resource == "events" && (r.group.is_empty() || r.group == "events.k8s.io"))
+        })
+        .filter(|r| !(r.group.is_empty() && r.resource == "componentstatuses"))
+        .filter(|r| r.namespaced || cluster_scoped)
+        .filter(|r| {
+            cli.resources.is_empty()
+                || cli
+                    .resources
+                    .iter()
+                    .any(|f| resource_matches(f, &r.group, &r.resource, Some(&r.kind)))
+        })
+        .filter(|r| {
+            !cli.exclude_resources
+                .iter()
+                .any(|f| resource_matches(f, &r.group, &r.resource, Some(&r.kind)))
+        })
+        .cloned()
+        .collect()
+}
+
+async fn export(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
+    let filter = NamespaceFilter::new(&cli.namespaces, &cli.exclude_namespaces)?;
+    let selector = cli
+        .selector
+        .as_deref()
+        .map(Selector::parse)
+        .transpose()
+        .map_err(|e| cairn_shared::exit::usage(e.to_string()))?;
+    if cli.concurrency == 0 || cli.page_size == 0 {
+        return Err(cairn_shared::exit::usage("--concurrency and --page-size must be at least 1"));
+    }
+    let client = cli.kube.client().await.context("connecting to the cluster")?;
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(|e| classify("asking the API server for its version", e))?;
+    summary.server_version = Some(version.git_version.clone());
+    let discovery = discover(&client, cli.concurrency).await.context("discovering resources")?;
+    for (gv, e) in &discovery.failures {
+        summary.skipped.push(format!("API group {gv}: {e}"));
+    }
+    let resources = select_resources(cli, &discovery.resources, &filter);
+    summary.resources = resources.len();
+    let mut tasks = Vec::new();
+    for r in &resources {
+        match (&filter.literal, r.namespaced) {
+            (Some(names), true) => {
+                for ns in names.iter().filter(|n| filter.matches(n)) {
+                    tasks.push(Task { resource: r.clone(), namespace: Some(ns.clone()) });
+                }
+            }
+            _ => tasks.push(Task { resource: r.clone(), namespace: None }),
+        }
+    }
+    tracing::info!(resources = resources.len(), lists = tasks.len(), "exporting");
+
+    let repo = Arc::new(cli.repo.open(Need::Write).await.context("opening the repository")?);
+    let lock_source = match &cli.cluster {
+        Some(c) => format!("{}@{c}", cli.source),
+        None => cli.source.clone(),
+    };
+    let locks = BackupLocks::acquire(&repo, &lock_source, &cli.lock.options("manifest export"))
+        .await
+        .with_context(|| format!("locking source {lock_source}"))?;
+    let result = export_locked(
+        cli, summary, &client, &repo, &locks, &filter, selector, tasks, version, discovery,
+    )
+    .await;
+    let released = locks.release().await;
+    result?;
+    released.context("releasing locks")?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn export_locked(
+    cli: &Cli,
+    summary: &mut Summary,
+    client: &kube::Client,
+    repo: &Arc<cairn_shared::repo::Repository>,
+    locks: &BackupLocks,
+    filter: &NamespaceFilter,
+    selector: Option<Selector>,
+    tasks: Vec<Task>,
+    version: k8s_openapi::apimachinery::pkg::version::Info,
+    discovery: cairn_shared::k8s::Discovery,
+) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel::<Item>(1024);
+    let keep_managed = cli.keep_managed_fields;
+    let opts = BackupOptions {
+        source: cli.source.clone(),
+        cluster: cli.cluster.clone(),
+        tags: cli.tags.iter().cloned().collect(),
+        guard: Some(locks.guard()),
+        ..Default::default()
+    };
+    let backup = backup_files(repo.clone(), rx, move |item| render(item, keep_managed), opts);
+    let list_opts = ListOptions {
+        page_size: cli.page_size,
+        label_selector: selector.as_ref().map(|s| s.as_str().to_string()),
+        ..Default::default()
+    };
+    // Owns the sender: when this ends, however it ends, the backup sees the end of input.
+    let produce = async move {
+        let file = |path: &str, v: &Value| {
+            Item::File(path.to_string(), serde_json::to_vec_pretty(v).unwrap_or_default())
+        };
+        let _ = tx.send(file(layout::VERSION_FILE, &serde_json::to_value(&version)?)).await;
+        let _ = tx.send(file(layout::DISCOVERY_FILE, &discovery.document)).await;
+        let ends: Vec<(Task, anyhow::Result<TaskEnd>)> = futures::stream::iter(tasks)
+            .map(|task| {
+                let (tx, list_opts) = (&tx, &list_opts);
+                async move {
+                    let end = run_task(client, &task, tx, filter, list_opts).await;
+                    (task, end)
+                }
+            })
+            .buffer_unordered(cli.concurrency)
+            .collect()
+            .await;
+        let mut resource_versions = BTreeMap::new();
+        let mut per_resource: BTreeMap<String, u64> = BTreeMap::new();
+        let (mut denied, mut skipped) = (Vec::new(), Vec::new());
+        for (task, end) in ends {
+            match end? {
+                TaskEnd::Done { objects, resource_version } => {
+                    *per_resource.entry(task.resource.name()).or_default() += objects;
+                    let key = match &task.namespace {
+                        Some(ns) => format!("{}@{ns}", task.resource.name()),
+                        None => task.resource.name(),
+                    };
+                    resource_versions.insert(key, resource_version);
+                }
+                TaskEnd::Denied(why) => denied.push(why),
+                TaskEnd::Skipped(why) => skipped.push(why),
+            }
+        }
+        // With a namespace filter and no cluster-scoped lists, still keep the Namespace
+        // objects themselves (labels, annotations): a restore of the namespace needs them.
+        // A Role in the namespace may grant `get namespaces`; without it this is a note.
+        if let Some(names) = &filter.literal
+            && !resource_versions.keys().any(|k| k == "namespaces")
+        {
+            for ns in names.iter().filter(|n| filter.matches(n)) {
+                match get_object(client, &format!("/api/v1/namespaces/{ns}")).await {
+                    Ok(Some(mut obj)) if selector.as_ref().is_none_or(|s| s.matches(&obj)) => {
+                        if let Some(o) = obj.as_object_mut() {
+                            o.insert("apiVersion".into(), "v1".into());
+                            o.insert("kind".into(), "Namespace".into());
+                        }
+                        *per_resource.entry("namespaces".into()).or_default() += 1;
+                        let path = ObjectPath::new(None, "", "namespaces", ns);
+                        let _ = tx.send(Item::Object(path, obj)).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => skipped.push(format!("namespace object {ns}: {e}")),
+                }
+            }
+        }
+        let _ = tx
+            .send(file(layout::RESOURCE_VERSIONS_FILE, &serde_json::to_value(&resource_versions)?))
+            .await;
+        denied.sort();
+        skipped.sort();
+        anyhow::Ok((per_resource, denied, skipped))
+    };
+    let (produced, prepared) = tokio::join!(produce, backup);
+    let (per_resource, denied, skipped) = produced?;
+    let mut prepared = prepared.context("storing objects")?;
+
+    summary.objects = per_resource.values().sum();
+    summary.per_resource = per_resource;
+    summary.denied = denied;
+    summary.skipped.extend(skipped);
+    let snapshot = &mut prepared.snapshot;
+    for d in &summary.denied {
+        snapshot.failures.push(Failure { path: String::new(), error: d.clone() });
+    }
+    snapshot.partial = !snapshot.failures.is_empty();
+    snapshot.meta = serde_json::json!({ "manifests": {
+        "serverVersion": summary.server_version,
+        "objects": summary.objects,
+        "resources": summary.resources,
+        "perResource": summary.per_resource,
+        "denied": summary.denied,
+        "skipped": summary.skipped,
+        "filters": {
+            "namespaces": cli.namespaces, "excludeNamespaces": cli.exclude_namespaces,
+            "resources": cli.resources, "excludeResources": cli.exclude_resources,
+            "selector": cli.selector, "managedFields": cli.keep_managed_fields,
+        },
+    }});
+    let out =
+        prepared.commit(repo, Some(&locks.guard())).await.context("committing the snapshot")?;
+    summary.snapshot = Some(out.id.to_hex());
+    summary.bytes = out.snapshot.summary.bytes;
+    summary.new_bytes = out.snapshot.summary.new_bytes;
+    if summary.objects == 0 && summary.denied.is_empty() {
+        tracing::warn!("no object matched the filters");
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Paginated listing of one resource (`limit` + `continue`), page by page, so that memory
+//! holds one page per concurrent list whatever the collection's size.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::layout::Resource;
+use super::{classify, status_code};
+use crate::{Error, Result};
+
+#[derive(Debug, Deserialize)]
+struct RawList {
+    #[serde(default)]
+    metadata: RawListMeta,
+    #[serde(default)]
+    items: Vec<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawListMeta {
+    #[serde(rename = "resourceVersion", default)]
+    resource_version: Option<String>,
+    #[serde(rename = "continue", default)]
+    cont: Option<String>,
+}
+
+/// Options of one list.
+#[derive(Debug, Clone)]
+pub struct ListOptions {
+    pub page_size: u32,
+    pub label_selector: Option<String>,
+    /// Restarts allowed when a continue token expires (410 Gone) mid-list.
+    pub restarts: u32,
+}
+
+impl Default for ListOptions {
+    fn default() -> Self {
+        ListOptions { page_size: 500, label_selector: None, restarts: 3 }
+    }
+}
+
+/// List `resource` (in `namespace`, or everywhere), calling `on_page` with each page's items,
+/// each completed with `apiVersion` and `kind` (list items may omit them). Returns the
+/// list's resourceVersion. When a continue token expires the list starts again from the
+/// beginning; `on_page` then sees objects again (callers key by path, so repeats replace).
+pub async fn list_pages<F>(
+    client: &kube::Client,
+    resource: &Resource,
+    namespace: Option<&str>,
+    opts: &ListOptions,
+    mut on_page: F,
+) -> std::result::Result<String, kube::Error>
+where
+    F: AsyncPageSink,
+{
+    let url = resource.collection_url(namespace);
+    let api_version = resource.api_version();
+    let mut restarts = 0;
+    'restart: loop {
+        let mut cont: Option<String> = None;
+        loop {
+            let mut lp = kube::api::ListParams::default().limit(opts.page_size);
+            if let Some(c) = &cont {
+                lp = lp.continue_token(c);
+            }
+            if let Some(s) = &opts.label_selector {
+                lp = lp.labels(s);
+            }
+            let req =
+                kube::core::Request::new(&url).list(&lp).map_err(kube::Error::BuildRequest)?;
+            let page: RawList = match client.request(req).await {
+                Ok(p) => p,
+                Err(e) if status_code(&e) == Some(410) && restarts < opts.restarts => {
+                    restarts += 1;
+                    tracing::info!(resource = %resource.name(), "continue token expired: listing again");
+                    continue 'restart;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut items = page.items;
+            for item in &mut items {
+                if let Some(obj) = item.as_object_mut() {
+                    obj.entry("apiVersion").or_insert_with(|| Value::String(api_version.clone()));
+                    obj.entry("kind").or_insert_with(|| Value::String(resource.kind.clone()));
+                }
+            }
+            on_page.page(items).await;
+            match page.metadata.cont.filter(|c| !c.is_empty()) {
+                Some(c) => cont = Some(c),
+                None => return Ok(page.metadata.resource_version.unwrap_or_default()),
+            }
+        }
+    }
+}
+
+/// Receives pages; async so that a sink can wait on a bounded channel.
+pub trait AsyncPageSink {
+    fn page(&mut self, items: Vec<Value>) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Collects everything (small lists, tests).
+#[derive(Debug, Default)]
+pub struct Collect(pub Vec<Value>);
+
+impl AsyncPageSink for &mut Collect {
+    async fn page(&mut self, items: Vec<Value>) {
+        self.0.extend(items);
+    }
+}
+
+/// GET one object as JSON; `Ok(None)` when it does not exist.
+pub async fn get_object(client: &kube::Client, url: &str) -> Result<Option<Value>> {
+    let req = http_get(url)?;
+    match client.request::<Value>(req).await {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if status_code(&e) == Some(404) => Ok(None),
+        Err(e) => Err(classify(&format!("GET {url}"), e)),
+    }
+}
+
+fn http_get(url: &str) -> Result<http::Request<Vec<u8>>> {
+    http::Request::get(url)
+        .body(Vec::new())
+        .map_err(|e| Error::Invalid(format!("request {url}: {e}")))
+}
