@@ -6,30 +6,24 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use cairn_shared::Exit;
 use cairn_shared::config::{LockArgs, Need, RepoArgs};
 use cairn_shared::fs::{BackupOptions, VirtualFile, backup_files};
-use cairn_shared::k8s::layout::{self, ObjectPath, Resource, resource_matches};
-use cairn_shared::k8s::list::{AsyncPageSink, ListOptions, get_object, list_pages};
+use cairn_shared::k8s::collect::{CollectOptions, Exported, Filters, collect};
+use cairn_shared::k8s::layout::{self, Resource};
 use cairn_shared::k8s::normalize::strip_managed_fields;
-use cairn_shared::k8s::selector::Selector;
-use cairn_shared::k8s::{KubeArgs, classify, discover, status_code, to_yaml};
+use cairn_shared::k8s::{KubeArgs, classify, discover, to_yaml};
 use cairn_shared::progress::human_bytes;
 use cairn_shared::repo::Failure;
 use cairn_shared::repo::lock::BackupLocks;
 use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
 use clap::Parser;
-use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
-
-/// API groups that serve measurements, not objects: never exported.
-const METRICS_GROUPS: &[&str] =
-    &["metrics.k8s.io", "custom.metrics.k8s.io", "external.metrics.k8s.io"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClusterResources {
@@ -204,52 +198,9 @@ fn print_summary(cli: &Cli, s: &Summary) {
     }
 }
 
-/// Namespace filters, parsed once.
-struct NamespaceFilter {
-    include: Option<globset::GlobSet>,
-    exclude: globset::GlobSet,
-    /// The include patterns when every one is a plain name: list namespace by namespace.
-    literal: Option<Vec<String>>,
-}
-
-impl NamespaceFilter {
-    fn new(include: &[String], exclude: &[String]) -> anyhow::Result<Self> {
-        let build = |patterns: &[String]| -> anyhow::Result<globset::GlobSet> {
-            let mut b = globset::GlobSetBuilder::new();
-            for p in patterns {
-                b.add(globset::Glob::new(p).map_err(|e| {
-                    cairn_shared::exit::usage(format!("namespace pattern {p:?}: {e}"))
-                })?);
-            }
-            Ok(b.build()?)
-        };
-        let is_glob = |p: &String| p.contains(['*', '?', '[', '{']);
-        Ok(NamespaceFilter {
-            include: (!include.is_empty()).then(|| build(include)).transpose()?,
-            exclude: build(exclude)?,
-            literal: (!include.is_empty() && !include.iter().any(is_glob))
-                .then(|| include.to_vec()),
-        })
-    }
-
-    fn active(&self) -> bool {
-        self.include.is_some()
-    }
-
-    fn matches(&self, ns: &str) -> bool {
-        self.include.as_ref().is_none_or(|i| i.is_match(ns)) && !self.exclude.is_match(ns)
-    }
-}
-
-/// What flows from the lists into the repository.
-enum Item {
-    Object(ObjectPath, Value),
-    File(String, Vec<u8>),
-}
-
-fn render(item: Item, keep_managed_fields: bool) -> cairn_shared::Result<VirtualFile> {
+fn render(item: Exported, keep_managed_fields: bool) -> cairn_shared::Result<VirtualFile> {
     match item {
-        Item::Object(path, mut obj) => {
+        Exported::Object(path, mut obj) => {
             if !keep_managed_fields {
                 strip_managed_fields(&mut obj);
             }
@@ -264,146 +215,32 @@ fn render(item: Item, keep_managed_fields: bool) -> cairn_shared::Result<Virtual
                 .map_or(0, |t| t.unix_timestamp_nanos());
             Ok(VirtualFile { path: path.path(), content: to_yaml(&obj)?.into_bytes(), mtime_ns })
         }
-        Item::File(path, content) => Ok(VirtualFile { path, content, mtime_ns: 0 }),
+        Exported::File(path, content) => Ok(VirtualFile { path, content, mtime_ns: 0 }),
     }
 }
 
-/// One list to make: a resource, everywhere or in one namespace.
-#[derive(Debug, Clone)]
-struct Task {
-    resource: Resource,
-    namespace: Option<String>,
-}
-
-/// How one list ended.
-enum TaskEnd {
-    Done { objects: u64, resource_version: String },
-    Denied(String),
-    Skipped(String),
-}
-
-struct Sink<'a> {
-    tx: &'a mpsc::Sender<Item>,
-    resource: &'a Resource,
-    filter: &'a NamespaceFilter,
-    objects: u64,
-}
-
-impl AsyncPageSink for &mut Sink<'_> {
-    async fn page(&mut self, items: Vec<Value>) {
-        for obj in items {
-            let meta = obj.get("metadata");
-            let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("");
-            let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
-            if name.is_empty() || name.contains('/') {
-                continue;
-            }
-            let keep = match (self.resource.namespaced, ns) {
-                (true, Some(ns)) => self.filter.matches(ns),
-                (true, None) => false,
-                // Namespace objects follow the namespace filter too.
-                (false, _)
-                    if self.resource.group.is_empty() && self.resource.resource == "namespaces" =>
-                {
-                    self.filter.matches(name)
-                }
-                (false, _) => true,
-            };
-            if !keep {
-                continue;
-            }
-            let path = ObjectPath::new(
-                if self.resource.namespaced { ns } else { None },
-                &self.resource.group,
-                &self.resource.resource,
-                name,
-            );
-            self.objects += 1;
-            if self.tx.send(Item::Object(path, obj)).await.is_err() {
-                return; // the repository side failed; its error is reported
-            }
-        }
-    }
-}
-
-async fn run_task(
-    client: &kube::Client,
-    task: &Task,
-    tx: &mpsc::Sender<Item>,
-    filter: &NamespaceFilter,
-    opts: &ListOptions,
-) -> anyhow::Result<TaskEnd> {
-    let what = match &task.namespace {
-        Some(ns) => format!("{} in namespace {ns}", task.resource.name()),
-        None => task.resource.name(),
-    };
-    let mut attempt = 0;
-    loop {
-        let mut sink = Sink { tx, resource: &task.resource, filter, objects: 0 };
-        let result =
-            list_pages(client, &task.resource, task.namespace.as_deref(), opts, &mut sink).await;
-        match result {
-            Ok(rv) => return Ok(TaskEnd::Done { objects: sink.objects, resource_version: rv }),
-            Err(e) => match status_code(&e) {
-                Some(401 | 403) => {
-                    tracing::warn!(resource = %what, "list denied");
-                    return Ok(TaskEnd::Denied(format!("list {what}: {}", classify("", e))));
-                }
-                // Gone since discovery (a CRD deleted), or an aggregated API that fails.
-                Some(404 | 405 | 500..=599) => {
-                    tracing::warn!(resource = %what, error = %e, "resource skipped");
-                    return Ok(TaskEnd::Skipped(format!("{what}: {}", classify("", e))));
-                }
-                _ if attempt < 3 => {
-                    attempt += 1;
-                    tracing::warn!(resource = %what, error = %e, attempt, "list failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(500 * (1 << attempt))).await;
-                }
-                _ => return Err(classify(&format!("listing {what}"), e).into()),
+impl Cli {
+    fn filters(&self) -> Filters {
+        Filters {
+            namespaces: self.namespaces.clone(),
+            exclude_namespaces: self.exclude_namespaces.clone(),
+            resources: self.resources.clone(),
+            exclude_resources: self.exclude_resources.clone(),
+            selector: self.selector.clone(),
+            include_events: self.include_events,
+            cluster_resources: match self.cluster_resources {
+                ClusterResources::Auto => None,
+                ClusterResources::Always => Some(true),
+                ClusterResources::Never => Some(false),
             },
         }
     }
 }
 
-fn select_resources(cli: &Cli, all: &[Resource], filter: &NamespaceFilter) -> Vec<Resource> {
-    let cluster_scoped = match cli.cluster_resources {
-        ClusterResources::Always => true,
-        ClusterResources::Never => false,
-        ClusterResources::Auto => !filter.active(),
-    };
-    all.iter()
-        .filter(|r| r.can("list"))
-        .filter(|r| !METRICS_GROUPS.contains(&r.group.as_str()))
-        .filter(|r| {
-            cli.include_events
-                || !(r.resource == "events" && (r.group.is_empty() || r.group == "events.k8s.io"))
-        })
-        .filter(|r| !(r.group.is_empty() && r.resource == "componentstatuses"))
-        .filter(|r| r.namespaced || cluster_scoped)
-        .filter(|r| {
-            cli.resources.is_empty()
-                || cli
-                    .resources
-                    .iter()
-                    .any(|f| resource_matches(f, &r.group, &r.resource, Some(&r.kind)))
-        })
-        .filter(|r| {
-            !cli.exclude_resources
-                .iter()
-                .any(|f| resource_matches(f, &r.group, &r.resource, Some(&r.kind)))
-        })
-        .cloned()
-        .collect()
-}
-
 async fn export(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
-    let filter = NamespaceFilter::new(&cli.namespaces, &cli.exclude_namespaces)?;
-    let selector = cli
-        .selector
-        .as_deref()
-        .map(Selector::parse)
-        .transpose()
-        .map_err(|e| cairn_shared::exit::usage(e.to_string()))?;
+    let filters = cli.filters();
+    let ns_filter = filters.namespace_filter().map_err(|e| cairn_shared::exit::usage(e.to_string()))?;
+    filters.selector().map_err(|e| cairn_shared::exit::usage(e.to_string()))?;
     if cli.concurrency == 0 || cli.page_size == 0 {
         return Err(cairn_shared::exit::usage("--concurrency and --page-size must be at least 1"));
     }
@@ -417,20 +254,8 @@ async fn export(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
     for (gv, e) in &discovery.failures {
         summary.skipped.push(format!("API group {gv}: {e}"));
     }
-    let resources = select_resources(cli, &discovery.resources, &filter);
+    let resources = filters.select(&discovery.resources, &ns_filter);
     summary.resources = resources.len();
-    let mut tasks = Vec::new();
-    for r in &resources {
-        match (&filter.literal, r.namespaced) {
-            (Some(names), true) => {
-                for ns in names.iter().filter(|n| filter.matches(n)) {
-                    tasks.push(Task { resource: r.clone(), namespace: Some(ns.clone()) });
-                }
-            }
-            _ => tasks.push(Task { resource: r.clone(), namespace: None }),
-        }
-    }
-    tracing::info!(resources = resources.len(), lists = tasks.len(), "exporting");
 
     let repo = Arc::new(cli.repo.open(Need::Write).await.context("opening the repository")?);
     let lock_source = match &cli.cluster {
@@ -440,10 +265,7 @@ async fn export(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
     let locks = BackupLocks::acquire(&repo, &lock_source, &cli.lock.options("manifest export"))
         .await
         .with_context(|| format!("locking source {lock_source}"))?;
-    let result = export_locked(
-        cli, summary, &client, &repo, &locks, &filter, selector, tasks, version, discovery,
-    )
-    .await;
+    let result = export_locked(cli, summary, &client, &repo, &locks, &filters, &resources, version, discovery).await;
     let released = locks.release().await;
     result?;
     released.context("releasing locks")?;
@@ -457,13 +279,12 @@ async fn export_locked(
     client: &kube::Client,
     repo: &Arc<cairn_shared::repo::Repository>,
     locks: &BackupLocks,
-    filter: &NamespaceFilter,
-    selector: Option<Selector>,
-    tasks: Vec<Task>,
+    filters: &Filters,
+    resources: &[Resource],
     version: k8s_openapi::apimachinery::pkg::version::Info,
     discovery: cairn_shared::k8s::Discovery,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel::<Item>(1024);
+    let (tx, rx) = mpsc::channel::<Exported>(1024);
     let keep_managed = cli.keep_managed_fields;
     let opts = BackupOptions {
         source: cli.source.clone(),
@@ -473,83 +294,27 @@ async fn export_locked(
         ..Default::default()
     };
     let backup = backup_files(repo.clone(), rx, move |item| render(item, keep_managed), opts);
-    let list_opts = ListOptions {
-        page_size: cli.page_size,
-        label_selector: selector.as_ref().map(|s| s.as_str().to_string()),
-        ..Default::default()
-    };
+    let collect_opts = CollectOptions { concurrency: cli.concurrency, page_size: cli.page_size };
     // Owns the sender: when this ends, however it ends, the backup sees the end of input.
     let produce = async move {
         let file = |path: &str, v: &Value| {
-            Item::File(path.to_string(), serde_json::to_vec_pretty(v).unwrap_or_default())
+            Exported::File(path.to_string(), serde_json::to_vec_pretty(v).unwrap_or_default())
         };
         let _ = tx.send(file(layout::VERSION_FILE, &serde_json::to_value(&version)?)).await;
         let _ = tx.send(file(layout::DISCOVERY_FILE, &discovery.document)).await;
-        let ends: Vec<(Task, anyhow::Result<TaskEnd>)> = futures::stream::iter(tasks)
-            .map(|task| {
-                let (tx, list_opts) = (&tx, &list_opts);
-                async move {
-                    let end = run_task(client, &task, tx, filter, list_opts).await;
-                    (task, end)
-                }
-            })
-            .buffer_unordered(cli.concurrency)
-            .collect()
-            .await;
-        let mut resource_versions = BTreeMap::new();
-        let mut per_resource: BTreeMap<String, u64> = BTreeMap::new();
-        let (mut denied, mut skipped) = (Vec::new(), Vec::new());
-        for (task, end) in ends {
-            match end? {
-                TaskEnd::Done { objects, resource_version } => {
-                    *per_resource.entry(task.resource.name()).or_default() += objects;
-                    let key = match &task.namespace {
-                        Some(ns) => format!("{}@{ns}", task.resource.name()),
-                        None => task.resource.name(),
-                    };
-                    resource_versions.insert(key, resource_version);
-                }
-                TaskEnd::Denied(why) => denied.push(why),
-                TaskEnd::Skipped(why) => skipped.push(why),
-            }
-        }
-        // With a namespace filter and no cluster-scoped lists, still keep the Namespace
-        // objects themselves (labels, annotations): a restore of the namespace needs them.
-        // A Role in the namespace may grant `get namespaces`; without it this is a note.
-        if let Some(names) = &filter.literal
-            && !resource_versions.keys().any(|k| k == "namespaces")
-        {
-            for ns in names.iter().filter(|n| filter.matches(n)) {
-                match get_object(client, &format!("/api/v1/namespaces/{ns}")).await {
-                    Ok(Some(mut obj)) if selector.as_ref().is_none_or(|s| s.matches(&obj)) => {
-                        if let Some(o) = obj.as_object_mut() {
-                            o.insert("apiVersion".into(), "v1".into());
-                            o.insert("kind".into(), "Namespace".into());
-                        }
-                        *per_resource.entry("namespaces".into()).or_default() += 1;
-                        let path = ObjectPath::new(None, "", "namespaces", ns);
-                        let _ = tx.send(Item::Object(path, obj)).await;
-                    }
-                    Ok(_) => {}
-                    Err(e) => skipped.push(format!("namespace object {ns}: {e}")),
-                }
-            }
-        }
-        let _ = tx
-            .send(file(layout::RESOURCE_VERSIONS_FILE, &serde_json::to_value(&resource_versions)?))
-            .await;
-        denied.sort();
-        skipped.sort();
-        anyhow::Ok((per_resource, denied, skipped))
+        let collected = collect(client, filters, resources, &collect_opts, &tx).await?;
+        let rvs = serde_json::to_value(&collected.resource_versions)?;
+        let _ = tx.send(file(layout::RESOURCE_VERSIONS_FILE, &rvs)).await;
+        anyhow::Ok(collected)
     };
-    let (produced, prepared) = tokio::join!(produce, backup);
-    let (per_resource, denied, skipped) = produced?;
+    let (collected, prepared) = tokio::join!(produce, backup);
+    let collected = collected.context("listing objects")?;
     let mut prepared = prepared.context("storing objects")?;
 
-    summary.objects = per_resource.values().sum();
-    summary.per_resource = per_resource;
-    summary.denied = denied;
-    summary.skipped.extend(skipped);
+    summary.objects = collected.per_resource.values().sum();
+    summary.per_resource = collected.per_resource;
+    summary.denied = collected.denied;
+    summary.skipped.extend(collected.skipped);
     let snapshot = &mut prepared.snapshot;
     for d in &summary.denied {
         snapshot.failures.push(Failure { path: String::new(), error: d.clone() });
@@ -562,14 +327,10 @@ async fn export_locked(
         "perResource": summary.per_resource,
         "denied": summary.denied,
         "skipped": summary.skipped,
-        "filters": {
-            "namespaces": cli.namespaces, "excludeNamespaces": cli.exclude_namespaces,
-            "resources": cli.resources, "excludeResources": cli.exclude_resources,
-            "selector": cli.selector, "managedFields": cli.keep_managed_fields,
-        },
+        "filters": filters,
+        "managedFields": cli.keep_managed_fields,
     }});
-    let out =
-        prepared.commit(repo, Some(&locks.guard())).await.context("committing the snapshot")?;
+    let out = prepared.commit(repo, Some(&locks.guard())).await.context("committing the snapshot")?;
     summary.snapshot = Some(out.id.to_hex());
     summary.bytes = out.snapshot.summary.bytes;
     summary.new_bytes = out.snapshot.summary.new_bytes;

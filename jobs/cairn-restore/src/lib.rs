@@ -16,6 +16,8 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 /// The database file inside an etcd snapshot (as `cairn-etcd-snapshot` stores it).
+pub mod manifests;
+
 pub const ETCD_DB_FILE: &str = "snapshot.db";
 
 #[derive(Debug, Parser)]
@@ -26,7 +28,8 @@ pub const ETCD_DB_FILE: &str = "snapshot.db";
     long_about = "Restore from a cairn repository; meant for one-off Jobs launched by CI or an \
         operator. Needs the identity (CAIRN_IDENTITY or CAIRN_PASSPHRASE): a write key cannot \
         decrypt.\n\n\
-        Exit codes: 0 ok, 1 retryable, 2 usage (unknown snapshot, output exists), 4 integrity \
+        Exit codes: 0 ok, 1 retryable, 2 usage (unknown snapshot, output exists, nothing \
+        selected), 3 partial (manifests: some objects failed, each reported), 4 integrity \
         (checksum mismatch, damaged data) or access denied."
 )]
 pub struct Cli {
@@ -43,6 +46,10 @@ pub enum Command {
     /// Write an etcd snapshot to a file (SHA-256 trailer intact and verified); optionally run
     /// `etcdutl snapshot restore` into a data directory.
     Etcd(EtcdArgs),
+    /// Apply objects of a manifest snapshot to a cluster: all, namespaces, resources, a label
+    /// selector or single paths; CRDs and namespaces first; server-side apply as `cairn`.
+    /// Exit 3 when any object failed (each is reported).
+    Manifests(manifests::ManifestArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +118,28 @@ pub struct EtcdSummary {
 pub async fn run(cli: Cli) -> Exit {
     let started = Instant::now();
     match &cli.command {
+        Command::Manifests(args) => {
+            let mut summary = manifests::ManifestSummary::default();
+            let exit = match manifests::restore_manifests(&cli.repo, args, &mut summary).await {
+                Ok(()) => manifests::exit_of(&summary),
+                Err(e) => {
+                    let (exit, line) = cairn_shared::exit::report_failure("cairn-restore", &e);
+                    summary.error = Some(line);
+                    exit
+                }
+            };
+            summary.exit = exit.as_str();
+            summary.exit_code = exit.code();
+            summary.duration_ms = started.elapsed().as_millis() as u64;
+            if cli.output.json {
+                if let Ok(s) = serde_json::to_string_pretty(&summary) {
+                    println!("{s}");
+                }
+            } else if summary.snapshot.is_some() && summary.error.is_none() {
+                summary.print();
+            }
+            exit
+        }
         Command::Etcd(args) => {
             let mut summary = EtcdSummary::default();
             let exit = match restore_etcd(&cli.repo, args, &mut summary).await {

@@ -3,12 +3,14 @@
 //! layout, label selectors, and the normalisation that makes two versions of an object
 //! comparable (and a stored object safe to apply again).
 
+pub mod collect;
 pub mod discovery;
 pub mod layout;
 pub mod list;
 pub mod normalize;
 pub mod selector;
 pub mod semdiff;
+pub mod stored;
 
 use std::path::PathBuf;
 use std::time::Duration;

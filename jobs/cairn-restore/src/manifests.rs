@@ -1,0 +1,625 @@
+//! `cairn-restore manifests`: apply objects of a manifest snapshot to a cluster, granularly
+//! (whole snapshot, namespaces, resources, a label selector, single paths), in an order that
+//! works (CRDs and namespaces first, workloads late), sanitised so the new cluster accepts
+//! them, with server-side apply (field manager `cairn`). One object failing never stops the
+//! others: every object gets a line in the report.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cairn_shared::config::{Need, RepoArgs};
+use cairn_shared::k8s::layout::{ObjectPath, Resource, resource_matches};
+use cairn_shared::k8s::list::get_object;
+use cairn_shared::k8s::normalize::{SanitizeOptions, controller_of, never_restored, sanitize};
+use cairn_shared::k8s::selector::Selector;
+use cairn_shared::k8s::stored::{is_manifest_snapshot, object_files, read_objects};
+use cairn_shared::k8s::{KubeArgs, classify, status_code};
+use cairn_shared::{Error, Exit};
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Existing {
+    /// Leave objects that exist alone (reported as skipped).
+    Skip,
+    /// Apply over them with force (reported as updated or unchanged).
+    Update,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ManifestArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Snapshot id, unique prefix, or `latest` (of --source).
+    #[arg(long, env = "CAIRN_SNAPSHOT", default_value = "latest")]
+    pub snapshot: String,
+    /// Source name the export used.
+    #[arg(long, env = "CAIRN_SOURCE", default_value = "manifests")]
+    pub source: String,
+    /// Only objects of this namespace (and the Namespace object itself). Repeatable.
+    #[arg(long = "namespace", short = 'n', env = "CAIRN_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Only these resources (`deployments.apps`, `configmaps`, `Certificate`). Repeatable.
+    #[arg(long = "resource", env = "CAIRN_RESOURCES", value_delimiter = ',')]
+    pub resources: Vec<String>,
+    /// Only objects matching this label selector (as kubectl -l).
+    #[arg(long, short = 'l', env = "CAIRN_SELECTOR")]
+    pub selector: Option<String>,
+    /// Only these snapshot paths: a file (`namespaces/prod/apps/deployments/web.yaml`) or a
+    /// directory (`namespaces/prod/core/`). Repeatable.
+    #[arg(long = "path", env = "CAIRN_PATHS", value_delimiter = ',')]
+    pub paths: Vec<String>,
+    /// Restore namespace OLD as NEW. Repeatable.
+    #[arg(long = "namespace-map", value_parser = parse_map, env = "CAIRN_NAMESPACE_MAP", value_delimiter = ',')]
+    pub namespace_map: Vec<(String, String)>,
+    /// What to do with objects that already exist.
+    #[arg(long, value_enum, env = "CAIRN_EXISTING", default_value = "skip")]
+    pub existing: Existing,
+    /// Restore status too (through the status subresource).
+    #[arg(long, env = "CAIRN_RESTORE_STATUS")]
+    pub restore_status: bool,
+    /// Keep Services' cluster IPs (they must be free in the target's service range).
+    #[arg(long, env = "CAIRN_KEEP_CLUSTER_IPS")]
+    pub keep_cluster_ips: bool,
+    /// Keep Services' node ports.
+    #[arg(long, env = "CAIRN_KEEP_NODE_PORTS")]
+    pub keep_node_ports: bool,
+    /// Also restore objects a restored controller would recreate (ReplicaSets of a
+    /// Deployment, Pods of a ReplicaSet...), re-pointing their owner references.
+    #[arg(long, env = "CAIRN_INCLUDE_OWNED")]
+    pub include_owned: bool,
+    /// Ask the server to validate everything (dry run) and print the plan; change nothing.
+    #[arg(long, env = "CAIRN_DRY_RUN")]
+    pub dry_run: bool,
+    /// Objects applied at once within one ordering step.
+    #[arg(long, env = "CAIRN_CONCURRENCY", default_value = "8")]
+    pub concurrency: usize,
+    /// How long to wait for a restored CRD to be Established.
+    #[arg(long, env = "CAIRN_CRD_TIMEOUT", default_value = "60s", value_parser = cairn_shared::config::parse_duration)]
+    pub crd_timeout: Duration,
+}
+
+fn parse_map(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
+        _ => Err(format!("{s:?}: expected OLD=NEW")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Created,
+    Updated,
+    Unchanged,
+    Skipped,
+    Failed,
+    WouldCreate,
+    WouldUpdate,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectReport {
+    /// Where it is in the snapshot.
+    pub path: String,
+    /// `deployments.apps prod/web`, with the namespace as restored.
+    pub object: String,
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ManifestSummary {
+    pub exit: &'static str,
+    pub exit_code: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    pub dry_run: bool,
+    pub counts: BTreeMap<String, u64>,
+    pub objects: Vec<ObjectReport>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ManifestSummary {
+    pub fn failed(&self) -> usize {
+        self.objects.iter().filter(|o| o.action == Action::Failed).count()
+    }
+
+    pub fn print(&self) {
+        let id = self.snapshot.as_deref().map_or("", |s| &s[..8.min(s.len())]);
+        let verb = if self.dry_run { "dry run of manifest restore" } else { "manifest restore" };
+        let counts: Vec<String> = self.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        println!("{verb} from snapshot {id}: {}", counts.join(", "));
+        for o in &self.objects {
+            let show = match o.action {
+                Action::Failed => true,
+                Action::WouldCreate | Action::WouldUpdate => true,
+                Action::Updated => true,
+                _ => false,
+            };
+            if show {
+                let action = serde_json::to_value(o.action).ok();
+                let action = action.as_ref().and_then(Value::as_str).unwrap_or("?");
+                match &o.reason {
+                    Some(r) => println!("  {action:<12} {}: {r}", o.object),
+                    None => println!("  {action:<12} {}", o.object),
+                }
+            }
+        }
+    }
+}
+
+/// One object ready to apply.
+#[derive(Debug, Clone)]
+struct Planned {
+    from: ObjectPath,
+    /// Namespace as restored (after --namespace-map).
+    namespace: Option<String>,
+    name: String,
+    resource: Resource,
+    obj: Value,
+    /// Original uid (for re-pointing owner references of dependents).
+    old_uid: Option<String>,
+    /// Has owner references to objects of this restore: applied after them.
+    owned: bool,
+}
+
+impl Planned {
+    fn display(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.resource.name(), self.name),
+            None => format!("{} {}", self.resource.name(), self.name),
+        }
+    }
+
+    fn url(&self) -> String {
+        self.resource.collection_url(self.namespace.as_deref())
+    }
+}
+
+/// Apply order: what others depend on first. Custom resources come after their CRDs
+/// because CRDs are step 0 and everything unknown is last.
+fn step(group: &str, resource: &str) -> u8 {
+    match (group, resource) {
+        ("apiextensions.k8s.io", "customresourcedefinitions") => 0,
+        ("", "namespaces") => 1,
+        ("storage.k8s.io", "storageclasses") | ("scheduling.k8s.io", "priorityclasses") => 2,
+        ("", "serviceaccounts") => 3,
+        ("", "secrets") | ("", "configmaps") => 4,
+        ("", "persistentvolumes") => 5,
+        ("", "persistentvolumeclaims") => 6,
+        ("rbac.authorization.k8s.io", _) => 7,
+        ("", "services") => 8,
+        ("apps", _) | ("batch", _) | ("", "pods") | ("", "replicationcontrollers") => 9,
+        _ => 10,
+    }
+}
+
+fn report(from: &ObjectPath, object: String, action: Action, reason: Option<String>) -> ObjectReport {
+    ObjectReport { path: from.path(), object, action, reason }
+}
+
+pub async fn restore_manifests(
+    repo_args: &RepoArgs,
+    args: &ManifestArgs,
+    summary: &mut ManifestSummary,
+) -> anyhow::Result<()> {
+    summary.dry_run = args.dry_run;
+    let selector = args
+        .selector
+        .as_deref()
+        .map(Selector::parse)
+        .transpose()
+        .map_err(|e| cairn_shared::exit::usage(e.to_string()))?;
+    let ns_map: HashMap<String, String> = args.namespace_map.iter().cloned().collect();
+    let repo = repo_args.open(Need::Read).await.context("opening the repository")?;
+    repo.load_index().await.context("loading the index")?;
+    let entry = repo
+        .find_snapshot(&args.snapshot, Some(&args.source))
+        .await
+        .with_context(|| format!("finding snapshot {} of {}", args.snapshot, args.source))?;
+    summary.snapshot = Some(entry.id.to_hex());
+    if !is_manifest_snapshot(&entry.snapshot) {
+        return Err(cairn_shared::exit::usage(format!(
+            "snapshot {} (source {}) is not a manifest snapshot",
+            entry.id.short(),
+            entry.snapshot.source
+        )));
+    }
+    let paths: Vec<String> = args.paths.iter().map(|p| p.trim_start_matches('/').to_string()).collect();
+    let keep = |p: &ObjectPath| -> bool {
+        let ns_ok = args.namespaces.is_empty()
+            || match &p.namespace {
+                Some(ns) => args.namespaces.contains(ns),
+                None => p.group.is_empty() && p.resource == "namespaces" && args.namespaces.contains(&p.name),
+            };
+        let path = p.path();
+        let path_ok = paths.is_empty()
+            || paths.iter().any(|q| path == *q || path.starts_with(&format!("{}/", q.trim_end_matches('/'))));
+        ns_ok && path_ok
+    };
+    let files = object_files(&repo, &entry.snapshot, &keep).await.context("reading the snapshot tree")?;
+    let objects = read_objects(&repo, files, 16).await.context("reading objects")?;
+    let selected: Vec<(ObjectPath, Value)> = objects
+        .into_iter()
+        .filter(|(p, o)| {
+            let kind = o.get("kind").and_then(Value::as_str);
+            args.resources.is_empty()
+                || args.resources.iter().any(|f| resource_matches(f, &p.group, &p.resource, kind))
+        })
+        .filter(|(_, o)| selector.as_ref().is_none_or(|s| s.matches(o)))
+        .collect();
+    if selected.is_empty() {
+        return Err(Error::NotFound(format!(
+            "no object of snapshot {} matches the selection",
+            entry.id.short()
+        ))
+        .into());
+    }
+    let plan = plan(selected, args, &ns_map, summary);
+    let client = args.kube.client().await.context("connecting to the cluster")?;
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| classify("asking the API server for its version", e))?;
+    apply_plan(&client, plan, args, summary).await;
+    for o in &summary.objects {
+        let key = serde_json::to_value(o.action).ok().and_then(|v| v.as_str().map(str::to_string));
+        *summary.counts.entry(key.unwrap_or_default()).or_default() += 1;
+    }
+    Ok(())
+}
+
+/// Decide what to apply and how: skip what the cluster makes itself, sanitise, map
+/// namespaces, and sort out owner references.
+fn plan(
+    selected: Vec<(ObjectPath, Value)>,
+    args: &ManifestArgs,
+    ns_map: &HashMap<String, String>,
+    summary: &mut ManifestSummary,
+) -> Vec<Planned> {
+    let uid = |o: &Value| o.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string);
+    let selected_uids: HashSet<String> = selected.iter().filter_map(|(_, o)| uid(o)).collect();
+    let pvs: HashSet<String> = selected
+        .iter()
+        .filter(|(p, _)| p.group.is_empty() && p.resource == "persistentvolumes")
+        .map(|(p, _)| p.name.clone())
+        .collect();
+    // Services with a selector: their Endpoints are the endpoints controller's.
+    let selector_services: HashSet<(Option<String>, String)> = selected
+        .iter()
+        .filter(|(p, o)| p.group.is_empty() && p.resource == "services" && o.pointer("/spec/selector").is_some())
+        .map(|(p, _)| (p.namespace.clone(), p.name.clone()))
+        .collect();
+    let map_ns = |ns: &str| ns_map.get(ns).cloned().unwrap_or_else(|| ns.to_string());
+    let opts = SanitizeOptions {
+        restore_status: args.restore_status,
+        keep_cluster_ips: args.keep_cluster_ips,
+        keep_node_ports: args.keep_node_ports,
+    };
+    let mut out = Vec::new();
+    for (path, mut obj) in selected {
+        let namespace = path.namespace.as_deref().map(map_ns);
+        let name = if path.group.is_empty() && path.resource == "namespaces" { map_ns(&path.name) } else { path.name.clone() };
+        let shown = match &namespace {
+            Some(ns) => format!("{} {ns}/{name}", path.resource_name()),
+            None => format!("{} {name}", path.resource_name()),
+        };
+        if let Some(why) = never_restored(&path, &obj) {
+            summary.objects.push(report(&path, shown, Action::Skipped, Some(why.into())));
+            continue;
+        }
+        if path.group.is_empty()
+            && path.resource == "endpoints"
+            && selector_services.contains(&(path.namespace.clone(), path.name.clone()))
+        {
+            summary.objects.push(report(&path, shown, Action::Skipped, Some("managed by the endpoints controller".into())));
+            continue;
+        }
+        if !args.include_owned
+            && let Some((_, kind, owner, owner_uid)) = controller_of(&obj)
+            && selected_uids.contains(&owner_uid)
+        {
+            summary.objects.push(report(
+                &path,
+                shown,
+                Action::Skipped,
+                Some(format!("recreated by its controller {kind} {owner}")),
+            ));
+            continue;
+        }
+        let Some(api_version) = obj.get("apiVersion").and_then(Value::as_str).map(str::to_string) else {
+            summary.objects.push(report(&path, shown, Action::Failed, Some("stored object has no apiVersion".into())));
+            continue;
+        };
+        let version = api_version.rsplit('/').next().unwrap_or(&api_version).to_string();
+        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        let old_uid = uid(&obj);
+        let pv_restored = obj
+            .pointer("/spec/volumeName")
+            .and_then(Value::as_str)
+            .is_some_and(|v| pvs.contains(v));
+        sanitize(&mut obj, &path, opts, pv_restored);
+        // Owner references: keep those pointing into this restore (re-pointed once the owner
+        // exists), drop the rest (the garbage collector deletes objects whose owner is gone).
+        let mut owned = false;
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            if let Some(Value::Array(refs)) = m.get_mut("ownerReferences") {
+                refs.retain(|r| r.get("uid").and_then(Value::as_str).is_some_and(|u| selected_uids.contains(u)));
+                owned = !refs.is_empty();
+            }
+            if !owned {
+                m.remove("ownerReferences");
+            }
+            if let Some(ns) = &namespace {
+                m.insert("namespace".into(), Value::String(ns.clone()));
+            }
+            m.insert("name".into(), Value::String(name.clone()));
+        }
+        // RoleBindings name ServiceAccounts by namespace: follow the map.
+        if path.group == "rbac.authorization.k8s.io"
+            && let Some(Value::Array(subjects)) = obj.get_mut("subjects")
+        {
+            for s in subjects {
+                if let Some(Value::String(ns)) = s.get_mut("namespace") {
+                    *ns = map_ns(ns);
+                }
+            }
+        }
+        let resource = Resource {
+            group: path.group.clone(),
+            version,
+            resource: path.resource.clone(),
+            kind,
+            namespaced: path.namespace.is_some(),
+            verbs: Vec::new(),
+        };
+        out.push(Planned { from: path, namespace, name, resource, obj, old_uid, owned });
+    }
+    out.sort_by_key(|p| (p.owned, step(&p.resource.group, &p.resource.resource), p.from.clone()));
+    out
+}
+
+/// What the server said to one object.
+struct Applied {
+    action: Action,
+    reason: Option<String>,
+    new_uid: Option<String>,
+}
+
+async fn apply_plan(
+    client: &kube::Client,
+    plan: Vec<Planned>,
+    args: &ManifestArgs,
+    summary: &mut ManifestSummary,
+) {
+    let mut uids: HashMap<String, String> = HashMap::new();
+    // Group consecutive objects of one step; steps run in order, objects within one at once.
+    let mut groups: Vec<Vec<Planned>> = Vec::new();
+    for p in plan {
+        let key = (p.owned, step(&p.resource.group, &p.resource.resource));
+        match groups.last_mut() {
+            Some(g) if (g[0].owned, step(&g[0].resource.group, &g[0].resource.resource)) == key => g.push(p),
+            _ => groups.push(vec![p]),
+        }
+    }
+    for group in groups {
+        let is_crds = step(&group[0].resource.group, &group[0].resource.resource) == 0;
+        let group: Vec<Planned> = group
+            .into_iter()
+            .map(|mut p| {
+                repoint_owners(&mut p.obj, &uids);
+                p
+            })
+            .collect();
+        let results: Vec<(Planned, Applied)> = futures::stream::iter(group)
+            .map(|p| async move {
+                let applied = apply_one(client, &p, args).await;
+                (p, applied)
+            })
+            .buffer_unordered(args.concurrency.max(1))
+            .collect()
+            .await;
+        let mut crds = Vec::new();
+        for (p, a) in results {
+            if let (Some(old), Some(new)) = (&p.old_uid, &a.new_uid) {
+                uids.insert(old.clone(), new.clone());
+            }
+            if is_crds && a.action != Action::Failed && !args.dry_run {
+                crds.push(p.name.clone());
+            }
+            summary.objects.push(report(&p.from, p.display(), a.action, a.reason));
+        }
+        for crd in crds {
+            if let Err(e) = wait_established(client, &crd, args.crd_timeout).await {
+                tracing::warn!(crd = %crd, error = %e, "CRD not established");
+                summary.objects.push(ObjectReport {
+                    path: String::new(),
+                    object: format!("customresourcedefinitions.apiextensions.k8s.io {crd}"),
+                    action: Action::Failed,
+                    reason: Some(format!("not Established: {e}")),
+                });
+            }
+        }
+    }
+    summary.objects.sort_by(|a, b| a.path.cmp(&b.path));
+}
+
+/// Point owner references at the owners' new uids; drop those whose owner did not make it.
+fn repoint_owners(obj: &mut Value, uids: &HashMap<String, String>) {
+    let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    if let Some(Value::Array(refs)) = m.get_mut("ownerReferences") {
+        refs.retain_mut(|r| {
+            let new = r.get("uid").and_then(Value::as_str).and_then(|u| uids.get(u)).cloned();
+            match new {
+                Some(n) => {
+                    r["uid"] = Value::String(n);
+                    true
+                }
+                None => false,
+            }
+        });
+        if refs.is_empty() {
+            m.remove("ownerReferences");
+        }
+    }
+}
+
+fn uid_of(v: &Value) -> Option<String> {
+    v.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string)
+}
+
+fn rv_of(v: &Value) -> Option<String> {
+    v.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string)
+}
+
+async fn apply_one(client: &kube::Client, p: &Planned, args: &ManifestArgs) -> Applied {
+    match apply_inner(client, p, args).await {
+        Ok(a) => a,
+        Err(e) => Applied { action: Action::Failed, reason: Some(e.to_string()), new_uid: None },
+    }
+}
+
+async fn apply_inner(client: &kube::Client, p: &Planned, args: &ManifestArgs) -> cairn_shared::Result<Applied> {
+    let url = format!("{}/{}", p.url(), p.name);
+    let existing = get_object(client, &url).await?;
+    if let Some(e) = &existing
+        && args.existing == Existing::Skip
+    {
+        return Ok(Applied { action: Action::Skipped, reason: Some("exists".into()), new_uid: uid_of(e) });
+    }
+    let mut params = PatchParams::apply("cairn").force();
+    params.dry_run = args.dry_run;
+    // Right after a CRD is Established its resource can take a moment to be served.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let applied: Value = loop {
+        let req = kube::core::Request::new(p.url())
+            .patch(&p.name, &params, &Patch::Apply(&p.obj))
+            .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?;
+        match client.request::<Value>(req).await {
+            Ok(v) => break v,
+            Err(e) if status_code(&e) == Some(404) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(classify("apply", e)),
+        }
+    };
+    if args.restore_status && !args.dry_run && p.obj.get("status").is_some() {
+        let status = serde_json::json!({
+            "apiVersion": p.obj.get("apiVersion"), "kind": p.obj.get("kind"),
+            "metadata": {"name": p.name, "namespace": p.namespace},
+            "status": p.obj.get("status"),
+        });
+        let req = kube::core::Request::new(p.url())
+            .patch_subresource("status", &p.name, &params, &Patch::Apply(&status))
+            .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?;
+        if let Err(e) = client.request::<Value>(req).await {
+            return Ok(Applied {
+                action: if existing.is_some() { Action::Updated } else { Action::Created },
+                reason: Some(format!("status not restored: {}", classify("status", e))),
+                new_uid: uid_of(&applied),
+            });
+        }
+    }
+    let action = match (&existing, args.dry_run) {
+        (None, false) => Action::Created,
+        (None, true) => Action::WouldCreate,
+        (Some(old), dry) if rv_of(old) == rv_of(&applied) && !dry => Action::Unchanged,
+        (Some(old), true) if crate::manifests::same_spec(old, &applied) => Action::Unchanged,
+        (Some(_), false) => Action::Updated,
+        (Some(_), true) => Action::WouldUpdate,
+    };
+    Ok(Applied { action, reason: None, new_uid: uid_of(&applied) })
+}
+
+/// A dry-run apply gets no new resourceVersion: compare what matters instead.
+fn same_spec(a: &Value, b: &Value) -> bool {
+    let view = |v: &Value| cairn_shared::k8s::normalize::for_diff(v, true);
+    view(a) == view(b)
+}
+
+async fn wait_established(client: &kube::Client, name: &str, timeout: Duration) -> cairn_shared::Result<()> {
+    let url = format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let crd = get_object(client, &url).await?;
+        let established = crd
+            .as_ref()
+            .and_then(|c| c.pointer("/status/conditions"))
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter().any(|c| c["type"] == "Established" && c["status"] == "True")
+            });
+        if established {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Retryable(format!("CRD {name} not Established after {timeout:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Exit code of a finished restore: failures make it partial.
+pub fn exit_of(summary: &ManifestSummary) -> Exit {
+    if summary.failed() > 0 { Exit::Partial } else { Exit::Success }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn order_puts_dependencies_first() {
+        let mut steps: Vec<(u8, &str)> = [
+            ("apps", "deployments"),
+            ("", "configmaps"),
+            ("apiextensions.k8s.io", "customresourcedefinitions"),
+            ("cert-manager.io", "certificates"),
+            ("", "namespaces"),
+            ("", "persistentvolumeclaims"),
+            ("", "persistentvolumes"),
+            ("rbac.authorization.k8s.io", "rolebindings"),
+            ("", "serviceaccounts"),
+            ("", "services"),
+        ]
+        .iter()
+        .map(|(g, r)| (step(g, r), *r))
+        .collect();
+        steps.sort();
+        let names: Vec<&str> = steps.iter().map(|s| s.1).collect();
+        assert_eq!(
+            names,
+            vec![
+                "customresourcedefinitions",
+                "namespaces",
+                "serviceaccounts",
+                "configmaps",
+                "persistentvolumes",
+                "persistentvolumeclaims",
+                "rolebindings",
+                "services",
+                "deployments",
+                "certificates"
+            ]
+        );
+    }
+
+    #[test]
+    fn owner_references_follow_new_uids_or_go() {
+        let mut obj = json!({"metadata":{"ownerReferences":[
+            {"kind":"A","name":"a","uid":"old-a"},{"kind":"B","name":"b","uid":"old-b"}]}});
+        let uids = HashMap::from([("old-a".to_string(), "new-a".to_string())]);
+        repoint_owners(&mut obj, &uids);
+        assert_eq!(obj["metadata"]["ownerReferences"], json!([{"kind":"A","name":"a","uid":"new-a"}]));
+        repoint_owners(&mut obj, &HashMap::new());
+        assert!(obj["metadata"].get("ownerReferences").is_none());
+    }
+}
