@@ -151,13 +151,29 @@ pub enum Command {
         #[arg(long)]
         no_owner: bool,
     },
-    /// Paths added, removed or changed between two snapshots.
+    /// Paths added, removed or changed between two snapshots. Between two manifest
+    /// snapshots, or a manifest snapshot and `live` (the cluster of the current kubeconfig):
+    /// objects added, removed and changed, with the fields that changed, ignoring server
+    /// noise (resourceVersion, managedFields, generation, timestamps, status).
     Diff {
         a: String,
+        /// A second snapshot, or `live`.
         b: String,
         /// Resolve `latest` and id prefixes among snapshots of this source.
         #[arg(long, env = "CAIRN_SOURCE")]
         source: Option<String>,
+        /// Manifests: only this namespace. Repeatable.
+        #[arg(long = "namespace", short = 'n')]
+        namespaces: Vec<String>,
+        /// Manifests: compare status too.
+        #[arg(long)]
+        status: bool,
+        /// Manifests: include objects the cluster manages itself (leases, endpoint slices,
+        /// objects owned by a controller).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        kube: cairn_shared::k8s::KubeArgs,
     },
     /// Verify the repository; with --read-data also every blob's content.
     Check {
@@ -485,7 +501,11 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             }
             Ok(if report.failures.is_empty() { Exit::Success } else { Exit::Partial })
         }
-        Command::Diff { a, b, source } => {
+        Command::Diff { a, b, source, namespaces, status, all, kube } => {
+            let opts = ManifestDiff { namespaces, status, all, kube };
+            if let Some(exit) = manifest_diff(&args, &a, &b, source.as_deref(), &opts, json).await? {
+                return Ok(exit);
+            }
             let repo = args.open(Need::Write).await?;
             repo.load_index().await?;
             let (sa, pa) = split_target(&a);
@@ -685,4 +705,101 @@ impl<W> std::io::Seek for SeekStdout<W> {
     fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
         Err(std::io::Error::other("stdout cannot seek"))
     }
+}
+
+struct ManifestDiff {
+    namespaces: Vec<String>,
+    status: bool,
+    all: bool,
+    kube: cairn_shared::k8s::KubeArgs,
+}
+
+/// `cairn diff` on manifest snapshots (or a snapshot and `live`); `None` when the snapshots
+/// are not manifest snapshots (the file diff applies).
+async fn manifest_diff(
+    args: &RepoArgs,
+    a: &str,
+    b: &str,
+    source: Option<&str>,
+    opts: &ManifestDiff,
+    json: bool,
+) -> Result<Option<Exit>> {
+    use cairn_shared::k8s::collect::{CollectOptions, Filters, collect_all};
+    use cairn_shared::k8s::compare::{CompareOptions, ObjectChange, compare};
+    use cairn_shared::k8s::stored::{is_manifest_snapshot, load_changed_pair, load_objects};
+
+    if a.contains(':') || (b != "live" && b.contains(':')) {
+        return Ok(None);
+    }
+    // Reading objects needs the identity: manifests are file contents.
+    let repo = args.open(Need::Read).await?;
+    repo.load_index().await?;
+    let sa = repo.find_snapshot(a, source).await?;
+    if !is_manifest_snapshot(&sa.snapshot) {
+        if b == "live" {
+            return Err(ExitError(Exit::Usage, format!("snapshot {} is not a manifest snapshot: `live` compares manifests", sa.id.short())).into());
+        }
+        return Ok(None);
+    }
+    let ns = opts.namespaces.clone();
+    let keep = move |p: &cairn_shared::k8s::ObjectPath| {
+        ns.is_empty()
+            || match &p.namespace {
+                Some(n) => ns.contains(n),
+                None => p.group.is_empty() && p.resource == "namespaces" && ns.contains(&p.name),
+            }
+    };
+    let (old, new, against) = if b == "live" {
+        // Compare with what the export would have seen: its filters, narrowed by ours.
+        let mut filters: Filters = sa
+            .snapshot
+            .meta
+            .pointer("/manifests/filters")
+            .and_then(|f| serde_json::from_value(f.clone()).ok())
+            .unwrap_or_default();
+        if !opts.namespaces.is_empty() {
+            filters.namespaces = opts.namespaces.clone();
+        }
+        let client = opts.kube.client().await?;
+        let collect_opts = CollectOptions { concurrency: 8, page_size: 500 };
+        let (live, collected) = collect_all(&client, &filters, &collect_opts).await?;
+        for d in collected.denied.iter().chain(&collected.skipped) {
+            eprintln!("cairn: live side incomplete: {d}");
+        }
+        let old = load_objects(&repo, &sa.snapshot, &keep).await?;
+        let live = live.into_iter().filter(|(p, _)| keep(p)).collect();
+        (old, live, "the live cluster".to_string())
+    } else {
+        let sb = repo.find_snapshot(b, source).await?;
+        if !is_manifest_snapshot(&sb.snapshot) {
+            return Ok(None);
+        }
+        let (x, y) = load_changed_pair(&repo, &sa.snapshot, &sb.snapshot, &keep).await?;
+        (x, y, format!("snapshot {}", sb.id.short()))
+    };
+    let diffs = compare(&old, &new, CompareOptions { with_status: opts.status, all: opts.all });
+    if json {
+        print_json(&diffs)?;
+        return Ok(Some(Exit::Success));
+    }
+    let count = |c| diffs.iter().filter(|d| d.change == c).count();
+    for d in &diffs {
+        let sign = match d.change {
+            ObjectChange::Added => "+",
+            ObjectChange::Removed => "-",
+            ObjectChange::Changed => "~",
+        };
+        println!("{sign} {}", d.object);
+        for f in &d.fields {
+            println!("    {}", f.line());
+        }
+    }
+    println!(
+        "snapshot {} → {against}: {} changed, {} removed, {} added",
+        sa.id.short(),
+        count(ObjectChange::Changed),
+        count(ObjectChange::Removed),
+        count(ObjectChange::Added)
+    );
+    Ok(Some(Exit::Success))
 }

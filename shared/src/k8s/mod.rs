@@ -4,6 +4,7 @@
 //! comparable (and a stored object safe to apply again).
 
 pub mod collect;
+pub mod compare;
 pub mod discovery;
 pub mod layout;
 pub mod list;

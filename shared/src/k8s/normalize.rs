@@ -30,6 +30,13 @@ const PVC_BIND_ANNOTATIONS: &[&str] = &[
     "volume.kubernetes.io/selected-node",
 ];
 
+/// Annotations controllers rewrite on their own: not differences anyone made.
+const NOISE_ANNOTATIONS: &[&str] = &[
+    "endpoints.kubernetes.io/last-change-trigger-time",
+    "deployment.kubernetes.io/revision",
+    "kubectl.kubernetes.io/last-applied-configuration",
+];
+
 /// Namespaces every cluster has: restoring them means nothing.
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -77,9 +84,14 @@ pub fn for_diff(obj: &Value, with_status: bool) -> Value {
                 remove_keys(Some(owner), &["uid"]);
             }
         }
+        remove_keys(m.get_mut("annotations"), NOISE_ANNOTATIONS);
+        remove_keys(m.get_mut("labels"), JOB_UID_LABELS);
         remove_empty(m, "annotations");
         remove_empty(m, "labels");
     }
+    // A Job's selector and template labels carry its uid.
+    remove_keys(o.pointer_mut("/spec/selector/matchLabels"), JOB_UID_LABELS);
+    remove_keys(o.pointer_mut("/spec/template/metadata/labels"), JOB_UID_LABELS);
     if !with_status && let Some(map) = o.as_object_mut() {
         map.remove("status");
     }

@@ -70,3 +70,40 @@ pub async fn read_objects(
         .into_iter()
         .collect()
 }
+
+/// Objects of a manifest snapshot that `keep` accepts, by path.
+pub async fn load_objects(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    keep: &(dyn Fn(&ObjectPath) -> bool + Sync),
+) -> Result<std::collections::BTreeMap<ObjectPath, Value>> {
+    let files = object_files(repo, snapshot, keep).await?;
+    Ok(read_objects(repo, files, 16).await?.into_iter().collect())
+}
+
+/// Objects of two manifest snapshots, leaving out pairs whose stored bytes are the same
+/// (unchanged objects dedup to the same blobs: no need to read them).
+pub async fn load_changed_pair(
+    repo: &Repository,
+    a: &Snapshot,
+    b: &Snapshot,
+    keep: &(dyn Fn(&ObjectPath) -> bool + Sync),
+) -> Result<(
+    std::collections::BTreeMap<ObjectPath, Value>,
+    std::collections::BTreeMap<ObjectPath, Value>,
+)> {
+    let fa = object_files(repo, a, keep).await?;
+    let fb = object_files(repo, b, keep).await?;
+    let mb: std::collections::HashMap<ObjectPath, Node> = fb.into_iter().collect();
+    let mut same = std::collections::HashSet::new();
+    for (p, n) in &fa {
+        if mb.get(p).is_some_and(|m| m.content == n.content) {
+            same.insert(p.clone());
+        }
+    }
+    let fa: Vec<_> = fa.into_iter().filter(|(p, _)| !same.contains(p)).collect();
+    let fb: Vec<_> = mb.into_iter().filter(|(p, _)| !same.contains(p)).collect();
+    let ra = read_objects(repo, fa, 16).await?.into_iter().collect();
+    let rb = read_objects(repo, fb, 16).await?.into_iter().collect();
+    Ok((ra, rb))
+}
