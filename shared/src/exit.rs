@@ -37,6 +37,18 @@ impl Exit {
         }
     }
 
+    /// The exit for a numeric code (unknown codes count as retryable).
+    pub fn from_code(code: u8) -> Exit {
+        match code {
+            0 => Exit::Success,
+            2 => Exit::Usage,
+            3 => Exit::Partial,
+            4 => Exit::Integrity,
+            5 => Exit::Locked,
+            _ => Exit::Retryable,
+        }
+    }
+
     /// Classify an error chain: the first typed cairn [`crate::Error`] found decides; an
     /// error with none (I/O at the edge, say) counts as retryable.
     pub fn from_error(err: &anyhow::Error) -> Exit {

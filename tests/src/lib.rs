@@ -45,6 +45,37 @@ pub fn bin(name: &str) -> PathBuf {
     PathBuf::from(env("CAIRN_TEST_BIN")).join(name)
 }
 
+/// A binary of this workspace (`cairn`, ...), built by `tests/run` next to the test
+/// executables.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` (tests/run does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The read-only fixtures handed to the project (`../shared/fixtures` beside the checkout;
+/// `CAIRN_SHARED_FIXTURES` overrides, for a clone elsewhere).
+pub fn shared_fixtures() -> PathBuf {
+    if let Ok(d) = std::env::var("CAIRN_SHARED_FIXTURES") {
+        return PathBuf::from(d);
+    }
+    let beside = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    for candidate in [beside, PathBuf::from("/work/shared/fixtures")] {
+        if candidate.join("crds").is_dir() {
+            return candidate;
+        }
+    }
+    panic!(
+        "the shared fixtures (third-party CRDs) are not beside the checkout: set \
+         CAIRN_SHARED_FIXTURES to the directory holding crds/"
+    )
+}
+
 pub mod etcd {
     use super::env;
     use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
@@ -363,5 +394,105 @@ pub mod faulty {
             to.put_opts(&m.location, bytes.into(), PutOptions::default()).await.unwrap();
         }
         to
+    }
+}
+
+pub mod manifests {
+    //! The manifest test world: the third-party CRDs installed once per process, and the
+    //! fixture application (`tests/fixtures/manifests`) applied into a namespace.
+
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use super::{bin, env, shared_fixtures};
+
+    /// Run kubectl against a kubeconfig; panics with its output on failure.
+    pub fn kubectl(kubeconfig: &str, args: &[&str], stdin: Option<&str>) -> String {
+        let mut cmd = Command::new(bin("kubectl"));
+        cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run kubectl");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    static CRDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// Install the third-party CRDs (cert-manager, CSI snapshots) into a cluster, once per
+    /// process and cluster, and wait until they are Established.
+    pub fn install_crds(kubeconfig: &str) {
+        let mut done = CRDS.lock().unwrap_or_else(|e| e.into_inner());
+        if done.iter().any(|k| k == kubeconfig) {
+            return;
+        }
+        let root = shared_fixtures().join("crds");
+        let mut files: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|f| f.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        for f in &files {
+            let f = f.to_str().unwrap();
+            kubectl(kubeconfig, &["apply", "--server-side", "--force-conflicts", "-f", f], None);
+        }
+        kubectl(
+            kubeconfig,
+            &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"],
+            None,
+        );
+        done.push(kubeconfig.to_string());
+    }
+
+    /// The fixture files with `__NS__` replaced.
+    pub fn fixture(name: &str, ns: &str) -> String {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/manifests").join(name);
+        std::fs::read_to_string(&p).unwrap().replace("__NS__", ns)
+    }
+
+    /// Apply the fixture application (and its custom resources) into namespace `ns` of the
+    /// first cluster, and wait until the controllers have acted on it (ReplicaSet, default
+    /// ServiceAccount), so that exports see owned objects too.
+    pub fn apply_app(ns: &str) {
+        let kc = env("KUBECONFIG");
+        install_crds(&kc);
+        kubectl(&kc, &["apply", "-f", "-"], Some(&fixture("app.yaml", ns)));
+        kubectl(&kc, &["apply", "-f", "-"], Some(&fixture("custom.yaml", ns)));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rs = kubectl(&kc, &["get", "replicasets", "-n", ns, "-o", "name"], None);
+            let sa = kubectl(&kc, &["get", "serviceaccounts", "-n", ns, "-o", "name"], None);
+            if !rs.trim().is_empty() && sa.contains("serviceaccount/default") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "controllers did not act on {ns} within 60 s");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Delete a namespace and wait until it is gone.
+    pub fn delete_namespace(kubeconfig: &str, ns: &str) {
+        kubectl(kubeconfig, &["delete", "namespace", ns, "--wait=true", "--timeout=180s"], None);
+    }
+
+    /// Remove the cluster-scoped objects the custom fixture makes for `ns`.
+    pub fn delete_cluster_fixtures(kubeconfig: &str, ns: &str) {
+        let issuer = format!("clusterissuer/{ns}-ca");
+        let class = format!("volumesnapshotclass/{ns}-snapclass");
+        kubectl(kubeconfig, &["delete", "--ignore-not-found", &issuer, &class], None);
     }
 }

@@ -219,16 +219,8 @@ async fn eight_writers_and_a_pruner_on_s3() {
     writers_and_a_pruner(&url).await;
 }
 
-/// The `cairn` binary, built by `tests/run` next to the test executables.
 fn cairn_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("cairn");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --bins` (tests/run does)",
-        bin.display()
-    );
-    bin
+    cairn_tests::workspace_bin("cairn")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

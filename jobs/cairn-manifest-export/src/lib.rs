@@ -143,9 +143,17 @@ pub struct Summary {
 }
 
 pub async fn run(cli: Cli) -> Exit {
+    let summary = execute(&cli).await;
+    print_summary(&cli, &summary);
+    Exit::from_code(summary.exit_code)
+}
+
+/// Run the export and return its summary (what `run` prints); failures are reported on
+/// stderr and in the summary.
+pub async fn execute(cli: &Cli) -> Summary {
     let started = Instant::now();
     let mut summary = Summary { source: cli.source.clone(), ..Default::default() };
-    let exit = match export(&cli, &mut summary).await {
+    let exit = match export(cli, &mut summary).await {
         Ok(()) if summary.denied.is_empty() => Exit::Success,
         Ok(()) => Exit::Partial,
         Err(e) => {
@@ -157,8 +165,7 @@ pub async fn run(cli: Cli) -> Exit {
     summary.exit = exit.as_str();
     summary.exit_code = exit.code();
     summary.duration_ms = started.elapsed().as_millis() as u64;
-    print_summary(&cli, &summary);
-    exit
+    summary
 }
 
 fn print_summary(cli: &Cli, s: &Summary) {
@@ -239,7 +246,8 @@ impl Cli {
 
 async fn export(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
     let filters = cli.filters();
-    let ns_filter = filters.namespace_filter().map_err(|e| cairn_shared::exit::usage(e.to_string()))?;
+    let ns_filter =
+        filters.namespace_filter().map_err(|e| cairn_shared::exit::usage(e.to_string()))?;
     filters.selector().map_err(|e| cairn_shared::exit::usage(e.to_string()))?;
     if cli.concurrency == 0 || cli.page_size == 0 {
         return Err(cairn_shared::exit::usage("--concurrency and --page-size must be at least 1"));
@@ -265,7 +273,10 @@ async fn export(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
     let locks = BackupLocks::acquire(&repo, &lock_source, &cli.lock.options("manifest export"))
         .await
         .with_context(|| format!("locking source {lock_source}"))?;
-    let result = export_locked(cli, summary, &client, &repo, &locks, &filters, &resources, version, discovery).await;
+    let result = export_locked(
+        cli, summary, &client, &repo, &locks, &filters, &resources, version, discovery,
+    )
+    .await;
     let released = locks.release().await;
     result?;
     released.context("releasing locks")?;
@@ -330,7 +341,8 @@ async fn export_locked(
         "filters": filters,
         "managedFields": cli.keep_managed_fields,
     }});
-    let out = prepared.commit(repo, Some(&locks.guard())).await.context("committing the snapshot")?;
+    let out =
+        prepared.commit(repo, Some(&locks.guard())).await.context("committing the snapshot")?;
     summary.snapshot = Some(out.id.to_hex());
     summary.bytes = out.snapshot.summary.bytes;
     summary.new_bytes = out.snapshot.summary.new_bytes;

@@ -119,18 +119,7 @@ pub async fn run(cli: Cli) -> Exit {
     let started = Instant::now();
     match &cli.command {
         Command::Manifests(args) => {
-            let mut summary = manifests::ManifestSummary::default();
-            let exit = match manifests::restore_manifests(&cli.repo, args, &mut summary).await {
-                Ok(()) => manifests::exit_of(&summary),
-                Err(e) => {
-                    let (exit, line) = cairn_shared::exit::report_failure("cairn-restore", &e);
-                    summary.error = Some(line);
-                    exit
-                }
-            };
-            summary.exit = exit.as_str();
-            summary.exit_code = exit.code();
-            summary.duration_ms = started.elapsed().as_millis() as u64;
+            let summary = manifests::execute(&cli.repo, args).await;
             if cli.output.json {
                 if let Ok(s) = serde_json::to_string_pretty(&summary) {
                     println!("{s}");
@@ -138,7 +127,7 @@ pub async fn run(cli: Cli) -> Exit {
             } else if summary.snapshot.is_some() && summary.error.is_none() {
                 summary.print();
             }
-            exit
+            Exit::from_code(summary.exit_code)
         }
         Command::Etcd(args) => {
             let mut summary = EtcdSummary::default();

@@ -201,7 +201,12 @@ fn step(group: &str, resource: &str) -> u8 {
     }
 }
 
-fn report(from: &ObjectPath, object: String, action: Action, reason: Option<String>) -> ObjectReport {
+fn report(
+    from: &ObjectPath,
+    object: String,
+    action: Action,
+    reason: Option<String>,
+) -> ObjectReport {
     ObjectReport { path: from.path(), object, action, reason }
 }
 
@@ -232,19 +237,27 @@ pub async fn restore_manifests(
             entry.snapshot.source
         )));
     }
-    let paths: Vec<String> = args.paths.iter().map(|p| p.trim_start_matches('/').to_string()).collect();
+    let paths: Vec<String> =
+        args.paths.iter().map(|p| p.trim_start_matches('/').to_string()).collect();
     let keep = |p: &ObjectPath| -> bool {
         let ns_ok = args.namespaces.is_empty()
             || match &p.namespace {
                 Some(ns) => args.namespaces.contains(ns),
-                None => p.group.is_empty() && p.resource == "namespaces" && args.namespaces.contains(&p.name),
+                None => {
+                    p.group.is_empty()
+                        && p.resource == "namespaces"
+                        && args.namespaces.contains(&p.name)
+                }
             };
         let path = p.path();
         let path_ok = paths.is_empty()
-            || paths.iter().any(|q| path == *q || path.starts_with(&format!("{}/", q.trim_end_matches('/'))));
+            || paths
+                .iter()
+                .any(|q| path == *q || path.starts_with(&format!("{}/", q.trim_end_matches('/'))));
         ns_ok && path_ok
     };
-    let files = object_files(&repo, &entry.snapshot, &keep).await.context("reading the snapshot tree")?;
+    let files =
+        object_files(&repo, &entry.snapshot, &keep).await.context("reading the snapshot tree")?;
     let objects = read_objects(&repo, files, 16).await.context("reading objects")?;
     let selected: Vec<(ObjectPath, Value)> = objects
         .into_iter()
@@ -294,7 +307,9 @@ fn plan(
     // Services with a selector: their Endpoints are the endpoints controller's.
     let selector_services: HashSet<(Option<String>, String)> = selected
         .iter()
-        .filter(|(p, o)| p.group.is_empty() && p.resource == "services" && o.pointer("/spec/selector").is_some())
+        .filter(|(p, o)| {
+            p.group.is_empty() && p.resource == "services" && o.pointer("/spec/selector").is_some()
+        })
         .map(|(p, _)| (p.namespace.clone(), p.name.clone()))
         .collect();
     let map_ns = |ns: &str| ns_map.get(ns).cloned().unwrap_or_else(|| ns.to_string());
@@ -306,7 +321,11 @@ fn plan(
     let mut out = Vec::new();
     for (path, mut obj) in selected {
         let namespace = path.namespace.as_deref().map(map_ns);
-        let name = if path.group.is_empty() && path.resource == "namespaces" { map_ns(&path.name) } else { path.name.clone() };
+        let name = if path.group.is_empty() && path.resource == "namespaces" {
+            map_ns(&path.name)
+        } else {
+            path.name.clone()
+        };
         let shown = match &namespace {
             Some(ns) => format!("{} {ns}/{name}", path.resource_name()),
             None => format!("{} {name}", path.resource_name()),
@@ -319,7 +338,12 @@ fn plan(
             && path.resource == "endpoints"
             && selector_services.contains(&(path.namespace.clone(), path.name.clone()))
         {
-            summary.objects.push(report(&path, shown, Action::Skipped, Some("managed by the endpoints controller".into())));
+            summary.objects.push(report(
+                &path,
+                shown,
+                Action::Skipped,
+                Some("managed by the endpoints controller".into()),
+            ));
             continue;
         }
         if !args.include_owned
@@ -334,8 +358,14 @@ fn plan(
             ));
             continue;
         }
-        let Some(api_version) = obj.get("apiVersion").and_then(Value::as_str).map(str::to_string) else {
-            summary.objects.push(report(&path, shown, Action::Failed, Some("stored object has no apiVersion".into())));
+        let Some(api_version) = obj.get("apiVersion").and_then(Value::as_str).map(str::to_string)
+        else {
+            summary.objects.push(report(
+                &path,
+                shown,
+                Action::Failed,
+                Some("stored object has no apiVersion".into()),
+            ));
             continue;
         };
         let version = api_version.rsplit('/').next().unwrap_or(&api_version).to_string();
@@ -351,7 +381,9 @@ fn plan(
         let mut owned = false;
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             if let Some(Value::Array(refs)) = m.get_mut("ownerReferences") {
-                refs.retain(|r| r.get("uid").and_then(Value::as_str).is_some_and(|u| selected_uids.contains(u)));
+                refs.retain(|r| {
+                    r.get("uid").and_then(Value::as_str).is_some_and(|u| selected_uids.contains(u))
+                });
                 owned = !refs.is_empty();
             }
             if !owned {
@@ -405,7 +437,9 @@ async fn apply_plan(
     for p in plan {
         let key = (p.owned, step(&p.resource.group, &p.resource.resource));
         match groups.last_mut() {
-            Some(g) if (g[0].owned, step(&g[0].resource.group, &g[0].resource.resource)) == key => g.push(p),
+            Some(g) if (g[0].owned, step(&g[0].resource.group, &g[0].resource.resource)) == key => {
+                g.push(p)
+            }
             _ => groups.push(vec![p]),
         }
     }
@@ -486,13 +520,21 @@ async fn apply_one(client: &kube::Client, p: &Planned, args: &ManifestArgs) -> A
     }
 }
 
-async fn apply_inner(client: &kube::Client, p: &Planned, args: &ManifestArgs) -> cairn_shared::Result<Applied> {
+async fn apply_inner(
+    client: &kube::Client,
+    p: &Planned,
+    args: &ManifestArgs,
+) -> cairn_shared::Result<Applied> {
     let url = format!("{}/{}", p.url(), p.name);
     let existing = get_object(client, &url).await?;
     if let Some(e) = &existing
         && args.existing == Existing::Skip
     {
-        return Ok(Applied { action: Action::Skipped, reason: Some("exists".into()), new_uid: uid_of(e) });
+        return Ok(Applied {
+            action: Action::Skipped,
+            reason: Some("exists".into()),
+            new_uid: uid_of(e),
+        });
     }
     let mut params = PatchParams::apply("cairn").force();
     params.dry_run = args.dry_run;
@@ -544,7 +586,11 @@ fn same_spec(a: &Value, b: &Value) -> bool {
     view(a) == view(b)
 }
 
-async fn wait_established(client: &kube::Client, name: &str, timeout: Duration) -> cairn_shared::Result<()> {
+async fn wait_established(
+    client: &kube::Client,
+    name: &str,
+    timeout: Duration,
+) -> cairn_shared::Result<()> {
     let url = format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}");
     let deadline = Instant::now() + timeout;
     loop {
@@ -564,6 +610,24 @@ async fn wait_established(client: &kube::Client, name: &str, timeout: Duration) 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Run a manifest restore and return its report (failures are reported on stderr too).
+pub async fn execute(repo: &RepoArgs, args: &ManifestArgs) -> ManifestSummary {
+    let started = Instant::now();
+    let mut summary = ManifestSummary::default();
+    let exit = match restore_manifests(repo, args, &mut summary).await {
+        Ok(()) => exit_of(&summary),
+        Err(e) => {
+            let (exit, line) = cairn_shared::exit::report_failure("cairn-restore", &e);
+            summary.error = Some(line);
+            exit
+        }
+    };
+    summary.exit = exit.as_str();
+    summary.exit_code = exit.code();
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    summary
 }
 
 /// Exit code of a finished restore: failures make it partial.
@@ -618,7 +682,10 @@ mod tests {
             {"kind":"A","name":"a","uid":"old-a"},{"kind":"B","name":"b","uid":"old-b"}]}});
         let uids = HashMap::from([("old-a".to_string(), "new-a".to_string())]);
         repoint_owners(&mut obj, &uids);
-        assert_eq!(obj["metadata"]["ownerReferences"], json!([{"kind":"A","name":"a","uid":"new-a"}]));
+        assert_eq!(
+            obj["metadata"]["ownerReferences"],
+            json!([{"kind":"A","name":"a","uid":"new-a"}])
+        );
         repoint_owners(&mut obj, &HashMap::new());
         assert!(obj["metadata"].get("ownerReferences").is_none());
     }

@@ -503,7 +503,8 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         }
         Command::Diff { a, b, source, namespaces, status, all, kube } => {
             let opts = ManifestDiff { namespaces, status, all, kube };
-            if let Some(exit) = manifest_diff(&args, &a, &b, source.as_deref(), &opts, json).await? {
+            if let Some(exit) = manifest_diff(&args, &a, &b, source.as_deref(), &opts, json).await?
+            {
                 return Ok(exit);
             }
             let repo = args.open(Need::Write).await?;
@@ -737,7 +738,14 @@ async fn manifest_diff(
     let sa = repo.find_snapshot(a, source).await?;
     if !is_manifest_snapshot(&sa.snapshot) {
         if b == "live" {
-            return Err(ExitError(Exit::Usage, format!("snapshot {} is not a manifest snapshot: `live` compares manifests", sa.id.short())).into());
+            return Err(ExitError(
+                Exit::Usage,
+                format!(
+                    "snapshot {} is not a manifest snapshot: `live` compares manifests",
+                    sa.id.short()
+                ),
+            )
+            .into());
         }
         return Ok(None);
     }

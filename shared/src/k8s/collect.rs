@@ -17,7 +17,8 @@ use super::{classify, status_code};
 use crate::{Error, Result};
 
 /// API groups that serve measurements, not objects: never exported.
-const METRICS_GROUPS: &[&str] = &["metrics.k8s.io", "custom.metrics.k8s.io", "external.metrics.k8s.io"];
+const METRICS_GROUPS: &[&str] =
+    &["metrics.k8s.io", "custom.metrics.k8s.io", "external.metrics.k8s.io"];
 
 /// What an export selects. Recorded in the snapshot (`meta.manifests.filters`) so that a
 /// later comparison with the live cluster looks at the same set.
@@ -59,7 +60,8 @@ impl NamespaceFilter {
         Ok(NamespaceFilter {
             include: (!include.is_empty()).then(|| build(include)).transpose()?,
             exclude: build(exclude)?,
-            literal: (!include.is_empty() && !include.iter().any(is_glob)).then(|| include.to_vec()),
+            literal: (!include.is_empty() && !include.iter().any(is_glob))
+                .then(|| include.to_vec()),
         })
     }
 
@@ -92,7 +94,8 @@ impl Filters {
             .filter(|r| !METRICS_GROUPS.contains(&r.group.as_str()))
             .filter(|r| {
                 self.include_events
-                    || !(r.resource == "events" && (r.group.is_empty() || r.group == "events.k8s.io"))
+                    || !(r.resource == "events"
+                        && (r.group.is_empty() || r.group == "events.k8s.io"))
             })
             .filter(|r| !(r.group.is_empty() && r.resource == "componentstatuses"))
             .filter(|r| r.namespaced || cluster_scoped)
@@ -162,13 +165,16 @@ impl AsyncPageSink for &mut Sink<'_> {
                 (true, Some(ns)) => self.filter.matches(ns),
                 (true, None) => false,
                 // Namespace objects follow the namespace filter too.
-                (false, _) if r.group.is_empty() && r.resource == "namespaces" => self.filter.matches(name),
+                (false, _) if r.group.is_empty() && r.resource == "namespaces" => {
+                    self.filter.matches(name)
+                }
                 (false, _) => true,
             };
             if !keep {
                 continue;
             }
-            let path = ObjectPath::new(if r.namespaced { ns } else { None }, &r.group, &r.resource, name);
+            let path =
+                ObjectPath::new(if r.namespaced { ns } else { None }, &r.group, &r.resource, name);
             self.objects += 1;
             if self.tx.send(Exported::Object(path, obj)).await.is_err() {
                 return; // the receiving side failed; its error is reported
@@ -191,7 +197,8 @@ async fn run_task(
     let mut attempt = 0;
     loop {
         let mut sink = Sink { tx, resource: &task.resource, filter, objects: 0 };
-        let result = list_pages(client, &task.resource, task.namespace.as_deref(), opts, &mut sink).await;
+        let result =
+            list_pages(client, &task.resource, task.namespace.as_deref(), opts, &mut sink).await;
         match result {
             Ok(rv) => return Ok(TaskEnd::Done { objects: sink.objects, resource_version: rv }),
             Err(e) => match status_code(&e) {

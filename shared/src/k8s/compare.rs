@@ -43,7 +43,9 @@ pub fn is_noise(path: &ObjectPath, obj: &Value) -> bool {
     // Endpoints the endpoints controller maintains carry its trigger-time annotation.
     let controller_endpoints = path.group.is_empty()
         && path.resource == "endpoints"
-        && obj.pointer("/metadata/annotations/endpoints.kubernetes.io~1last-change-trigger-time").is_some();
+        && obj
+            .pointer("/metadata/annotations/endpoints.kubernetes.io~1last-change-trigger-time")
+            .is_some();
     never_restored(path, obj).is_some() || controller_of(obj).is_some() || controller_endpoints
 }
 
@@ -60,13 +62,18 @@ pub fn compare(
     paths.dedup();
     for p in paths {
         let redact = p.group.is_empty() && p.resource == "secrets";
-        let entry = |change, fields| ObjectDiff { path: p.path(), object: p.display(), change, fields };
+        let entry =
+            |change, fields| ObjectDiff { path: p.path(), object: p.display(), change, fields };
         match (a.get(p), b.get(p)) {
             (Some(x), Some(y)) => {
                 if !shown(p, x) && !shown(p, y) {
                     continue;
                 }
-                let fields = diff_values(&for_diff(x, opts.with_status), &for_diff(y, opts.with_status), redact);
+                let fields = diff_values(
+                    &for_diff(x, opts.with_status),
+                    &for_diff(y, opts.with_status),
+                    redact,
+                );
                 if !fields.is_empty() {
                     out.push(entry(ObjectChange::Changed, fields));
                 }
@@ -91,14 +98,20 @@ mod tests {
         let rs = ObjectPath::new(Some("p"), "apps", "replicasets", "web-1");
         let owned = json!({"metadata":{"name":"web-1","ownerReferences":[{"controller":true,"uid":"u"}]},"spec":{"replicas":1}});
         let a = BTreeMap::from([
-            (dep.clone(), json!({"metadata":{"name":"web","resourceVersion":"1"},"spec":{"replicas":2}})),
+            (
+                dep.clone(),
+                json!({"metadata":{"name":"web","resourceVersion":"1"},"spec":{"replicas":2}}),
+            ),
             (cm.clone(), json!({"metadata":{"name":"gone"}})),
             (rs.clone(), owned.clone()),
         ]);
         let mut owned2 = owned.clone();
         owned2["spec"]["replicas"] = json!(5);
         let b = BTreeMap::from([
-            (dep.clone(), json!({"metadata":{"name":"web","resourceVersion":"9"},"spec":{"replicas":3}})),
+            (
+                dep.clone(),
+                json!({"metadata":{"name":"web","resourceVersion":"9"},"spec":{"replicas":3}}),
+            ),
             (rs.clone(), owned2),
         ]);
         let d = compare(&a, &b, CompareOptions::default());

@@ -77,6 +77,9 @@ pub fn classify(what: &str, e: kube::Error) -> Error {
             }
         }
         kube::Error::Auth(e) => Error::Denied(format!("{what}: {e}")),
+        e @ (kube::Error::Service(_) | kube::Error::HyperError(_)) => {
+            Error::Retryable(format!("{what}: API server unreachable: {e}"))
+        }
         other => Error::Retryable(format!("{what}: {other}")),
     }
 }

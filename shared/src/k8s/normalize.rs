@@ -183,6 +183,12 @@ pub fn never_restored(path: &ObjectPath, obj: &Value) -> Option<&'static str> {
     match (g, r) {
         ("", "nodes") => return Some("nodes belong to the cluster's machines"),
         ("", "events") | ("events.k8s.io", "events") => return Some("events are history"),
+        ("networking.k8s.io", "ipaddresses") => {
+            return Some("allocated by the API server for Services");
+        }
+        ("networking.k8s.io", "servicecidrs") if path.name == "kubernetes" => {
+            return Some("the API server's default service range");
+        }
         ("coordination.k8s.io", "leases") => return Some("leases are live coordination state"),
         ("", "componentstatuses") => return Some("component statuses are computed"),
         ("certificates.k8s.io", "certificatesigningrequests") => {

@@ -26,7 +26,10 @@ pub async fn object_files(
     let mut stack: Vec<(String, Node)> = top
         .into_iter()
         .filter(|n| n.kind == NodeKind::Dir)
-        .filter(|n| n.name.as_bytes() == CLUSTER_DIR.as_bytes() || n.name.as_bytes() == NAMESPACES_DIR.as_bytes())
+        .filter(|n| {
+            n.name.as_bytes() == CLUSTER_DIR.as_bytes()
+                || n.name.as_bytes() == NAMESPACES_DIR.as_bytes()
+        })
         .map(|n| (n.name.display(), n))
         .collect();
     while let Some((path, dir)) = stack.pop() {
