@@ -509,10 +509,6 @@ fn uid_of(v: &Value) -> Option<String> {
     v.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string)
 }
 
-fn rv_of(v: &Value) -> Option<String> {
-    v.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string)
-}
-
 async fn apply_one(client: &kube::Client, p: &Planned, args: &ManifestArgs) -> Applied {
     match apply_inner(client, p, args).await {
         Ok(a) => a,
@@ -569,20 +565,21 @@ async fn apply_inner(
             });
         }
     }
+    // "Unchanged" is judged on content, not on resourceVersion: a controller writing status
+    // between our read and our apply must not turn a no-op into an update.
     let action = match (&existing, args.dry_run) {
         (None, false) => Action::Created,
         (None, true) => Action::WouldCreate,
-        (Some(old), dry) if rv_of(old) == rv_of(&applied) && !dry => Action::Unchanged,
-        (Some(old), true) if crate::manifests::same_spec(old, &applied) => Action::Unchanged,
+        (Some(old), _) if same_content(old, &applied) => Action::Unchanged,
         (Some(_), false) => Action::Updated,
         (Some(_), true) => Action::WouldUpdate,
     };
     Ok(Applied { action, reason: None, new_uid: uid_of(&applied) })
 }
 
-/// A dry-run apply gets no new resourceVersion: compare what matters instead.
-fn same_spec(a: &Value, b: &Value) -> bool {
-    let view = |v: &Value| cairn_shared::k8s::normalize::for_diff(v, true);
+/// The same object but for server noise and status.
+fn same_content(a: &Value, b: &Value) -> bool {
+    let view = |v: &Value| cairn_shared::k8s::normalize::for_diff(v, false);
     view(a) == view(b)
 }
 

@@ -206,8 +206,14 @@ async fn run_task(
                     tracing::warn!(resource = %what, "list denied");
                     return Ok(TaskEnd::Denied(format!("list {what}: {}", classify("", e))));
                 }
+                // Throttled or a gateway timeout: worth a few more tries.
+                Some(429 | 504) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(resource = %what, error = %e, attempt, "list throttled, retrying");
+                    tokio::time::sleep(Duration::from_millis(1000 * (1 << attempt))).await;
+                }
                 // Gone since discovery (a CRD deleted), or an aggregated API that fails.
-                Some(404 | 405 | 500..=599) => {
+                Some(404 | 405 | 429 | 500..=599) => {
                     tracing::warn!(resource = %what, error = %e, "resource skipped");
                     return Ok(TaskEnd::Skipped(format!("{what}: {}", classify("", e))));
                 }

@@ -56,6 +56,10 @@ impl KubeArgs {
                 .await
                 .map_err(|e| Error::Invalid(format!("no cluster configuration: {e}")))?,
         };
+        // kube's own retry waits out a 503 for minutes: an aggregated API that is down would
+        // stall discovery. Callers retry what is worth retrying (throttling, lost
+        // connections) themselves, with bounds they choose.
+        config.default_retry = false;
         config.read_timeout = Some(self.request_timeout);
         config.write_timeout = Some(self.request_timeout);
         config.connect_timeout = Some(self.request_timeout.min(Duration::from_secs(30)));
