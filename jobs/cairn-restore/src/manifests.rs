@@ -137,12 +137,10 @@ impl ManifestSummary {
         let counts: Vec<String> = self.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
         println!("{verb} from snapshot {id}: {}", counts.join(", "));
         for o in &self.objects {
-            let show = match o.action {
-                Action::Failed => true,
-                Action::WouldCreate | Action::WouldUpdate => true,
-                Action::Updated => true,
-                _ => false,
-            };
+            let show = matches!(
+                o.action,
+                Action::Failed | Action::WouldCreate | Action::WouldUpdate | Action::Updated
+            );
             if show {
                 let action = serde_json::to_value(o.action).ok();
                 let action = action.as_ref().and_then(Value::as_str).unwrap_or("?");
