@@ -102,6 +102,38 @@ pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, Strin
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 5m, 2h, 7d)"))
 }
 
+/// `key=value`, as `--tag` takes it.
+pub fn parse_key_value(s: &str) -> std::result::Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected key=value"))
+}
+
+/// What a backup job records about where its snapshot comes from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SnapshotLabels {
+    /// Cluster name recorded in the snapshot (buckets shared by clusters).
+    #[arg(long, env = "CAIRN_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Tag as key=value. Repeatable.
+    #[arg(long = "tag", value_parser = parse_key_value)]
+    pub tags: Vec<(String, String)>,
+}
+
+impl SnapshotLabels {
+    pub fn tag_map(&self) -> std::collections::BTreeMap<String, String> {
+        self.tags.iter().cloned().collect()
+    }
+
+    /// The lock name for `source`: per cluster when one is named.
+    pub fn lock_source(&self, source: &str) -> String {
+        match &self.cluster {
+            Some(c) => format!("{source}@{c}"),
+            None => source.to_string(),
+        }
+    }
+}
+
 /// Lock flags for every command that writes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LockArgs {

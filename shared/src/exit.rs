@@ -89,6 +89,18 @@ pub fn report_failure(prog: &str, e: &anyhow::Error) -> (Exit, String) {
     (Exit::from_error(e), line)
 }
 
+/// The end of a job's run: `ok` when `result` succeeded, else the failure reported the one
+/// way, with its line for the summary.
+pub fn conclude(prog: &str, result: anyhow::Result<()>, ok: Exit) -> (Exit, Option<String>) {
+    match result {
+        Ok(()) => (ok, None),
+        Err(e) => {
+            let (exit, line) = report_failure(prog, &e);
+            (exit, Some(line))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use cairn_shared::config::{LockArgs, Need, RepoArgs};
+use cairn_shared::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
 use cairn_shared::fs::stream::{Sha256Trailer, channel};
 use cairn_shared::fs::{BackupOptions, backup_stream};
 use cairn_shared::progress::human_bytes;
@@ -83,20 +83,10 @@ pub struct Cli {
     /// Snapshot source name.
     #[arg(long, env = "CAIRN_SOURCE", default_value = "etcd")]
     pub source: String,
-    /// Cluster name recorded in the snapshot.
-    #[arg(long, env = "CAIRN_CLUSTER")]
-    pub cluster: Option<String>,
-    /// Tag as key=value. Repeatable.
-    #[arg(long = "tag", value_parser = parse_kv)]
-    pub tags: Vec<(String, String)>,
+    #[command(flatten)]
+    pub labels: SnapshotLabels,
     #[command(flatten)]
     pub output: OutputArgs,
-}
-
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?}: expected key=value"))
 }
 
 impl Cli {
@@ -368,14 +358,9 @@ pub fn choose(members: &[Member], wanted: Option<&str>) -> Result<(Member, Strin
 pub async fn run(cli: Cli) -> Exit {
     let started = Instant::now();
     let mut summary = Summary { source: cli.source.clone(), ..Default::default() };
-    let exit = match snapshot(&cli, &mut summary).await {
-        Ok(()) => Exit::Success,
-        Err(e) => {
-            let (exit, line) = cairn_shared::exit::report_failure("cairn-etcd-snapshot", &e);
-            summary.error = Some(line);
-            exit
-        }
-    };
+    let result = snapshot(&cli, &mut summary).await;
+    let (exit, error) = cairn_shared::exit::conclude("cairn-etcd-snapshot", result, Exit::Success);
+    summary.error = error;
     summary.exit = exit.as_str();
     summary.exit_code = exit.code();
     summary.duration_ms = started.elapsed().as_millis() as u64;
@@ -524,8 +509,8 @@ async fn stream_and_commit(
 
     let opts = BackupOptions {
         source: cli.source.clone(),
-        cluster: cli.cluster.clone(),
-        tags: cli.tags.iter().cloned().collect(),
+        cluster: cli.labels.cluster.clone(),
+        tags: cli.labels.tag_map(),
         guard: Some(locks.guard()),
         ..Default::default()
     };

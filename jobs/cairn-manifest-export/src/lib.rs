@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use cairn_shared::Exit;
-use cairn_shared::config::{LockArgs, Need, RepoArgs};
+use cairn_shared::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
 use cairn_shared::fs::{BackupOptions, VirtualFile, backup_files};
 use cairn_shared::k8s::collect::{CollectOptions, Exported, Filters, collect};
 use cairn_shared::k8s::layout::{self, Resource};
@@ -95,20 +95,10 @@ pub struct Cli {
     /// Snapshot source name.
     #[arg(long, env = "CAIRN_SOURCE", default_value = "manifests")]
     pub source: String,
-    /// Cluster name recorded in the snapshot (buckets shared by clusters).
-    #[arg(long, env = "CAIRN_CLUSTER")]
-    pub cluster: Option<String>,
-    /// Tag as key=value. Repeatable.
-    #[arg(long = "tag", value_parser = parse_kv)]
-    pub tags: Vec<(String, String)>,
+    #[command(flatten)]
+    pub labels: SnapshotLabels,
     #[command(flatten)]
     pub output: OutputArgs,
-}
-
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?}: expected key=value"))
 }
 
 impl Cli {
@@ -153,15 +143,10 @@ pub async fn run(cli: Cli) -> Exit {
 pub async fn execute(cli: &Cli) -> Summary {
     let started = Instant::now();
     let mut summary = Summary { source: cli.source.clone(), ..Default::default() };
-    let exit = match export(cli, &mut summary).await {
-        Ok(()) if summary.denied.is_empty() => Exit::Success,
-        Ok(()) => Exit::Partial,
-        Err(e) => {
-            let (exit, line) = cairn_shared::exit::report_failure("cairn-manifest-export", &e);
-            summary.error = Some(line);
-            exit
-        }
-    };
+    let result = export(cli, &mut summary).await;
+    let ok = if summary.denied.is_empty() { Exit::Success } else { Exit::Partial };
+    let (exit, error) = cairn_shared::exit::conclude("cairn-manifest-export", result, ok);
+    summary.error = error;
     summary.exit = exit.as_str();
     summary.exit_code = exit.code();
     summary.duration_ms = started.elapsed().as_millis() as u64;
@@ -266,10 +251,7 @@ async fn export(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
     summary.resources = resources.len();
 
     let repo = Arc::new(cli.repo.open(Need::Write).await.context("opening the repository")?);
-    let lock_source = match &cli.cluster {
-        Some(c) => format!("{}@{c}", cli.source),
-        None => cli.source.clone(),
-    };
+    let lock_source = cli.labels.lock_source(&cli.source);
     let locks = BackupLocks::acquire(&repo, &lock_source, &cli.lock.options("manifest export"))
         .await
         .with_context(|| format!("locking source {lock_source}"))?;
@@ -299,8 +281,8 @@ async fn export_locked(
     let keep_managed = cli.keep_managed_fields;
     let opts = BackupOptions {
         source: cli.source.clone(),
-        cluster: cli.cluster.clone(),
-        tags: cli.tags.iter().cloned().collect(),
+        cluster: cli.labels.cluster.clone(),
+        tags: cli.labels.tag_map(),
         guard: Some(locks.guard()),
         ..Default::default()
     };

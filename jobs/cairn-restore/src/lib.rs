@@ -131,14 +131,10 @@ pub async fn run(cli: Cli) -> Exit {
         }
         Command::Etcd(args) => {
             let mut summary = EtcdSummary::default();
-            let exit = match restore_etcd(&cli.repo, args, &mut summary).await {
-                Ok(()) => Exit::Success,
-                Err(e) => {
-                    let (exit, line) = cairn_shared::exit::report_failure("cairn-restore", &e);
-                    summary.error = Some(line);
-                    exit
-                }
-            };
+            let result = restore_etcd(&cli.repo, args, &mut summary).await;
+            let (exit, error) =
+                cairn_shared::exit::conclude("cairn-restore", result, Exit::Success);
+            summary.error = error;
             summary.exit = exit.as_str();
             summary.exit_code = exit.code();
             summary.duration_ms = started.elapsed().as_millis() as u64;

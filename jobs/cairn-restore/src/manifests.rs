@@ -611,23 +611,14 @@ async fn wait_established(
 pub async fn execute(repo: &RepoArgs, args: &ManifestArgs) -> ManifestSummary {
     let started = Instant::now();
     let mut summary = ManifestSummary::default();
-    let exit = match restore_manifests(repo, args, &mut summary).await {
-        Ok(()) => exit_of(&summary),
-        Err(e) => {
-            let (exit, line) = cairn_shared::exit::report_failure("cairn-restore", &e);
-            summary.error = Some(line);
-            exit
-        }
-    };
+    let result = restore_manifests(repo, args, &mut summary).await;
+    let ok = if summary.failed() > 0 { Exit::Partial } else { Exit::Success };
+    let (exit, error) = cairn_shared::exit::conclude("cairn-restore", result, ok);
+    summary.error = error;
     summary.exit = exit.as_str();
     summary.exit_code = exit.code();
     summary.duration_ms = started.elapsed().as_millis() as u64;
     summary
-}
-
-/// Exit code of a finished restore: failures make it partial.
-pub fn exit_of(summary: &ManifestSummary) -> Exit {
-    if summary.failed() > 0 { Exit::Partial } else { Exit::Success }
 }
 
 #[cfg(test)]

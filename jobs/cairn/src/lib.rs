@@ -70,7 +70,7 @@ pub enum Command {
         #[arg(long, env = "CAIRN_SOURCE")]
         source: String,
         /// Tag as key=value. Repeatable.
-        #[arg(long = "tag", value_parser = parse_kv)]
+        #[arg(long = "tag", value_parser = cairn_shared::config::parse_key_value)]
         tags: Vec<(String, String)>,
         /// Parent for incremental reuse: auto (latest of the same source), none, or an id.
         #[arg(long, default_value = "auto")]
@@ -194,12 +194,6 @@ pub enum KeyCommand {
         #[arg(long)]
         out: PathBuf,
     },
-}
-
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?}: expected key=value"))
 }
 
 impl Cli {
