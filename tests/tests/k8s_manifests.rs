@@ -1,0 +1,220 @@
+//! The shipped Kubernetes manifests (`k8s-manifests/`) against the real kube-apiserver: every
+//! overlay passes a server-side dry run, and each job's ServiceAccount has exactly the rights
+//! it uses (the manifest export runs with the shipped read-only ClusterRole; the restore
+//! ServiceAccount can apply but not delete).
+
+use std::path::{Path, PathBuf};
+
+use cairn_shared::k8s::{from_yaml, to_yaml};
+use cairn_tests::manifests::{apply_app, install_crds, kubectl};
+use cairn_tests::{env, repos, unique};
+use clap::Parser;
+
+fn manifests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s-manifests").canonicalize().unwrap()
+}
+
+/// Render `dir` (an overlay or the restore kustomization) into namespace `ns`, with
+/// cluster-scoped names suffixed so that parallel runs do not collide.
+fn render(dir: &Path, ns: &str, suffix: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    // Kustomize takes bases only by relative path.
+    let up = "../".repeat(tmp.path().components().count() - 1);
+    let rel = format!("{up}{}", dir.display().to_string().trim_start_matches('/'));
+    let k = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {ns}\n\
+         nameSuffix: \"{suffix}\"\nresources:\n  - {rel}\n"
+    );
+    std::fs::write(tmp.path().join("kustomization.yaml"), k).unwrap();
+    let out = kubectl(&env("KUBECONFIG"), &["kustomize", tmp.path().to_str().unwrap()], None);
+    let mut docs = Vec::new();
+    for doc in out.split("\n---\n") {
+        let mut obj = from_yaml(doc.as_bytes(), "kustomize output").unwrap();
+        match obj["kind"].as_str() {
+            // The test makes the namespace itself.
+            Some("Namespace") => continue,
+            // Kustomize renames neither the namespace nor the name of binding subjects.
+            Some("ClusterRoleBinding" | "RoleBinding") => {
+                for subject in obj["subjects"].as_array_mut().unwrap() {
+                    if subject["kind"] == "ServiceAccount" {
+                        let name = format!("{}{suffix}", subject["name"].as_str().unwrap());
+                        subject["name"] = name.into();
+                        subject["namespace"] = ns.into();
+                    }
+                }
+            }
+            _ => {}
+        }
+        docs.push(to_yaml(&obj).unwrap());
+    }
+    docs.join("\n---\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_overlay_passes_a_server_side_dry_run() {
+    let kc = env("KUBECONFIG");
+    install_crds(&kc);
+    let dir = manifests_dir();
+    let ns = unique("kdry");
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    let mut targets: Vec<PathBuf> =
+        std::fs::read_dir(dir.join("overlays")).unwrap().map(|e| e.unwrap().path()).collect();
+    targets.sort();
+    targets.push(dir.join("restore"));
+    assert!(targets.len() >= 5, "{targets:?}");
+    for t in &targets {
+        let yaml = render(t, &ns, "-dry");
+        assert!(yaml.contains("kind: CronJob") || yaml.contains("kind: Job"), "{}", t.display());
+        let out = kubectl(&kc, &["apply", "--dry-run=server", "-f", "-"], Some(&yaml));
+        assert!(out.contains("(server dry run)"), "{}: {out}", t.display());
+    }
+    kubectl(&kc, &["delete", "namespace", &ns, "--wait=false"], None);
+}
+
+fn can_i(kc: &str, sa: &str, verb: &str, resource: &str, all_namespaces: bool) -> bool {
+    let mut args = vec!["auth", "can-i", "--as", sa, verb, resource];
+    if all_namespaces {
+        args.push("--all-namespaces");
+    }
+    // `can-i` exits 1 for "no": read the answer, not the status.
+    let out = std::process::Command::new(cairn_tests::bin("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kc)
+        .args(&args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// A kubeconfig holding a token of ServiceAccount `ns/name`.
+fn token_kubeconfig(ns: &str, name: &str, dir: &Path) -> String {
+    let kc = env("KUBECONFIG");
+    let token = kubectl(&kc, &["create", "token", name, "-n", ns, "--duration=1h"], None);
+    let admin: serde_json::Value =
+        serde_json::from_str(&kubectl(&kc, &["config", "view", "--raw", "-o", "json"], None))
+            .unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
+         users:\n- name: u\n  user:\n    token: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+        cluster["server"].as_str().unwrap(),
+        cluster["certificate-authority-data"].as_str().unwrap(),
+        token.trim()
+    );
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shipped_rbac_grants_each_job_exactly_what_it_uses() {
+    let kc = env("KUBECONFIG");
+    let dir = manifests_dir();
+    let ns = unique("krbac");
+    let suffix = format!("-{}", &ns[ns.len() - 8..]);
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    for t in [dir.join("overlays/local-test"), dir.join("restore")] {
+        kubectl(&kc, &["apply", "-f", "-"], Some(&render(&t, &ns, &suffix)));
+    }
+    let sa = |job: &str| format!("system:serviceaccount:{ns}:{job}{suffix}");
+    let export = sa("cairn-manifest-export");
+    // RBAC reads through informers: wait for the binding to count.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !can_i(&kc, &export, "list", "secrets", true) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export's ClusterRoleBinding never took effect"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("list", "nodes"),
+    ] {
+        assert!(can_i(&kc, &export, verb, resource, true), "export must {verb} {resource}");
+    }
+    for (verb, resource) in [
+        ("watch", "pods"),
+        ("create", "configmaps"),
+        ("patch", "deployments.apps"),
+        ("delete", "secrets"),
+    ] {
+        assert!(!can_i(&kc, &export, verb, resource, true), "export must not {verb} {resource}");
+    }
+    for job in ["cairn-etcd-snapshot", "cairn-maintain"] {
+        for (verb, resource) in [("get", "secrets"), ("list", "pods"), ("create", "pods")] {
+            assert!(
+                !can_i(&kc, &sa(job), verb, resource, true),
+                "{job} must not {verb} {resource}"
+            );
+        }
+    }
+    let restore = sa("cairn-restore");
+    for (verb, resource, yes) in [
+        ("get", "deployments.apps", true),
+        ("create", "namespaces", true),
+        ("patch", "customresourcedefinitions.apiextensions.k8s.io", true),
+        ("escalate", "roles.rbac.authorization.k8s.io", true),
+        ("bind", "clusterroles.rbac.authorization.k8s.io", true),
+        ("delete", "deployments.apps", false),
+        ("list", "secrets", false),
+    ] {
+        assert_eq!(can_i(&kc, &restore, verb, resource, true), yes, "restore {verb} {resource}");
+    }
+
+    // And the rights suffice: the export runs with the shipped ClusterRole, the restore with
+    // the shipped restore role.
+    let app = unique("kapp");
+    let app2 = app.clone();
+    tokio::task::spawn_blocking(move || apply_app(&app2)).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repos::init(&format!("file://{}", tmp.path().join("repo").display())).await;
+    let export_kc = token_kubeconfig(&ns, &format!("cairn-manifest-export{suffix}"), tmp.path());
+    let wk = repo.write_key.to_text();
+    let argv = [
+        "cairn-manifest-export",
+        "--repo",
+        &repo.url,
+        "--write-key",
+        &wk,
+        "--kubeconfig",
+        &export_kc,
+    ];
+    let s =
+        cairn_manifest_export::execute(&cairn_manifest_export::Cli::try_parse_from(argv).unwrap())
+            .await;
+    assert_eq!(s.exit_code, 0, "{s:?}");
+    assert!(s.denied.is_empty() && s.per_resource["secrets"] > 0, "{s:?}");
+
+    kubectl(&kc, &["delete", "namespace", &app, "--wait=true", "--timeout=180s"], None);
+    let restore_kc = token_kubeconfig(&ns, &format!("cairn-restore{suffix}"), tmp.path());
+    let id = repo.identity_text();
+    let argv = [
+        "cairn-restore",
+        "--repo",
+        &repo.url,
+        "--identity",
+        &id,
+        "manifests",
+        "--kubeconfig",
+        &restore_kc,
+        "-n",
+        &app,
+    ];
+    let cli = cairn_restore::Cli::try_parse_from(argv).unwrap();
+    let cairn_restore::Command::Manifests(args) = &cli.command else { unreachable!() };
+    let r = cairn_restore::manifests::execute(&cli.repo, args).await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert!(r.counts.get("created").copied().unwrap_or(0) >= 20, "{:?}", r.counts);
+
+    for t in [dir.join("overlays/local-test"), dir.join("restore")] {
+        let _ = kubectl(
+            &kc,
+            &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
+            Some(&render(&t, &ns, &suffix)),
+        );
+    }
+    kubectl(&kc, &["delete", "namespace", &ns, &app, "--wait=false"], None);
+    cairn_tests::manifests::delete_cluster_fixtures(&kc, &app);
+}
