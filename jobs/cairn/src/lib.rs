@@ -719,9 +719,9 @@ async fn manifest_diff(
     opts: &ManifestDiff,
     json: bool,
 ) -> Result<Option<Exit>> {
-    use cairn_shared::k8s::collect::{CollectOptions, Filters, collect_all};
-    use cairn_shared::k8s::compare::{CompareOptions, ObjectChange, compare};
-    use cairn_shared::k8s::stored::{is_manifest_snapshot, load_changed_pair, load_objects};
+    use cairn_shared::k8s::collect::{CollectOptions, Filters};
+    use cairn_shared::k8s::compare::{CompareOptions, ObjectChange, compare, compare_with_live};
+    use cairn_shared::k8s::stored::{is_manifest_snapshot, load_changed_pair};
 
     if a.contains(':') || (b != "live" && b.contains(':')) {
         return Ok(None);
@@ -751,7 +751,8 @@ async fn manifest_diff(
                 None => p.group.is_empty() && p.resource == "namespaces" && ns.contains(&p.name),
             }
     };
-    let (old, new, against) = if b == "live" {
+    let compare_opts = CompareOptions { with_status: opts.status, all: opts.all };
+    let (diffs, against) = if b == "live" {
         // Compare with what the export would have seen: its filters, narrowed by ours.
         let mut filters: Filters = sa
             .snapshot
@@ -764,22 +765,28 @@ async fn manifest_diff(
         }
         let client = opts.kube.client().await?;
         let collect_opts = CollectOptions { concurrency: 8, page_size: 500 };
-        let (live, collected) = collect_all(&client, &filters, &collect_opts).await?;
+        let (diffs, collected) = compare_with_live(
+            &repo,
+            &sa.snapshot,
+            &keep,
+            &client,
+            &filters,
+            &collect_opts,
+            compare_opts,
+        )
+        .await?;
         for d in collected.denied.iter().chain(&collected.skipped) {
             eprintln!("cairn: live side incomplete: {d}");
         }
-        let old = load_objects(&repo, &sa.snapshot, &keep).await?;
-        let live = live.into_iter().filter(|(p, _)| keep(p)).collect();
-        (old, live, "the live cluster".to_string())
+        (diffs, "the live cluster".to_string())
     } else {
         let sb = repo.find_snapshot(b, source).await?;
         if !is_manifest_snapshot(&sb.snapshot) {
             return Ok(None);
         }
         let (x, y) = load_changed_pair(&repo, &sa.snapshot, &sb.snapshot, &keep).await?;
-        (x, y, format!("snapshot {}", sb.id.short()))
+        (compare(&x, &y, compare_opts), format!("snapshot {}", sb.id.short()))
     };
-    let diffs = compare(&old, &new, CompareOptions { with_status: opts.status, all: opts.all });
     if json {
         print_json(&diffs)?;
         return Ok(Some(Exit::Success));

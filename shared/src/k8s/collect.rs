@@ -309,32 +309,3 @@ pub async fn collect(
     out.skipped.sort();
     Ok(out)
 }
-
-/// Every object the filters select, in memory, by path (for comparisons; the export streams
-/// instead). Discovery failures are added to `skipped`.
-pub async fn collect_all(
-    client: &kube::Client,
-    filters: &Filters,
-    opts: &CollectOptions,
-) -> Result<(BTreeMap<ObjectPath, Value>, Collected)> {
-    let discovery = super::discover(client, opts.concurrency).await?;
-    let ns = filters.namespace_filter()?;
-    let resources = filters.select(&discovery.resources, &ns);
-    let (tx, mut rx) = mpsc::channel(1024);
-    let gather = async {
-        let mut objects = BTreeMap::new();
-        while let Some(e) = rx.recv().await {
-            if let Exported::Object(p, v) = e {
-                objects.insert(p, v);
-            }
-        }
-        objects
-    };
-    let produce = async move { collect(client, filters, &resources, opts, &tx).await };
-    let (collected, objects) = tokio::join!(produce, gather);
-    let mut collected = collected?;
-    for (gv, e) in discovery.failures {
-        collected.skipped.push(format!("API group {gv}: {e}"));
-    }
-    Ok((objects, collected))
-}

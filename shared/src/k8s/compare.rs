@@ -55,35 +55,98 @@ pub fn compare(
     b: &BTreeMap<ObjectPath, Value>,
     opts: CompareOptions,
 ) -> Vec<ObjectDiff> {
-    let shown = |p: &ObjectPath, o: &Value| opts.all || !is_noise(p, o);
-    let mut out = Vec::new();
     let mut paths: Vec<&ObjectPath> = a.keys().chain(b.keys()).collect();
     paths.sort();
     paths.dedup();
-    for p in paths {
-        let redact = p.group.is_empty() && p.resource == "secrets";
-        let entry =
-            |change, fields| ObjectDiff { path: p.path(), object: p.display(), change, fields };
-        match (a.get(p), b.get(p)) {
-            (Some(x), Some(y)) => {
-                if !shown(p, x) && !shown(p, y) {
-                    continue;
-                }
-                let fields = diff_values(
-                    &for_diff(x, opts.with_status),
-                    &for_diff(y, opts.with_status),
-                    redact,
-                );
-                if !fields.is_empty() {
-                    out.push(entry(ObjectChange::Changed, fields));
-                }
+    paths.into_iter().filter_map(|p| compare_one(p, a.get(p), b.get(p), opts)).collect()
+}
+
+/// One object's difference, if any (and if it is not noise).
+pub fn compare_one(
+    p: &ObjectPath,
+    a: Option<&Value>,
+    b: Option<&Value>,
+    opts: CompareOptions,
+) -> Option<ObjectDiff> {
+    let shown = |o: &Value| opts.all || !is_noise(p, o);
+    let entry = |change, fields| ObjectDiff { path: p.path(), object: p.display(), change, fields };
+    match (a, b) {
+        (Some(x), Some(y)) if shown(x) || shown(y) => {
+            let redact = p.group.is_empty() && p.resource == "secrets";
+            let fields =
+                diff_values(&for_diff(x, opts.with_status), &for_diff(y, opts.with_status), redact);
+            (!fields.is_empty()).then(|| entry(ObjectChange::Changed, fields))
+        }
+        (Some(x), None) if shown(x) => Some(entry(ObjectChange::Removed, Vec::new())),
+        (None, Some(y)) if shown(y) => Some(entry(ObjectChange::Added, Vec::new())),
+        _ => None,
+    }
+}
+
+/// Compare a manifest snapshot with the live cluster without holding either side whole:
+/// the snapshot side is kept as tree nodes (a few hundred bytes per object), each live object
+/// is compared as it arrives, reading its stored counterpart then, and what the cluster no
+/// longer has is read at the end. Memory: the nodes, the in-flight pages, the differences.
+pub async fn compare_with_live(
+    repo: &crate::repo::Repository,
+    snapshot: &crate::repo::Snapshot,
+    keep: &(dyn Fn(&ObjectPath) -> bool + Sync),
+    client: &kube::Client,
+    filters: &super::collect::Filters,
+    collect_opts: &super::collect::CollectOptions,
+    opts: CompareOptions,
+) -> crate::Result<(Vec<ObjectDiff>, super::collect::Collected)> {
+    use super::collect::{Exported, collect};
+    use super::stored::{object_files, read_objects};
+    use futures::{StreamExt, TryStreamExt};
+
+    let stored: std::collections::HashMap<ObjectPath, crate::repo::Node> =
+        object_files(repo, snapshot, keep).await?.into_iter().collect();
+    let stored = parking_lot::Mutex::new(stored);
+    let discovery = super::discover(client, collect_opts.concurrency).await?;
+    let ns = filters.namespace_filter()?;
+    let resources = filters.select(&discovery.resources, &ns);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Exported>(256);
+    let produce = async move { collect(client, filters, &resources, collect_opts, &tx).await };
+    let live = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|x| (x, rx)) });
+    let consume = live
+        .filter_map(|e| async move {
+            match e {
+                Exported::Object(p, v) if keep(&p) => Some((p, v)),
+                _ => None,
             }
-            (Some(x), None) if shown(p, x) => out.push(entry(ObjectChange::Removed, Vec::new())),
-            (None, Some(y)) if shown(p, y) => out.push(entry(ObjectChange::Added, Vec::new())),
-            _ => {}
+        })
+        .map(|(p, now)| {
+            let node = stored.lock().remove(&p);
+            async move {
+                let before = match node {
+                    Some(n) => {
+                        read_objects(repo, vec![(p.clone(), n)], 1).await?.pop().map(|(_, v)| v)
+                    }
+                    None => None,
+                };
+                crate::Result::Ok(compare_one(&p, before.as_ref(), Some(&now), opts))
+            }
+        })
+        .buffer_unordered(16)
+        .try_filter_map(|d| async move { Ok(d) })
+        .try_collect::<Vec<ObjectDiff>>();
+    let (collected, diffs) = tokio::join!(produce, consume);
+    let (collected, mut diffs) = (collected?, diffs?);
+    // What the cluster no longer has.
+    let gone: Vec<(ObjectPath, crate::repo::Node)> = stored.into_inner().into_iter().collect();
+    for chunk in gone.chunks(256) {
+        for (p, before) in read_objects(repo, chunk.to_vec(), 16).await? {
+            diffs.extend(compare_one(&p, Some(&before), None, opts));
         }
     }
-    out
+    // The order `compare` gives: by object path (namespace, group, resource, name).
+    diffs.sort_by_cached_key(|d| ObjectPath::parse(&d.path));
+    let mut collected = collected;
+    for (gv, e) in discovery.failures {
+        collected.skipped.push(format!("API group {gv}: {e}"));
+    }
+    Ok((diffs, collected))
 }
 
 #[cfg(test)]

@@ -55,20 +55,19 @@ where
 {
     let url = resource.collection_url(namespace);
     let api_version = resource.api_version();
+    let complete = |items: &mut Vec<Value>| {
+        for item in items {
+            if let Some(obj) = item.as_object_mut() {
+                obj.entry("apiVersion").or_insert_with(|| Value::String(api_version.clone()));
+                obj.entry("kind").or_insert_with(|| Value::String(resource.kind.clone()));
+            }
+        }
+    };
     let mut restarts = 0;
     'restart: loop {
-        let mut cont: Option<String> = None;
+        let mut fetched = fetch_page(client, &url, opts, None).await;
         loop {
-            let mut lp = kube::api::ListParams::default().limit(opts.page_size);
-            if let Some(c) = &cont {
-                lp = lp.continue_token(c);
-            }
-            if let Some(s) = &opts.label_selector {
-                lp = lp.labels(s);
-            }
-            let req =
-                kube::core::Request::new(&url).list(&lp).map_err(kube::Error::BuildRequest)?;
-            let page: RawList = match client.request(req).await {
+            let page = match fetched {
                 Ok(p) => p,
                 Err(e) if status_code(&e) == Some(410) && restarts < opts.restarts => {
                     restarts += 1;
@@ -78,19 +77,39 @@ where
                 Err(e) => return Err(e),
             };
             let mut items = page.items;
-            for item in &mut items {
-                if let Some(obj) = item.as_object_mut() {
-                    obj.entry("apiVersion").or_insert_with(|| Value::String(api_version.clone()));
-                    obj.entry("kind").or_insert_with(|| Value::String(resource.kind.clone()));
-                }
-            }
-            on_page.page(items).await;
+            complete(&mut items);
             match page.metadata.cont.filter(|c| !c.is_empty()) {
-                Some(c) => cont = Some(c),
-                None => return Ok(page.metadata.resource_version.unwrap_or_default()),
+                // The next page is on its way while this one is handed on: a large
+                // collection costs the slower of the two, not their sum.
+                Some(c) => {
+                    let (next, ()) =
+                        tokio::join!(fetch_page(client, &url, opts, Some(&c)), on_page.page(items));
+                    fetched = next;
+                }
+                None => {
+                    on_page.page(items).await;
+                    return Ok(page.metadata.resource_version.unwrap_or_default());
+                }
             }
         }
     }
+}
+
+async fn fetch_page(
+    client: &kube::Client,
+    url: &str,
+    opts: &ListOptions,
+    cont: Option<&str>,
+) -> std::result::Result<RawList, kube::Error> {
+    let mut lp = kube::api::ListParams::default().limit(opts.page_size);
+    if let Some(c) = cont {
+        lp = lp.continue_token(c);
+    }
+    if let Some(s) = &opts.label_selector {
+        lp = lp.labels(s);
+    }
+    let req = kube::core::Request::new(url).list(&lp).map_err(kube::Error::BuildRequest)?;
+    client.request(req).await
 }
 
 /// Receives pages; async so that a sink can wait on a bounded channel.
