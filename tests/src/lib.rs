@@ -495,4 +495,24 @@ pub mod manifests {
         let class = format!("volumesnapshotclass/{ns}-snapclass");
         kubectl(kubeconfig, &["delete", "--ignore-not-found", &issuer, &class], None);
     }
+
+    /// A kubeconfig holding a token of ServiceAccount `ns/name`.
+    pub fn token_kubeconfig(ns: &str, name: &str, dir: &Path) -> String {
+        let kc = env("KUBECONFIG");
+        let token = kubectl(&kc, &["create", "token", name, "-n", ns, "--duration=1h"], None);
+        let admin: serde_json::Value =
+            serde_json::from_str(&kubectl(&kc, &["config", "view", "--raw", "-o", "json"], None))
+                .unwrap();
+        let cluster = &admin["clusters"][0]["cluster"];
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
+             users:\n- name: u\n  user:\n    token: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            cluster["server"].as_str().unwrap(),
+            cluster["certificate-authority-data"].as_str().unwrap(),
+            token.trim()
+        );
+        let path = dir.join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    }
 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use cairn_shared::k8s::{from_yaml, to_yaml};
-use cairn_tests::manifests::{apply_app, install_crds, kubectl};
+use cairn_tests::manifests::{apply_app, install_crds, kubectl, token_kubeconfig};
 use cairn_tests::{env, repos, unique};
 use clap::Parser;
 
@@ -84,26 +84,6 @@ fn can_i(kc: &str, sa: &str, verb: &str, resource: &str, all_namespaces: bool) -
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
-}
-
-/// A kubeconfig holding a token of ServiceAccount `ns/name`.
-fn token_kubeconfig(ns: &str, name: &str, dir: &Path) -> String {
-    let kc = env("KUBECONFIG");
-    let token = kubectl(&kc, &["create", "token", name, "-n", ns, "--duration=1h"], None);
-    let admin: serde_json::Value =
-        serde_json::from_str(&kubectl(&kc, &["config", "view", "--raw", "-o", "json"], None))
-            .unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
-         users:\n- name: u\n  user:\n    token: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
-        cluster["server"].as_str().unwrap(),
-        cluster["certificate-authority-data"].as_str().unwrap(),
-        token.trim()
-    );
-    let path = dir.join(format!("{name}.kubeconfig"));
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,7 +13,7 @@ use cairn_shared::k8s::list::get_object;
 use cairn_shared::k8s::normalize::{SanitizeOptions, for_diff, sanitize};
 use cairn_shared::k8s::stored::load_objects;
 use cairn_tests::manifests::{
-    apply_app, delete_cluster_fixtures, delete_namespace, install_crds, kubectl,
+    apply_app, delete_cluster_fixtures, delete_namespace, install_crds, kubectl, token_kubeconfig,
 };
 use cairn_tests::repos::{self, TestRepo};
 use cairn_tests::{env, kube_world, unique, workspace_bin};
@@ -401,23 +401,8 @@ async fn restore_everything_into_a_new_cluster() {
 /// A kubeconfig for a new ServiceAccount of `ns` (its own identity: RBAC grants made for it
 /// touch no other test).
 fn service_account_kubeconfig(ns: &str, name: &str, dir: &std::path::Path) -> String {
-    let kc = admin_kc();
-    kubectl(&kc, &["create", "serviceaccount", name, "-n", ns], None);
-    let token = kubectl(&kc, &["create", "token", name, "-n", ns, "--duration=1h"], None);
-    let admin: Value =
-        serde_json::from_str(&kubectl(&kc, &["config", "view", "--raw", "-o", "json"], None))
-            .unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
-         users:\n- name: u\n  user:\n    token: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
-        cluster["server"].as_str().unwrap(),
-        cluster["certificate-authority-data"].as_str().unwrap(),
-        token.trim()
-    );
-    let path = dir.join(format!("{name}.kubeconfig"));
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
+    kubectl(&admin_kc(), &["create", "serviceaccount", name, "-n", ns], None);
+    token_kubeconfig(ns, name, dir)
 }
 
 /// Retry an export until RBAC has caught up with a new grant (the authorizer reads through
