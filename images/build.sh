@@ -26,7 +26,7 @@ build_binaries() {
   for j in "${JOBS[@]}"; do pkgs+=(-p "$j"); done
   log "cargo build --release --target $TARGET"
   CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$TARGET" "${pkgs[@]}"
-  printf '%-24s %10s  %s\n' binary bytes linkage
+  printf '%-24s %12s %12s  %s\n' binary bytes stripped linkage
   for j in "${JOBS[@]}"; do
     local bin="target/$TARGET/release/$j"
     local kind
@@ -35,7 +35,8 @@ build_binaries() {
       *"statically linked"*|*"static-pie linked"*) ;;
       *) log "FAILED: $bin is not static: $kind"; exit 1 ;;
     esac
-    printf '%-24s %10s  %s\n' "$j" "$(stat -c %s "$bin")" "static"
+    strip -o "$bin.stripped" "$bin"
+    printf '%-24s %12s %12s  %s\n' "$j" "$(stat -c %s "$bin")" "$(stat -c %s "$bin.stripped")" static
   done
 }
 
@@ -48,7 +49,7 @@ build_images() {
   for j in "${JOBS[@]}"; do
     local ctx
     ctx=$(mktemp -d)
-    cp "target/$TARGET/release/$j" "$ctx/"
+    cp "target/$TARGET/release/$j.stripped" "$ctx/$j"
     [ "$j" = cairn-restore ] && cp "$etcdutl" "$ctx/etcdutl"
     DOCKER_BUILDKIT=1 docker build -q -f "images/$j/Dockerfile" -t "$j:$tag" "$ctx"
     rm -rf "$ctx"
