@@ -19,13 +19,6 @@ pub struct Discovery {
     pub document: serde_json::Value,
 }
 
-impl Discovery {
-    /// The resource for `group`/`resource` (plural), if served.
-    pub fn find(&self, group: &str, resource: &str) -> Option<&Resource> {
-        self.resources.iter().find(|r| r.group == group && r.resource == resource)
-    }
-}
-
 pub async fn discover(client: &kube::Client, concurrency: usize) -> Result<Discovery> {
     let core = client
         .list_core_api_versions()
