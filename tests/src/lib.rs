@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+pub mod csi;
 pub mod trees;
 
 /// Reads a variable the world exports, panicking with directions when it is absent.

@@ -130,6 +130,29 @@ async fn shipped_rbac_grants_each_job_exactly_what_it_uses() {
             );
         }
     }
+    let ingest = sa("cairn-pvc-ingest");
+    for (verb, resource, yes) in [
+        ("list", "persistentvolumeclaims", true),
+        ("create", "persistentvolumeclaims", true),
+        ("delete", "persistentvolumeclaims", true),
+        ("create", "volumesnapshots.snapshot.storage.k8s.io", true),
+        ("list", "volumesnapshots.snapshot.storage.k8s.io", true),
+        ("create", "jobs.batch", true),
+        ("patch", "jobs.batch", true),
+        ("delete", "jobs.batch", true),
+        ("list", "pods", true),
+        ("create", "secrets", true),
+        ("get", "storageclasses.storage.k8s.io", true),
+        ("list", "volumesnapshotclasses.snapshot.storage.k8s.io", true),
+        // It can hand credentials to its own pods but never read anyone's.
+        ("get", "secrets", false),
+        ("list", "secrets", false),
+        ("create", "pods", false),
+        ("patch", "persistentvolumeclaims", false),
+        ("delete", "persistentvolumes", false),
+    ] {
+        assert_eq!(can_i(&kc, &ingest, verb, resource, true), yes, "pvc ingest {verb} {resource}");
+    }
     let restore = sa("cairn-restore");
     for (verb, resource, yes) in [
         ("get", "deployments.apps", true),
@@ -139,6 +162,9 @@ async fn shipped_rbac_grants_each_job_exactly_what_it_uses() {
         ("bind", "clusterroles.rbac.authorization.k8s.io", true),
         ("delete", "deployments.apps", false),
         ("list", "secrets", false),
+        ("delete", "jobs.batch", true),
+        ("list", "pods", true),
+        ("delete", "pods", false),
     ] {
         assert_eq!(can_i(&kc, &restore, verb, resource, true), yes, "restore {verb} {resource}");
     }

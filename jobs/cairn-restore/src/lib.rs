@@ -17,6 +17,7 @@ use serde::Serialize;
 
 /// The database file inside an etcd snapshot (as `cairn-etcd-snapshot` stores it).
 pub mod manifests;
+pub mod pvc;
 
 pub const ETCD_DB_FILE: &str = "snapshot.db";
 
@@ -50,6 +51,12 @@ pub enum Command {
     /// selector or single paths; CRDs and namespaces first; server-side apply as `cairn`.
     /// Exit 3 when any object failed (each is reported).
     Manifests(manifests::ManifestArgs),
+    /// Write a snapshot into a PVC: created from the recorded spec (or --existing
+    /// overwrite|merge), filled by a writer Job that mounts it; the writer's exit code is
+    /// ours.
+    Pvc(Box<pvc::PvcArgs>),
+    /// Restore into a mounted volume or block device (inside the writer Job's pod).
+    PvcWriter(pvc::WriterArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,6 +125,8 @@ pub struct EtcdSummary {
 pub async fn run(cli: Cli) -> Exit {
     let started = Instant::now();
     match &cli.command {
+        Command::Pvc(args) => pvc::run(&cli.repo, args, cli.output.json).await,
+        Command::PvcWriter(args) => pvc::run_writer(&cli.repo, args, cli.output.json).await,
         Command::Manifests(args) => {
             let summary = manifests::execute(&cli.repo, args).await;
             if cli.output.json {

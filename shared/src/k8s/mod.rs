@@ -9,9 +9,12 @@ pub mod discovery;
 pub mod layout;
 pub mod list;
 pub mod normalize;
+pub mod podjob;
 pub mod selector;
 pub mod semdiff;
 pub mod stored;
+pub mod temp;
+pub mod volsnap;
 
 use std::path::PathBuf;
 use std::time::Duration;

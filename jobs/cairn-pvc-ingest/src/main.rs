@@ -1,0 +1,22 @@
+//! `cairn-pvc-ingest`: parse → telemetry → run → exit code. Everything else lives in `lib.rs`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cairn_pvc_ingest::Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn-pvc-ingest: cannot start the async runtime: {e}");
+            return cairn_shared::Exit::Retryable.into();
+        }
+    };
+    runtime.block_on(async {
+        let telemetry = cairn_shared::telemetry::init(&cli.telemetry_options());
+        let exit = cairn_pvc_ingest::run(cli).await;
+        telemetry.shutdown();
+        exit.into()
+    })
+}

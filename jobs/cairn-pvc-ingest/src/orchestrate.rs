@@ -1,0 +1,1023 @@
+//! Orchestrator mode (the CronJob): select PVCs, and for each one cut a CSI VolumeSnapshot,
+//! clone it into a temporary PVC, run an ingest pod on the clone, collect its summary, and
+//! clean up. Parallel across PVCs up to `--parallel`; one PVC failing does not stop the
+//! others. Every temporary object is labelled (`cairn_shared::k8s::temp`), owned by the
+//! ingest Job where it can be, deleted when its PVC is done, deleted again on SIGTERM with
+//! its own deadline, and swept by the next run should all of that fail.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cairn_shared::Exit;
+use cairn_shared::config::{LockArgs, Need, RepoArgs, SnapshotLabels, parse_duration};
+use cairn_shared::k8s::podjob::{
+    self, DEVICE_PATH, VOLUME_PATH, WaitOptions, WorkerJob, WorkerSecurity, WorkerVolume,
+};
+use cairn_shared::k8s::temp::{self, Swept, TempOwner, object_name};
+use cairn_shared::k8s::{KubeArgs, classify, status_code, volsnap};
+use cairn_shared::progress::human_bytes;
+use cairn_shared::repo::lock::{Lock, LockKind};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    PersistentVolume, PersistentVolumeClaim, Pod, ResourceRequirements, Secret,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::ingest::IngestReport;
+
+/// A PVC opts in (`"true"`) or out (`"false"`) with this annotation.
+pub const ENABLED_ANNOTATION: &str = "backup.cairn.dev/enabled";
+/// A StorageClass (or PVC) says which access mode a clone may ask for.
+pub const CLONE_ACCESS_ANNOTATION: &str = "backup.cairn.dev/clone-access-mode";
+pub const COMPONENT: &str = "pvc-ingest";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// CSI VolumeSnapshot → temporary PVC → ingest pod (crash-consistent).
+    Snapshot,
+    /// Mount the live PVC read-only next to its consumer (no snapshot: not consistent).
+    Live,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    #[command(flatten)]
+    pub labels: SnapshotLabels,
+    /// Only PVCs in namespaces matching this glob. Repeatable. Plain names are listed
+    /// namespace by namespace (RoleBindings in those namespaces suffice).
+    #[arg(long = "namespace", short = 'n', env = "CAIRN_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Leave out namespaces matching this glob. Repeatable.
+    #[arg(long = "exclude-namespace", env = "CAIRN_EXCLUDE_NAMESPACES", value_delimiter = ',')]
+    pub exclude_namespaces: Vec<String>,
+    /// Only PVCs matching this label selector.
+    #[arg(long, short = 'l', env = "CAIRN_SELECTOR")]
+    pub selector: Option<String>,
+    /// Only PVCs annotated backup.cairn.dev/enabled=true (by default every selected PVC is
+    /// backed up unless annotated =false).
+    #[arg(long, env = "CAIRN_OPT_IN")]
+    pub opt_in: bool,
+    /// snapshot: through CSI VolumeSnapshots; live: the live volume, read-only.
+    #[arg(long, env = "CAIRN_MODE", value_enum, default_value = "snapshot")]
+    pub mode: Mode,
+    /// PVCs processed at once.
+    #[arg(long, env = "CAIRN_PARALLEL", default_value = "2")]
+    pub parallel: usize,
+    /// Name of this orchestrator (several with different selections can share a cluster);
+    /// one run per instance at a time.
+    #[arg(long, env = "CAIRN_INSTANCE", default_value = "default")]
+    pub instance: String,
+    /// Image of the ingest pod (this binary's image).
+    #[arg(long, env = "CAIRN_INGEST_IMAGE")]
+    pub ingest_image: String,
+    /// The ingest binary inside that image.
+    #[arg(long, env = "CAIRN_INGEST_COMMAND", default_value = "/usr/local/bin/cairn-pvc-ingest")]
+    pub ingest_command: String,
+    #[arg(long, env = "CAIRN_IMAGE_PULL_POLICY")]
+    pub image_pull_policy: Option<String>,
+    /// ServiceAccount of the ingest pods (must exist in each namespace; its token is not
+    /// mounted). Use one that carries a cloud identity (IRSA, Workload Identity) when the
+    /// store's credentials are not static.
+    #[arg(long, env = "CAIRN_INGEST_SERVICE_ACCOUNT")]
+    pub ingest_service_account: Option<String>,
+    /// Who the ingest pod runs as: `root` (root limited to DAC_READ_SEARCH: reads every
+    /// file, may do nothing else) or a numeric uid (reads what that uid and --ingest-fs-group
+    /// may read; needs no capability).
+    #[arg(long, env = "CAIRN_INGEST_RUN_AS", default_value = "root")]
+    pub ingest_run_as: String,
+    #[arg(long, env = "CAIRN_INGEST_FS_GROUP")]
+    pub ingest_fs_group: Option<i64>,
+    /// CPU request of an ingest pod.
+    #[arg(long, env = "CAIRN_INGEST_CPU", default_value = "500m")]
+    pub ingest_cpu: String,
+    /// Memory request and limit of an ingest pod.
+    #[arg(long, env = "CAIRN_INGEST_MEMORY", default_value = "512Mi")]
+    pub ingest_memory: String,
+    /// Access mode of the temporary PVC: ReadWriteOnce works everywhere; ReadOnlyMany where
+    /// the driver supports it. A StorageClass annotated backup.cairn.dev/clone-access-mode
+    /// overrides this.
+    #[arg(long, env = "CAIRN_CLONE_ACCESS_MODE", default_value = "ReadWriteOnce")]
+    pub clone_access_mode: String,
+    /// How long a VolumeSnapshot may take to become ready.
+    #[arg(long, env = "CAIRN_SNAPSHOT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub snapshot_timeout: Duration,
+    /// How long one ingest Job may run.
+    #[arg(long, env = "CAIRN_JOB_TIMEOUT", default_value = "6h", value_parser = parse_duration)]
+    pub job_timeout: Duration,
+    /// How long an ingest pod may stay unscheduled or unstarted.
+    #[arg(long, env = "CAIRN_PENDING_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub pending_timeout: Duration,
+    /// Deadline of the cleanup (also when the run is cancelled).
+    #[arg(long, env = "CAIRN_CLEANUP_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub cleanup_timeout: Duration,
+    /// How often waits look at the cluster.
+    #[arg(long, env = "CAIRN_POLL", default_value = "2s", value_parser = parse_duration)]
+    pub poll: Duration,
+    /// How long an ingest pod waits for its PVC's lock (a previous run's pod still ending).
+    #[arg(long, env = "CAIRN_INGEST_LOCK_WAIT", default_value = "10m", value_parser = parse_duration)]
+    pub ingest_lock_wait: Duration,
+    /// Environment variables copied into the ingest pods' credentials Secret when set
+    /// (besides CAIRN_REPO and the write key). Repeatable.
+    #[arg(long = "pass-env", env = "CAIRN_PASS_ENV", value_delimiter = ',', default_value = DEFAULT_PASS_ENV)]
+    pub pass_env: Vec<String>,
+    /// List what would be backed up, change nothing.
+    #[arg(long, env = "CAIRN_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+const DEFAULT_PASS_ENV: &str = "AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,AWS_SESSION_TOKEN,\
+AWS_REGION,AWS_DEFAULT_REGION,AWS_ENDPOINT_URL,AWS_ALLOW_HTTP,AZURE_STORAGE_ACCOUNT_NAME,\
+AZURE_STORAGE_ACCOUNT_KEY,AZURE_STORAGE_SAS_KEY,GOOGLE_SERVICE_ACCOUNT_KEY,CAIRN_STORE_TIMEOUT";
+
+/// One PVC's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct PvcResult {
+    pub pvc: String,
+    pub ok: bool,
+    pub exit_code: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    pub files: u64,
+    pub bytes: u64,
+    pub new_bytes: u64,
+    pub files_read: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot_class: Option<String>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the run did (`--json` for CI).
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub exit: &'static str,
+    pub exit_code: u8,
+    pub run: String,
+    pub mode: Option<Mode>,
+    pub pvcs: Vec<PvcResult>,
+    pub succeeded: usize,
+    pub failed: usize,
+    /// PVCs selected but left out (unbound, opted out), with why.
+    pub skipped: Vec<String>,
+    pub bytes: u64,
+    pub new_bytes: u64,
+    /// Leftovers of earlier runs removed at the start.
+    pub swept: Swept,
+    /// Temporary objects that could not be deleted (they carry labels and an expiry: the
+    /// next run sweeps them).
+    pub cleanup_errors: Vec<String>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub async fn run(repo: &RepoArgs, args: &RunArgs, json: bool) -> Exit {
+    let started = Instant::now();
+    let mut summary = Summary { mode: Some(args.mode), ..Default::default() };
+    let result = orchestrate(repo, args, &mut summary).await;
+    let ok = match (summary.succeeded, summary.failed) {
+        (_, 0) => Exit::Success,
+        (0, _) => worst(&summary.pvcs),
+        _ => Exit::Partial,
+    };
+    let (exit, error) = cairn_shared::exit::conclude("cairn-pvc-ingest", result, ok);
+    summary.exit = exit.as_str();
+    summary.exit_code = exit.code();
+    summary.error = error;
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    } else {
+        print_summary(&summary);
+    }
+    exit
+}
+
+/// Nothing succeeded: usage when every PVC failed for a reason of configuration, else
+/// retryable.
+fn worst(results: &[PvcResult]) -> Exit {
+    if results.iter().all(|r| r.exit_code == Exit::Usage.code()) {
+        Exit::Usage
+    } else {
+        Exit::Retryable
+    }
+}
+
+fn print_summary(s: &Summary) {
+    let secs = s.duration_ms as f64 / 1000.0;
+    println!(
+        "pvc ingest run {}: {} of {} PVCs backed up, {} ({} new) in {secs:.1}s",
+        s.run,
+        s.succeeded,
+        s.pvcs.len(),
+        human_bytes(s.bytes),
+        human_bytes(s.new_bytes)
+    );
+    for r in &s.pvcs {
+        match (&r.snapshot, &r.error) {
+            (Some(id), None) => println!(
+                "  ok      {:<40} snapshot {}  {} files, {} ({} new, {} files read)  {:.1}s",
+                r.pvc,
+                &id[..8],
+                r.files,
+                human_bytes(r.bytes),
+                human_bytes(r.new_bytes),
+                r.files_read,
+                r.duration_ms as f64 / 1000.0
+            ),
+            (_, err) => println!(
+                "  FAILED  {:<40} exit {}: {}",
+                r.pvc,
+                r.exit_code,
+                err.as_deref().unwrap_or("unknown")
+            ),
+        }
+    }
+    for sk in &s.skipped {
+        println!("  skipped {sk}");
+    }
+    if !s.swept.objects.is_empty() {
+        println!("  swept {} leftovers of earlier runs", s.swept.objects.len());
+    }
+    for e in s.cleanup_errors.iter().chain(&s.swept.errors) {
+        println!("  CLEANUP {e}");
+    }
+}
+
+/// Shared state of one run.
+struct Ctx {
+    client: kube::Client,
+    args: RunArgsView,
+    owner: TempOwner,
+    /// The credentials Secret's data (repository URL, write key, store credentials).
+    secret_data: BTreeMap<String, String>,
+    /// Temporary objects not deleted yet: what a cancellation must still clean up.
+    live: Mutex<Vec<TempObject>>,
+    cleanup_errors: Mutex<Vec<String>>,
+}
+
+/// The flags the per-PVC work needs (cheap to share).
+#[derive(Debug, Clone)]
+struct RunArgsView {
+    mode: Mode,
+    cluster: Option<String>,
+    tags: Vec<(String, String)>,
+    image: String,
+    command: String,
+    pull_policy: Option<String>,
+    service_account: Option<String>,
+    security: WorkerSecurity,
+    resources: ResourceRequirements,
+    clone_access_mode: String,
+    snapshot_timeout: Duration,
+    job_timeout: Duration,
+    pending_timeout: Duration,
+    cleanup_timeout: Duration,
+    poll: Duration,
+    lock_lease: Duration,
+    ingest_lock_wait: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum TempObject {
+    Job(String, String),
+    Snapshot(String, String),
+    Claim(String, String),
+}
+
+async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> anyhow::Result<()> {
+    if args.parallel == 0 {
+        return Err(cairn_shared::exit::usage("--parallel must be at least 1"));
+    }
+    let security = match args.ingest_run_as.as_str() {
+        "root" => WorkerSecurity::reader(),
+        uid => WorkerSecurity::non_root(
+            uid.parse().map_err(|_| {
+                cairn_shared::exit::usage(format!("--ingest-run-as {uid:?}: root or a uid"))
+            })?,
+            args.ingest_fs_group,
+        ),
+    };
+    if !matches!(
+        args.clone_access_mode.as_str(),
+        "ReadWriteOnce" | "ReadOnlyMany" | "ReadWriteOncePod"
+    ) {
+        return Err(cairn_shared::exit::usage(format!(
+            "--clone-access-mode {:?}: ReadWriteOnce, ReadOnlyMany or ReadWriteOncePod",
+            args.clone_access_mode
+        )));
+    }
+    let ns_filter = NamespaceFilter::new(&args.namespaces, &args.exclude_namespaces)?;
+    let client = args.kube.client().await.context("connecting to the cluster")?;
+    // The ingest pods get the same repository and write key: open it here first, so a bad
+    // credential fails once, not once per PVC.
+    let repository = repo.open(Need::Write).await.context("opening the repository")?;
+    let write_key = repository.write_key().to_text();
+    let mut secret_data = BTreeMap::from([
+        ("CAIRN_REPO".to_string(), repo.url()?.to_string()),
+        ("CAIRN_WRITE_KEY".to_string(), write_key),
+    ]);
+    for name in &args.pass_env {
+        if let Ok(v) = std::env::var(name) {
+            secret_data.insert(name.clone(), v);
+        }
+    }
+    let max_age =
+        args.snapshot_timeout + args.job_timeout + args.pending_timeout + args.cleanup_timeout;
+    let owner = TempOwner::new(COMPONENT, &args.instance, max_age);
+    summary.run = owner.run.clone();
+    tracing::info!(run = %owner.run, instance = %args.instance, mode = ?args.mode, "pvc ingest run starting");
+
+    if args.mode == Mode::Snapshot && !volsnap::served(&client).await? {
+        return Err(cairn_shared::exit::usage(
+            "the cluster does not serve snapshot.storage.k8s.io/v1: install the CSI snapshot \
+             CRDs and controller, or use --mode live",
+        ));
+    }
+    let pvcs = select_pvcs(&client, args, &ns_filter, summary).await?;
+    if args.dry_run {
+        for p in &pvcs {
+            println!("would back up {}", pvc_key(p));
+        }
+        return Ok(());
+    }
+    let lock_name = args.labels.lock_source(&format!("pvc-ingest/{}", args.instance));
+    let lock = Lock::acquire(
+        &repository,
+        LockKind::Source(lock_name.clone()),
+        &args.lock.options("pvc ingest run"),
+    )
+    .await
+    .with_context(|| format!("locking {lock_name}"))?;
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        args: RunArgsView {
+            mode: args.mode,
+            cluster: args.labels.cluster.clone(),
+            tags: args.labels.tags.clone(),
+            image: args.ingest_image.clone(),
+            command: args.ingest_command.clone(),
+            pull_policy: args.image_pull_policy.clone(),
+            service_account: args.ingest_service_account.clone(),
+            security,
+            resources: resources(&args.ingest_cpu, &args.ingest_memory),
+            clone_access_mode: args.clone_access_mode.clone(),
+            snapshot_timeout: args.snapshot_timeout,
+            job_timeout: args.job_timeout,
+            pending_timeout: args.pending_timeout,
+            cleanup_timeout: args.cleanup_timeout,
+            poll: args.poll,
+            lock_lease: args.lock.lock_lease,
+            ingest_lock_wait: args.ingest_lock_wait,
+        },
+        owner,
+        secret_data,
+        live: Mutex::new(Vec::new()),
+        cleanup_errors: Mutex::new(Vec::new()),
+    });
+    let result = run_locked(&ctx, args, &ns_filter, pvcs, summary).await;
+    summary.cleanup_errors = ctx.cleanup_errors.lock().clone();
+    let released = lock.release().await;
+    result?;
+    released.context("releasing the run lock")?;
+    Ok(())
+}
+
+async fn run_locked(
+    ctx: &Arc<Ctx>,
+    args: &RunArgs,
+    ns_filter: &NamespaceFilter,
+    pvcs: Vec<PersistentVolumeClaim>,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    // We hold the instance lock: whatever another run of this instance left is garbage.
+    sweep(ctx, ns_filter, &mut summary.swept).await.context("sweeping leftovers")?;
+    let work = futures::stream::iter(pvcs.into_iter().map(|pvc| {
+        let ctx = ctx.clone();
+        async move { backup_one(&ctx, pvc).await }
+    }))
+    .buffer_unordered(args.parallel)
+    .collect::<Vec<PvcResult>>();
+    let results = tokio::select! {
+        r = work => r,
+        sig = shutdown_signal() => {
+            tracing::warn!(signal = sig, "cancelled: cleaning up temporary objects");
+            cleanup_all(ctx).await;
+            return Err(anyhow::anyhow!("cancelled by {sig}; temporary objects cleaned up"));
+        }
+    };
+    cleanup_all(ctx).await;
+    let mut results = results;
+    results.sort_by(|a, b| a.pvc.cmp(&b.pvc));
+    summary.succeeded = results.iter().filter(|r| r.ok).count();
+    summary.failed = results.len() - summary.succeeded;
+    summary.bytes = results.iter().map(|r| r.bytes).sum();
+    summary.new_bytes = results.iter().map(|r| r.new_bytes).sum();
+    summary.pvcs = results;
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+fn resources(cpu: &str, memory: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), Quantity(memory.to_string()))])),
+        ..Default::default()
+    }
+}
+
+fn pvc_key(p: &PersistentVolumeClaim) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Namespace globs, include and exclude.
+pub struct NamespaceFilter {
+    include: Option<globset::GlobSet>,
+    exclude: globset::GlobSet,
+    /// Every include is a plain name: list namespace by namespace.
+    plain: Option<Vec<String>>,
+}
+
+impl NamespaceFilter {
+    pub fn new(include: &[String], exclude: &[String]) -> anyhow::Result<NamespaceFilter> {
+        let build = |pats: &[String]| -> anyhow::Result<globset::GlobSet> {
+            let mut b = globset::GlobSetBuilder::new();
+            for p in pats {
+                b.add(globset::Glob::new(p).map_err(|e| {
+                    cairn_shared::exit::usage(format!("namespace pattern {p:?}: {e}"))
+                })?);
+            }
+            Ok(b.build()?)
+        };
+        let plain = (!include.is_empty()
+            && include.iter().all(|p| !p.contains(['*', '?', '[', '{'])))
+        .then(|| include.to_vec());
+        Ok(NamespaceFilter {
+            include: (!include.is_empty()).then(|| build(include)).transpose()?,
+            exclude: build(exclude)?,
+            plain,
+        })
+    }
+
+    pub fn matches(&self, ns: &str) -> bool {
+        self.include.as_ref().is_none_or(|g| g.is_match(ns)) && !self.exclude.is_match(ns)
+    }
+
+    /// Namespaces to list in one by one, or `None` for a cluster-wide list.
+    pub fn plain(&self) -> Option<Vec<String>> {
+        self.plain.as_ref().map(|v| v.iter().filter(|n| self.matches(n)).cloned().collect())
+    }
+}
+
+/// The PVCs to back up: in the selected namespaces, matching the selector, bound, not our
+/// own clones, and opted in (or not opted out).
+async fn select_pvcs(
+    client: &kube::Client,
+    args: &RunArgs,
+    ns_filter: &NamespaceFilter,
+    summary: &mut Summary,
+) -> anyhow::Result<Vec<PersistentVolumeClaim>> {
+    let mut lp = ListParams::default().limit(500);
+    if let Some(s) = &args.selector {
+        lp = lp.labels(s);
+    }
+    let apis: Vec<Api<PersistentVolumeClaim>> = match ns_filter.plain() {
+        Some(names) => names.iter().map(|n| Api::namespaced(client.clone(), n)).collect(),
+        None => vec![Api::all(client.clone())],
+    };
+    let mut out = Vec::new();
+    for api in apis {
+        for pvc in list_all(&api, &lp, "PersistentVolumeClaims").await? {
+            let key = pvc_key(&pvc);
+            let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+            if !ns_filter.matches(&ns) {
+                continue;
+            }
+            let labels = pvc.metadata.labels.clone().unwrap_or_default();
+            if labels.get(temp::MANAGED_BY).is_some_and(|v| v == temp::MANAGED_BY_VALUE) {
+                continue;
+            }
+            let enabled = pvc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ENABLED_ANNOTATION))
+                .map(String::as_str);
+            match enabled {
+                Some("false") => {
+                    summary.skipped.push(format!("{key}: {ENABLED_ANNOTATION}=false"));
+                    continue;
+                }
+                Some("true") => {}
+                _ if args.opt_in => continue,
+                _ => {}
+            }
+            let phase = pvc.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+            if phase != "Bound" {
+                summary.skipped.push(format!("{key}: not bound (phase {phase:?})"));
+                continue;
+            }
+            out.push(pvc);
+        }
+    }
+    out.sort_by_key(pvc_key);
+    tracing::info!(pvcs = out.len(), skipped = summary.skipped.len(), "PVCs selected");
+    Ok(out)
+}
+
+/// Every page of a list.
+async fn list_all<K>(api: &Api<K>, lp: &ListParams, what: &str) -> anyhow::Result<Vec<K>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut lp = lp.clone();
+    let mut out = Vec::new();
+    loop {
+        let page = api.list(&lp).await.map_err(|e| classify(&format!("listing {what}"), e))?;
+        out.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => lp = lp.continue_token(&c),
+            None => return Ok(out),
+        }
+    }
+}
+
+async fn sweep(ctx: &Ctx, ns_filter: &NamespaceFilter, swept: &mut Swept) -> anyhow::Result<()> {
+    let client = &ctx.client;
+    let namespaces = ns_filter.plain();
+    macro_rules! apis {
+        ($make_ns:expr, $make_all:expr) => {
+            match &namespaces {
+                Some(names) => names.iter().map(|n| $make_ns(n)).collect::<Vec<_>>(),
+                None => vec![$make_all],
+            }
+        };
+    }
+    let jobs: Vec<Api<Job>> =
+        apis!(|n: &String| Api::namespaced(client.clone(), n), Api::all(client.clone()));
+    temp::sweep("Job", &jobs, &ctx.owner, true, swept).await?;
+    let claims: Vec<Api<PersistentVolumeClaim>> =
+        apis!(|n: &String| Api::namespaced(client.clone(), n), Api::all(client.clone()));
+    temp::sweep("PersistentVolumeClaim", &claims, &ctx.owner, true, swept).await?;
+    if ctx.args.mode == Mode::Snapshot {
+        let ar = volsnap::snapshot_resource();
+        let snaps: Vec<Api<kube::core::DynamicObject>> = apis!(
+            |n: &String| Api::namespaced_with(client.clone(), n, &ar),
+            Api::all_with(client.clone(), &ar)
+        );
+        temp::sweep("VolumeSnapshot", &snaps, &ctx.owner, true, swept).await?;
+    }
+    Ok(())
+}
+
+/// Back up one PVC; never fails the run: the result says how it went.
+async fn backup_one(ctx: &Ctx, pvc: PersistentVolumeClaim) -> PvcResult {
+    let started = Instant::now();
+    let key = pvc_key(&pvc);
+    let mut result = PvcResult {
+        pvc: key.clone(),
+        ok: false,
+        exit_code: Exit::Retryable.code(),
+        snapshot: None,
+        files: 0,
+        bytes: 0,
+        new_bytes: 0,
+        files_read: 0,
+        volume_snapshot_class: None,
+        duration_ms: 0,
+        error: None,
+    };
+    let mut mine = Vec::new();
+    let outcome = backup_one_inner(ctx, &pvc, &mut result, &mut mine).await;
+    cleanup(ctx, &mine).await;
+    match outcome {
+        Ok(report) => {
+            result.exit_code = report.exit_code;
+            result.ok = report.exit_code == Exit::Success.code()
+                || report.exit_code == Exit::Partial.code();
+            result.snapshot = report.snapshot;
+            result.files = report.files;
+            result.bytes = report.bytes;
+            result.new_bytes = report.new_bytes;
+            result.files_read = report.files_read;
+            if !result.ok {
+                result.error =
+                    Some(report.error.unwrap_or_else(|| format!("ingest exited {}", report.exit)));
+            } else if report.partial {
+                result.error = None;
+                tracing::warn!(pvc = %key, failures = report.failures.len(), "snapshot saved, some files unreadable");
+            }
+        }
+        Err(e) => {
+            let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            tracing::error!(pvc = %key, "{line}");
+            result.exit_code = Exit::from_error(&e).code();
+            result.error = Some(line);
+        }
+    }
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(pvc = %key, ok = result.ok, exit_code = result.exit_code, "PVC done");
+    result
+}
+
+async fn backup_one_inner(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    result: &mut PvcResult,
+    mine: &mut Vec<TempObject>,
+) -> anyhow::Result<IngestReport> {
+    let a = &ctx.args;
+    let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+    let name = pvc.metadata.name.clone().unwrap_or_default();
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let block = spec.volume_mode.as_deref() == Some("Block");
+    let run = &ctx.owner.run;
+    let labels = ctx.owner.labels();
+    let annotations = ctx.owner.annotations();
+    let mut meta = pvc_meta(pvc, a.mode);
+
+    let (claim, node) = match a.mode {
+        Mode::Snapshot => {
+            let (driver, sc) = driver_of(&ctx.client, pvc).await?;
+            let requested =
+                pvc.metadata.annotations.as_ref().and_then(|m| m.get(volsnap::CLASS_ANNOTATION));
+            let class = volsnap::choose_class(&ctx.client, &driver, requested.map(String::as_str))
+                .await
+                .with_context(|| format!("choosing a VolumeSnapshotClass for {ns}/{name}"))?;
+            result.volume_snapshot_class = Some(class.clone());
+            let snap = object_name("cairn", &name, run, 63);
+            track(ctx, mine, TempObject::Snapshot(ns.clone(), snap.clone()));
+            volsnap::create(&ctx.client, &ns, &snap, &name, &class, &labels, &annotations).await?;
+            tracing::info!(pvc = %format!("{ns}/{name}"), snapshot = %snap, class = %class, "VolumeSnapshot created");
+            let ready =
+                volsnap::wait_ready(&ctx.client, &ns, &snap, a.snapshot_timeout, a.poll).await?;
+            tracing::info!(snapshot = %snap, waited_ms = ready.waited.as_millis() as u64, restore_size = ?ready.restore_size, "VolumeSnapshot ready");
+            meta["volumeSnapshot"] = json!({
+                "class": class, "driver": driver, "restoreSize": ready.restore_size,
+                "readyAfterMs": ready.waited.as_millis() as u64,
+            });
+            let access = clone_access_mode(pvc, sc.as_ref(), &a.clone_access_mode);
+            let size = larger_size(ready.restore_size.as_deref(), requested_size(pvc).as_deref());
+            let clone = object_name("cairn-clone", &name, run, 63);
+            (Some((clone, snap, access, size)), None)
+        }
+        Mode::Live => (None, consumer_node(&ctx.client, &ns, &name).await?),
+    };
+
+    let job_name = object_name("cairn-ingest", &name, run, 63);
+    let mut env = vec![
+        ("CAIRN_PVC".to_string(), format!("{ns}/{name}")),
+        ("CAIRN_PVC_META".to_string(), meta.to_string()),
+        ("CAIRN_LOG_FORMAT".to_string(), "json".to_string()),
+        ("CAIRN_LOCK_WAIT".to_string(), humantime::format_duration(a.ingest_lock_wait).to_string()),
+        ("CAIRN_LOCK_LEASE".to_string(), humantime::format_duration(a.lock_lease).to_string()),
+    ];
+    if let Some(c) = &a.cluster {
+        env.push(("CAIRN_CLUSTER".into(), c.clone()));
+    }
+    if block {
+        env.push(("CAIRN_INGEST_DEVICE".into(), DEVICE_PATH.into()));
+    } else {
+        env.push(("CAIRN_INGEST_PATH".into(), VOLUME_PATH.into()));
+    }
+    let mut command = vec![a.command.clone(), "ingest".to_string()];
+    for (k, v) in &a.tags {
+        command.push(format!("--tag={k}={v}"));
+    }
+    let worker = WorkerJob {
+        namespace: ns.clone(),
+        name: job_name.clone(),
+        labels: labels.clone(),
+        annotations: annotations.clone(),
+        image: a.image.clone(),
+        image_pull_policy: a.pull_policy.clone(),
+        command,
+        env,
+        env_secret: Some(job_name.clone()),
+        volume: Some(WorkerVolume {
+            claim: claim.as_ref().map_or(name.clone(), |c| c.0.clone()),
+            read_only: true,
+            block,
+        }),
+        security: a.security.clone(),
+        resources: Some(a.resources.clone()),
+        service_account: a.service_account.clone(),
+        node,
+        active_deadline: a.job_timeout,
+    };
+    track(ctx, mine, TempObject::Job(ns.clone(), job_name.clone()));
+    let job = worker.create(&ctx.client).await?;
+    let owner_ref = podjob::owned_by(&job)?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(job_name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations.clone()),
+            owner_references: Some(vec![owner_ref.clone()]),
+            ..Default::default()
+        },
+        string_data: Some(ctx.secret_data.clone()),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .map_err(|e| classify(&format!("creating Secret {ns}/{job_name}"), e))?;
+    if let Some((clone, snap, access, size)) = &claim {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        let body: PersistentVolumeClaim = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": clone, "namespace": ns, "labels": labels, "annotations": annotations,
+                "ownerReferences": [owner_ref],
+            },
+            "spec": {
+                "storageClassName": spec.storage_class_name,
+                "accessModes": [access],
+                "volumeMode": spec.volume_mode.clone().unwrap_or_else(|| "Filesystem".into()),
+                "resources": { "requests": { "storage": size } },
+                "dataSource": { "apiGroup": volsnap::GROUP, "kind": "VolumeSnapshot", "name": snap },
+            },
+        }))?;
+        track(ctx, mine, TempObject::Claim(ns.clone(), clone.clone()));
+        claims
+            .create(&PostParams::default(), &body)
+            .await
+            .map_err(|e| classify(&format!("creating PVC {ns}/{clone} from the snapshot"), e))?;
+    }
+    podjob::resume(&ctx.client, &ns, &job_name).await?;
+    tracing::info!(job = %format!("{ns}/{job_name}"), "ingest Job started");
+    let wait =
+        WaitOptions { timeout: a.job_timeout, pending_timeout: a.pending_timeout, poll: a.poll };
+    let outcome = podjob::wait(&ctx.client, &ns, &job_name, wait).await?;
+    let report = outcome
+        .message
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<IngestReport>(m.trim()).ok());
+    match (outcome.succeeded, report) {
+        (_, Some(report)) => Ok(report),
+        (true, None) => {
+            Err(anyhow::anyhow!("ingest Job {ns}/{job_name} succeeded without a summary"))
+        }
+        (false, None) => {
+            let why = outcome.reason.unwrap_or_else(|| "failed".into());
+            let tail = outcome.message.map(|m| format!("; log: {}", m.trim())).unwrap_or_default();
+            let exit = outcome.exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default();
+            Err(anyhow::anyhow!("{why}{exit}{tail}"))
+        }
+    }
+}
+
+fn track(ctx: &Ctx, mine: &mut Vec<TempObject>, obj: TempObject) {
+    ctx.live.lock().push(obj.clone());
+    mine.push(obj);
+}
+
+/// Delete `objs` (a PVC's temporaries) within the cleanup deadline; failures are recorded
+/// (the objects carry an expiry: the next run sweeps them).
+async fn cleanup(ctx: &Ctx, objs: &[TempObject]) {
+    let work = async {
+        // The Job first: its pod lets go of the clone, and it takes the Secret with it.
+        for obj in objs.iter().rev() {
+            let res = match obj {
+                TempObject::Job(ns, n) => podjob::delete_job(&ctx.client, ns, n).await,
+                TempObject::Claim(ns, n) => delete_claim(&ctx.client, ns, n).await,
+                TempObject::Snapshot(ns, n) => volsnap::delete(&ctx.client, ns, n).await,
+            };
+            match res {
+                Ok(()) => ctx.live.lock().retain(|o| o != obj),
+                Err(e) => ctx.cleanup_errors.lock().push(e.to_string()),
+            }
+        }
+    };
+    if tokio::time::timeout(ctx.args.cleanup_timeout, work).await.is_err() {
+        ctx.cleanup_errors.lock().push(format!(
+            "cleanup did not finish within {}",
+            humantime::format_duration(ctx.args.cleanup_timeout)
+        ));
+    }
+}
+
+async fn cleanup_all(ctx: &Ctx) {
+    let objs = ctx.live.lock().clone();
+    if !objs.is_empty() {
+        cleanup(ctx, &objs).await;
+    }
+}
+
+async fn delete_claim(client: &kube::Client, ns: &str, name: &str) -> cairn_shared::Result<()> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if status_code(&e) == Some(404) => Ok(()),
+        Err(e) => Err(classify(&format!("deleting PVC {ns}/{name}"), e)),
+    }
+}
+
+/// The CSI driver of a PVC: its StorageClass's provisioner, else its bound PV's driver.
+async fn driver_of(
+    client: &kube::Client,
+    pvc: &PersistentVolumeClaim,
+) -> anyhow::Result<(String, Option<StorageClass>)> {
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let mut sc = None;
+    if let Some(class) = spec.storage_class_name.as_deref().filter(|c| !c.is_empty()) {
+        let api: Api<StorageClass> = Api::all(client.clone());
+        match api.get_opt(class).await {
+            Ok(Some(found)) => sc = Some(found),
+            Ok(None) => {}
+            Err(e) => return Err(classify(&format!("reading StorageClass {class}"), e).into()),
+        }
+    }
+    if let Some(volume) = spec.volume_name.as_deref().filter(|v| !v.is_empty()) {
+        let api: Api<PersistentVolume> = Api::all(client.clone());
+        let pv = api
+            .get_opt(volume)
+            .await
+            .map_err(|e| classify(&format!("reading PersistentVolume {volume}"), e))?;
+        if let Some(driver) = pv.and_then(|pv| pv.spec).and_then(|s| s.csi).map(|c| c.driver) {
+            return Ok((driver, sc));
+        }
+    }
+    match &sc {
+        Some(s) => Ok((s.provisioner.clone(), sc)),
+        None => Err(cairn_shared::exit::usage(format!(
+            "{}: neither a StorageClass nor a CSI PersistentVolume names its driver (use --mode live)",
+            pvc_key(pvc)
+        ))),
+    }
+}
+
+fn clone_access_mode(
+    pvc: &PersistentVolumeClaim,
+    sc: Option<&StorageClass>,
+    default: &str,
+) -> String {
+    let from = |m: Option<&BTreeMap<String, String>>| {
+        m.and_then(|a| a.get(CLONE_ACCESS_ANNOTATION)).cloned()
+    };
+    from(pvc.metadata.annotations.as_ref())
+        .or_else(|| from(sc.and_then(|s| s.metadata.annotations.as_ref())))
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn requested_size(pvc: &PersistentVolumeClaim) -> Option<String> {
+    pvc.spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map(|q| q.0.clone())
+}
+
+/// The larger of two quantities (a clone must hold the snapshot and satisfy the class).
+fn larger_size(a: Option<&str>, b: Option<&str>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            if quantity_bytes(a).unwrap_or(0) >= quantity_bytes(b).unwrap_or(0) { a } else { b }
+                .to_string()
+        }
+        (Some(x), None) | (None, Some(x)) => x.to_string(),
+        (None, None) => "1Gi".to_string(),
+    }
+}
+
+/// Bytes of a Kubernetes quantity (`10Gi`, `500M`, `1e9`, `1073741824`).
+pub fn quantity_bytes(q: &str) -> Option<u128> {
+    let q = q.trim();
+    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some((n * mult).ceil() as u128)
+}
+
+/// The node a live volume's consumer runs on (RWO volumes attach to one node).
+async fn consumer_node(
+    client: &kube::Client,
+    ns: &str,
+    claim: &str,
+) -> anyhow::Result<Option<String>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pods = list_all(&api, &ListParams::default().limit(500), "Pods").await?;
+    Ok(pods
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter(|p| {
+            p.spec.as_ref().is_some_and(|s| {
+                s.volumes.iter().flatten().any(|v| {
+                    v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == claim)
+                })
+            })
+        })
+        .find_map(|p| p.spec.and_then(|s| s.node_name)))
+}
+
+/// What the snapshot records about the PVC, so that a restore can recreate it.
+fn pvc_meta(pvc: &PersistentVolumeClaim, mode: Mode) -> Value {
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let labels: BTreeMap<String, String> = pvc.metadata.labels.clone().unwrap_or_default();
+    json!({
+        "pvc": {
+            "namespace": pvc.metadata.namespace,
+            "name": pvc.metadata.name,
+            "uid": pvc.metadata.uid,
+            "storageClassName": spec.storage_class_name,
+            "accessModes": spec.access_modes,
+            "volumeMode": spec.volume_mode.unwrap_or_else(|| "Filesystem".into()),
+            "size": requested_size(pvc),
+            "capacity": pvc.status.as_ref().and_then(|s| s.capacity.as_ref()).and_then(|c| c.get("storage")).map(|q| q.0.clone()),
+            "labels": labels,
+            "volumeName": spec.volume_name,
+        },
+        "mode": mode,
+        "consistency": match mode {
+            Mode::Snapshot => "crash-consistent (CSI snapshot)",
+            Mode::Live => "none: read from the live volume while in use",
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_compare_in_bytes() {
+        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+        assert_eq!(quantity_bytes("1e3"), Some(1000));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("12"), Some(12));
+        assert_eq!(quantity_bytes("x"), None);
+        assert_eq!(larger_size(Some("1G"), Some("1Gi")), "1Gi");
+        assert_eq!(larger_size(Some("2Gi"), Some("1Gi")), "2Gi");
+        assert_eq!(larger_size(None, Some("5Gi")), "5Gi");
+    }
+
+    #[test]
+    fn namespace_filters_list_plain_names_one_by_one() {
+        let f = NamespaceFilter::new(&["prod".into(), "stage".into()], &["stage".into()]).unwrap();
+        assert_eq!(f.plain(), Some(vec!["prod".to_string()]));
+        assert!(f.matches("prod") && !f.matches("stage") && !f.matches("dev"));
+        let g = NamespaceFilter::new(&["team-*".into()], &[]).unwrap();
+        assert_eq!(g.plain(), None);
+        assert!(g.matches("team-a") && !g.matches("prod"));
+        let all = NamespaceFilter::new(&[], &["kube-*".into()]).unwrap();
+        assert!(all.matches("x") && !all.matches("kube-system"));
+    }
+}

@@ -1,0 +1,478 @@
+//! `cairn-restore pvc`: write a snapshot back into a PVC. The restore (a one-off Job, or an
+//! operator's shell) creates the PVC from the spec the snapshot recorded (StorageClass and
+//! size overridable, new name or namespace allowed) or takes an existing one
+//! (`--existing overwrite|merge`), then runs a writer Job that mounts it read-write and
+//! restores with ownership and permissions; its exit code is the restore's.
+//!
+//! `cairn-restore pvc-writer` is what runs inside that Job's pod.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cairn_shared::config::{Need, RepoArgs, parse_duration};
+use cairn_shared::fs::{RestoreOptions, restore, write_file_to};
+use cairn_shared::k8s::podjob::{
+    self, DEVICE_PATH, TERMINATION_LOG, VOLUME_PATH, WaitOptions, WorkerJob, WorkerSecurity,
+    WorkerVolume, write_termination_message,
+};
+use cairn_shared::k8s::temp::{TempOwner, object_name};
+use cairn_shared::k8s::{KubeArgs, classify};
+use cairn_shared::progress::human_bytes;
+use cairn_shared::repo::NodeKind;
+use cairn_shared::{Error, Exit};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The file a block volume's snapshot holds (as `cairn-pvc-ingest` stores it).
+pub const BLOCK_FILE: &str = "volume.img";
+pub const COMPONENT: &str = "pvc-restore";
+/// Labels a restored PVC with the snapshot it came from.
+pub const RESTORED_FROM: &str = "backup.cairn.dev/restored-from";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Existing {
+    /// The PVC must not exist (it is created).
+    Fail,
+    /// Empty the existing volume, then restore.
+    Overwrite,
+    /// Restore over what the volume holds; files not in the snapshot stay.
+    Merge,
+}
+
+impl Existing {
+    fn as_str(self) -> &'static str {
+        match self {
+            Existing::Fail => "fail",
+            Existing::Overwrite => "overwrite",
+            Existing::Merge => "merge",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PvcArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Snapshot id, unique prefix, or `latest` (of --source).
+    #[arg(long, env = "CAIRN_SNAPSHOT", default_value = "latest")]
+    pub snapshot: String,
+    /// Source of the snapshot, e.g. pvc/prod/data (needed with `latest`).
+    #[arg(long, env = "CAIRN_SOURCE")]
+    pub source: Option<String>,
+    /// Only this path of the snapshot (restored at the volume's root).
+    #[arg(long, env = "CAIRN_PATH", default_value = "")]
+    pub path: String,
+    /// Namespace of the target PVC (default: the recorded one).
+    #[arg(long = "target-namespace", env = "CAIRN_TARGET_NAMESPACE")]
+    pub target_namespace: Option<String>,
+    /// Name of the target PVC (default: the recorded one).
+    #[arg(long = "target-name", env = "CAIRN_TARGET_NAME")]
+    pub target_name: Option<String>,
+    /// StorageClass of a new PVC (default: the recorded one).
+    #[arg(long, env = "CAIRN_STORAGE_CLASS")]
+    pub storage_class: Option<String>,
+    /// Size of a new PVC (default: the recorded request; at least the data's size).
+    #[arg(long, env = "CAIRN_SIZE")]
+    pub size: Option<String>,
+    /// When the target PVC exists: fail, overwrite (empty it first) or merge.
+    #[arg(long, env = "CAIRN_EXISTING", value_enum, default_value = "fail")]
+    pub existing: Existing,
+    /// Image of the writer pod (this binary's image).
+    #[arg(long, env = "CAIRN_WRITER_IMAGE")]
+    pub writer_image: String,
+    /// The restore binary inside that image.
+    #[arg(long, env = "CAIRN_WRITER_COMMAND", default_value = "/usr/local/bin/cairn-restore")]
+    pub writer_command: String,
+    #[arg(long, env = "CAIRN_IMAGE_PULL_POLICY")]
+    pub image_pull_policy: Option<String>,
+    /// ServiceAccount of the writer pod (its token is not mounted).
+    #[arg(long, env = "CAIRN_WRITER_SERVICE_ACCOUNT")]
+    pub writer_service_account: Option<String>,
+    #[arg(long, env = "CAIRN_JOB_TIMEOUT", default_value = "6h", value_parser = parse_duration)]
+    pub job_timeout: Duration,
+    #[arg(long, env = "CAIRN_PENDING_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub pending_timeout: Duration,
+    #[arg(long, env = "CAIRN_CLEANUP_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub cleanup_timeout: Duration,
+    #[arg(long, env = "CAIRN_POLL", default_value = "2s", value_parser = parse_duration)]
+    pub poll: Duration,
+    /// Environment variables copied into the writer's credentials Secret when set.
+    #[arg(
+        long = "pass-env",
+        env = "CAIRN_PASS_ENV",
+        value_delimiter = ',',
+        default_value = "AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,AWS_SESSION_TOKEN,AWS_REGION,AWS_DEFAULT_REGION,AWS_ENDPOINT_URL,AWS_ALLOW_HTTP,AZURE_STORAGE_ACCOUNT_NAME,AZURE_STORAGE_ACCOUNT_KEY,AZURE_STORAGE_SAS_KEY,GOOGLE_SERVICE_ACCOUNT_KEY,CAIRN_STORE_TIMEOUT"
+    )]
+    pub pass_env: Vec<String>,
+}
+
+/// Inside the writer pod.
+#[derive(Debug, clap::Args)]
+pub struct WriterArgs {
+    /// Full snapshot id.
+    #[arg(long, env = "CAIRN_SNAPSHOT")]
+    pub snapshot: String,
+    #[arg(long, env = "CAIRN_PATH", default_value = "")]
+    pub path: String,
+    /// The mounted volume.
+    #[arg(
+        long,
+        env = "CAIRN_WRITER_TARGET",
+        conflicts_with = "device",
+        required_unless_present = "device"
+    )]
+    pub target: Option<PathBuf>,
+    /// A raw block device (the snapshot's volume.img is written to it).
+    #[arg(long, env = "CAIRN_WRITER_DEVICE")]
+    pub device: Option<PathBuf>,
+    #[arg(long, env = "CAIRN_EXISTING", value_enum, default_value = "fail")]
+    pub existing: Existing,
+    #[arg(long, env = "CAIRN_TERMINATION_LOG", default_value = TERMINATION_LOG)]
+    pub termination_log: PathBuf,
+}
+
+/// The writer's report (termination message), and the restore's summary.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct PvcSummary {
+    pub exit: String,
+    pub exit_code: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<String>,
+    #[serde(default)]
+    pub created_pvc: bool,
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub async fn run(repo: &RepoArgs, args: &PvcArgs, json: bool) -> Exit {
+    let started = Instant::now();
+    let mut summary = PvcSummary::default();
+    let result = restore_pvc(repo, args, &mut summary).await;
+    finish("cairn-restore pvc", result, &mut summary, started);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    } else if summary.exit_code == 0 {
+        println!(
+            "restored snapshot {} into PVC {}{}: {} files, {}",
+            summary.snapshot.as_deref().map_or("", |s| &s[..8]),
+            summary.pvc.as_deref().unwrap_or_default(),
+            if summary.created_pvc { " (created)" } else { "" },
+            summary.files,
+            human_bytes(summary.bytes)
+        );
+    }
+    Exit::from_code(summary.exit_code)
+}
+
+fn finish(prog: &str, result: anyhow::Result<()>, s: &mut PvcSummary, started: Instant) {
+    let (exit, error) = match result {
+        // The writer's own exit code, when it reported one.
+        Ok(()) => (Exit::from_code(s.exit_code), s.error.clone()),
+        Err(e) => {
+            let (exit, line) = cairn_shared::exit::report_failure(prog, &e);
+            (exit, Some(line))
+        }
+    };
+    s.exit = exit.as_str().into();
+    s.exit_code = exit.code();
+    s.error = error;
+    s.duration_ms = started.elapsed().as_millis() as u64;
+}
+
+async fn restore_pvc(
+    repo: &RepoArgs,
+    args: &PvcArgs,
+    summary: &mut PvcSummary,
+) -> anyhow::Result<()> {
+    let repository = repo.open(Need::Read).await.context("opening the repository")?;
+    let snap = repository.find_snapshot(&args.snapshot, args.source.as_deref()).await?;
+    summary.snapshot = Some(snap.id.to_hex());
+    let node = repository.lookup(&snap.snapshot, &args.path).await?;
+    let recorded = snap.snapshot.meta.get("pvc").cloned().unwrap_or(Value::Null);
+    let str_of = |k: &str| recorded[k].as_str().map(String::from);
+    let ns = args.target_namespace.clone().or_else(|| str_of("namespace")).ok_or_else(|| {
+        cairn_shared::exit::usage(
+            "the snapshot records no PVC: give --target-namespace and --target-name",
+        )
+    })?;
+    let name = args.target_name.clone().or_else(|| str_of("name")).ok_or_else(|| {
+        cairn_shared::exit::usage("the snapshot records no PVC: give --target-name")
+    })?;
+    summary.pvc = Some(format!("{ns}/{name}"));
+    let block = str_of("volumeMode").as_deref() == Some("Block") && args.path.is_empty();
+    if block && node.kind != NodeKind::Dir {
+        return Err(Error::Invalid("a block snapshot restores as a whole".into()).into());
+    }
+
+    let client = args.kube.client().await.context("connecting to the cluster")?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let existing = claims
+        .get_opt(&name)
+        .await
+        .map_err(|e| classify(&format!("reading PVC {ns}/{name}"), e))?;
+    match (&existing, args.existing) {
+        (Some(_), Existing::Fail) => {
+            return Err(cairn_shared::exit::usage(format!(
+                "PVC {ns}/{name} exists: choose --existing overwrite or merge, or another --target-name"
+            )));
+        }
+        (Some(_), _) => {}
+        (None, _) => {
+            let size = args
+                .size
+                .clone()
+                .or_else(|| str_of("size"))
+                .or_else(|| str_of("capacity"))
+                .unwrap_or_else(|| format!("{}", snap.snapshot.summary.bytes.max(1 << 30)));
+            let mut spec = json!({
+                "accessModes": recorded["accessModes"].as_array().cloned().unwrap_or_else(|| vec![json!("ReadWriteOnce")]),
+                "volumeMode": if block { "Block" } else { "Filesystem" },
+                "resources": { "requests": { "storage": size } },
+            });
+            if let Some(class) = args.storage_class.clone().or_else(|| str_of("storageClassName")) {
+                spec["storageClassName"] = json!(class);
+            }
+            let mut labels: BTreeMap<String, String> =
+                serde_json::from_value(recorded["labels"].clone()).unwrap_or_default();
+            labels.insert(RESTORED_FROM.into(), snap.id.to_hex()[..16].to_string());
+            let body: PersistentVolumeClaim = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": { "name": name, "namespace": ns, "labels": labels },
+                "spec": spec,
+            }))?;
+            claims
+                .create(&PostParams::default(), &body)
+                .await
+                .map_err(|e| classify(&format!("creating PVC {ns}/{name}"), e))?;
+            summary.created_pvc = true;
+            tracing::info!(pvc = %format!("{ns}/{name}"), "PVC created from the recorded spec");
+        }
+    }
+
+    // The writer needs to read contents: it gets the identity (or passphrase) in a Secret
+    // owned by its Job, gone with it.
+    let mut secret_data = BTreeMap::from([("CAIRN_REPO".to_string(), repo.url()?.to_string())]);
+    if let Some(id) = &repo.identity {
+        let text = if id.trim_start().starts_with("AGE-SECRET-KEY-") || id.contains("-----BEGIN") {
+            id.clone()
+        } else {
+            std::fs::read_to_string(id).with_context(|| format!("reading identity {id}"))?
+        };
+        secret_data.insert("CAIRN_IDENTITY".into(), text);
+    } else if let Some(p) = passphrase(repo)? {
+        secret_data.insert("CAIRN_PASSPHRASE".into(), p);
+    }
+    for var in &args.pass_env {
+        if let Ok(v) = std::env::var(var) {
+            secret_data.insert(var.clone(), v);
+        }
+    }
+    let owner = TempOwner::new(
+        COMPONENT,
+        "restore",
+        args.job_timeout + args.pending_timeout + args.cleanup_timeout,
+    );
+    let job_name = object_name("cairn-restore", &name, &owner.run, 63);
+    let mut env = vec![
+        ("CAIRN_SNAPSHOT".to_string(), snap.id.to_hex()),
+        ("CAIRN_PATH".to_string(), args.path.clone()),
+        ("CAIRN_EXISTING".to_string(), args.existing.as_str().to_string()),
+        ("CAIRN_LOG_FORMAT".to_string(), "json".to_string()),
+    ];
+    env.push(if block {
+        ("CAIRN_WRITER_DEVICE".into(), DEVICE_PATH.into())
+    } else {
+        ("CAIRN_WRITER_TARGET".into(), VOLUME_PATH.into())
+    });
+    let worker = WorkerJob {
+        namespace: ns.clone(),
+        name: job_name.clone(),
+        labels: owner.labels(),
+        annotations: owner.annotations(),
+        image: args.writer_image.clone(),
+        image_pull_policy: args.image_pull_policy.clone(),
+        command: vec![args.writer_command.clone(), "pvc-writer".into()],
+        env,
+        env_secret: Some(job_name.clone()),
+        volume: Some(WorkerVolume { claim: name.clone(), read_only: false, block }),
+        security: WorkerSecurity::writer(),
+        resources: None,
+        service_account: args.writer_service_account.clone(),
+        node: None,
+        active_deadline: args.job_timeout,
+    };
+    let job = worker.create(&client).await?;
+    let result = async {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(job_name.clone()),
+                namespace: Some(ns.clone()),
+                labels: Some(owner.labels()),
+                owner_references: Some(vec![podjob::owned_by(&job)?]),
+                ..Default::default()
+            },
+            string_data: Some(secret_data),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|e| classify(&format!("creating Secret {ns}/{job_name}"), e))?;
+        podjob::resume(&client, &ns, &job_name).await?;
+        tracing::info!(job = %format!("{ns}/{job_name}"), "writer Job started");
+        let wait = WaitOptions {
+            timeout: args.job_timeout,
+            pending_timeout: args.pending_timeout,
+            poll: args.poll,
+        };
+        anyhow::Ok(podjob::wait(&client, &ns, &job_name, wait).await?)
+    }
+    .await;
+    let cleaned =
+        tokio::time::timeout(args.cleanup_timeout, podjob::delete_job(&client, &ns, &job_name))
+            .await;
+    if !matches!(cleaned, Ok(Ok(()))) {
+        tracing::warn!(job = %job_name, "could not delete the writer Job (it expires; sweep with its labels)");
+    }
+    let outcome = result?;
+    let report =
+        outcome.message.as_deref().and_then(|m| serde_json::from_str::<PvcSummary>(m.trim()).ok());
+    match report {
+        Some(r) => {
+            summary.exit_code = r.exit_code;
+            summary.files = r.files;
+            summary.dirs = r.dirs;
+            summary.bytes = r.bytes;
+            summary.failures = r.failures;
+            summary.error = r.error;
+            Ok(())
+        }
+        None => {
+            let why = outcome.reason.unwrap_or_else(|| "the writer ended without a report".into());
+            let tail = outcome.message.map(|m| format!("; log: {}", m.trim())).unwrap_or_default();
+            Err(Error::Retryable(format!("{why}{tail}")).into())
+        }
+    }
+}
+
+fn passphrase(repo: &RepoArgs) -> anyhow::Result<Option<String>> {
+    if let Some(f) = &repo.passphrase_file {
+        let p = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        return Ok(Some(p.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    Ok(std::env::var("CAIRN_PASSPHRASE").ok().filter(|p| !p.is_empty()))
+}
+
+/// Inside the writer pod.
+pub async fn run_writer(repo: &RepoArgs, args: &WriterArgs, json: bool) -> Exit {
+    let started = Instant::now();
+    let mut summary = PvcSummary { snapshot: Some(args.snapshot.clone()), ..Default::default() };
+    let result = write(repo, args, &mut summary).await;
+    finish("cairn-restore pvc-writer", result, &mut summary, started);
+    let value = serde_json::to_value(&summary).unwrap_or_default();
+    write_termination_message(&args.termination_log, &value);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    }
+    Exit::from_code(summary.exit_code)
+}
+
+async fn write(repo: &RepoArgs, args: &WriterArgs, summary: &mut PvcSummary) -> anyhow::Result<()> {
+    let repository = Arc::new(repo.open(Need::Read).await.context("opening the repository")?);
+    repository.load_index().await?;
+    let snap = repository.find_snapshot(&args.snapshot, None).await?;
+    if let Some(device) = &args.device {
+        let node = repository.lookup(&snap.snapshot, BLOCK_FILE).await?;
+        let handle = tokio::runtime::Handle::current();
+        let device = device.clone();
+        let repo2 = repository.clone();
+        let bytes = tokio::task::spawn_blocking(move || -> cairn_shared::Result<u64> {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&device)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", device.display())))?;
+            write_file_to(&repo2, &handle, &node, &mut out, false, |_| {})?;
+            out.sync_all()
+                .map_err(|e| Error::Retryable(format!("sync {}: {e}", device.display())))?;
+            Ok(node.size)
+        })
+        .await??;
+        summary.files = 1;
+        summary.bytes = bytes;
+        summary.exit_code = Exit::Success.code();
+        return Ok(());
+    }
+    let target = args
+        .target
+        .clone()
+        .ok_or_else(|| cairn_shared::exit::usage("give --target or --device"))?;
+    let node = repository.lookup(&snap.snapshot, &args.path).await?;
+    match args.existing {
+        Existing::Fail if !is_empty_volume(&target)? => {
+            return Err(cairn_shared::exit::usage(format!(
+                "{} is not empty (use --existing overwrite or merge)",
+                target.display()
+            )));
+        }
+        Existing::Overwrite => empty_volume(&target)?,
+        _ => {}
+    }
+    let report = restore(repository, node, &target, RestoreOptions::default()).await?;
+    summary.files = report.files;
+    summary.dirs = report.dirs;
+    summary.bytes = report.bytes;
+    summary.failures = report.failures.iter().map(|(p, e)| format!("{p}: {e}")).collect();
+    summary.exit_code = if report.integrity_failure {
+        summary.error = report.failures.first().map(|(p, e)| format!("{p}: {e}"));
+        Exit::Integrity.code()
+    } else if report.failures.is_empty() {
+        Exit::Success.code()
+    } else {
+        Exit::Partial.code()
+    };
+    Ok(())
+}
+
+/// A new volume holds nothing but perhaps `lost+found`.
+fn is_empty_volume(dir: &Path) -> anyhow::Result<bool> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        if entry?.file_name() != "lost+found" {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn empty_volume(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_name() == "lost+found" {
+            continue;
+        }
+        let path = entry.path();
+        let res = if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        res.with_context(|| format!("emptying the volume: {}", path.display()))?;
+    }
+    Ok(())
+}

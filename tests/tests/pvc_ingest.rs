@@ -1,0 +1,399 @@
+//! PVC backup and restore against the real kube-apiserver and kube-controller-manager (PV
+//! binding, Job controller, garbage collector) with the CSI snapshot CRDs installed, and the
+//! real S3 server as the repository. The snapshot controller, provisioner and kubelet are
+//! played by `cairn_tests::csi::FakeCsi` (see there): the ingest and writer pods run the
+//! real binaries on the directories backing their volumes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cairn_tests::csi::{FakeCsi, PodBehaviour, SnapshotBehaviour};
+use cairn_tests::manifests::{install_crds, kubectl, token_kubeconfig};
+use cairn_tests::repos::{self, TestRepo};
+use cairn_tests::trees::{self, TreeSpec};
+use cairn_tests::{env, kube_world, unique, workspace_bin};
+use serde_json::Value;
+
+fn s3_repo_url() -> String {
+    format!("s3://{}/{}", env("CAIRN_TEST_S3_BUCKET"), unique("pvcrepo"))
+}
+
+fn small_tree(seed: u64) -> TreeSpec {
+    TreeSpec {
+        seed,
+        depth: 2,
+        max_entries: 6,
+        max_file: 256 << 10,
+        sparse_size: 8 << 20,
+        wide: 0,
+        deep: 0,
+    }
+}
+
+/// The orchestrator as a process, as the CronJob runs it.
+fn orchestrator(
+    repo: &TestRepo,
+    kubeconfig: &str,
+    namespaces: &[&str],
+    extra: &[&str],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(workspace_bin("cairn-pvc-ingest"));
+    cmd.args(["run", "--json", "--kubeconfig", kubeconfig, "--poll", "300ms"])
+        .arg("--namespace")
+        .arg(namespaces.join(","))
+        .args(extra)
+        .env("CAIRN_REPO", &repo.url)
+        .env("CAIRN_WRITE_KEY", repo.write_key.to_text())
+        .env("CAIRN_INGEST_IMAGE", "cairn-pvc-ingest:test")
+        .env("CAIRN_CLUSTER", "test")
+        .env("CAIRN_LOG_FORMAT", "human")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn run_json(mut cmd: tokio::process::Command) -> (i32, Value) {
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .expect("run within 5 min")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {text}"));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn pvc_result<'a>(summary: &'a Value, key: &str) -> &'a Value {
+    summary["pvcs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pvc"] == key)
+        .unwrap_or_else(|| panic!("no result for {key} in {summary:#}"))
+}
+
+/// Temporary objects cairn made in `ns` that still exist (the garbage collector gets a
+/// moment to take what a deleted Job owned).
+async fn leftovers(ns: &str) -> Vec<String> {
+    let kc = env("KUBECONFIG");
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let out = kubectl(
+            &kc,
+            &[
+                "get",
+                "jobs,pods,pvc,secrets,volumesnapshots",
+                "-n",
+                ns,
+                "-l",
+                "app.kubernetes.io/managed-by=cairn",
+                "-o",
+                "name",
+            ],
+            None,
+        );
+        let left: Vec<String> = out.lines().map(String::from).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A ServiceAccount in `ns` bound to the PVC ingest ClusterRoles shipped in
+/// `k8s-manifests/base`, and a kubeconfig holding its token.
+fn shipped_rbac_kubeconfig(ns: &str, dir: &Path) -> String {
+    let kc = env("KUBECONFIG");
+    let suffix = &ns[ns.len() - 8..];
+    let rbac = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s-manifests/base/rbac-pvc-ingest.yaml"),
+    )
+    .unwrap()
+    .replace(
+        "name: cairn-pvc-ingest-cluster-reads",
+        &format!("name: cairn-pvc-ingest-cluster-reads-{suffix}"),
+    )
+    .replace("name: cairn-pvc-ingest\n", &format!("name: cairn-pvc-ingest-{suffix}\n"))
+    .replace("namespace: cairn\n", &format!("namespace: {ns}\n"));
+    let sa = format!("cairn-pvc-ingest-{suffix}");
+    kubectl(&kc, &["create", "serviceaccount", &sa, "-n", ns], None);
+    kubectl(&kc, &["apply", "-f", "-"], Some(&rbac));
+    let who = format!("system:serviceaccount:{ns}:{sa}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new(cairn_tests::bin("kubectl"))
+            .args([
+                "--kubeconfig",
+                &kc,
+                "auth",
+                "can-i",
+                "--as",
+                &who,
+                "create",
+                "volumesnapshots.snapshot.storage.k8s.io",
+                "-A",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "yes" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shipped ClusterRoleBinding never took effect");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    token_kubeconfig(ns, &sa, dir)
+}
+
+fn delete_namespaces(namespaces: &[&str]) {
+    let mut args = vec!["delete", "namespace", "--wait=false", "--ignore-not-found"];
+    args.extend(namespaces);
+    kubectl(&env("KUBECONFIG"), &args, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pvcs_back_up_incrementally_with_shipped_rbac_and_restore_byte_exact() {
+    let kc = env("KUBECONFIG");
+    install_crds(&kc);
+    let (ns_a, ns_b) = (unique("pvca"), unique("pvcb"));
+    for ns in [&ns_a, &ns_b] {
+        kubectl(&kc, &["create", "namespace", ns], None);
+    }
+    let csi = FakeCsi::start(kube_world::admin().await, &[ns_a.clone(), ns_b.clone()]).await;
+    let mut dirs = BTreeMap::new();
+    for (i, (ns, name)) in
+        [(&ns_a, "data1"), (&ns_a, "data2"), (&ns_b, "data3")].into_iter().enumerate()
+    {
+        let dir = csi.create_pvc(ns, name, &[("app", "db")], &[], false).await;
+        trees::generate(&dir, &small_tree(i as u64 + 11));
+        dirs.insert(format!("{ns}/{name}"), dir);
+    }
+    csi.create_pvc(&ns_b, "scratch", &[], &[("backup.cairn.dev/enabled", "false")], false).await;
+    let repo = repos::init(&s3_repo_url()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let sa_kc = shipped_rbac_kubeconfig(&ns_a, tmp.path());
+
+    // First run, with nothing but the shipped RBAC.
+    let (code, s) = run_json(orchestrator(&repo, &sa_kc, &[&ns_a, &ns_b], &[])).await;
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["succeeded"], 3, "{s:#}");
+    assert!(s["skipped"].to_string().contains("scratch"), "the opted-out PVC is skipped: {s:#}");
+    let full = repo.open_full().await;
+    for (key, dir) in &dirs {
+        let r = pvc_result(&s, key);
+        assert_eq!(r["ok"], true, "{r:#}");
+        assert_eq!(r["volume_snapshot_class"], csi.snapshot_class.as_str());
+        assert!(r["files_read"].as_u64().unwrap() > 0);
+        let snap = full.find_snapshot(r["snapshot"].as_str().unwrap(), None).await.unwrap();
+        assert_eq!(snap.snapshot.source, format!("pvc/{key}"));
+        assert_eq!(snap.snapshot.cluster.as_deref(), Some("test"));
+        let meta = &snap.snapshot.meta;
+        assert_eq!(meta["pvc"]["storageClassName"], csi.storage_class.as_str(), "{meta:#}");
+        assert_eq!(meta["pvc"]["labels"]["app"], "db");
+        assert_eq!(meta["volumeSnapshot"]["class"], csi.snapshot_class.as_str());
+        assert_eq!(
+            snap.snapshot.summary.files as usize,
+            trees::digest(dir).values().filter(|v| v.starts_with("file")).count()
+        );
+    }
+    for ns in [&ns_a, &ns_b] {
+        assert_eq!(leftovers(ns).await, Vec::<String>::new(), "temporary objects left in {ns}");
+    }
+
+    // Second run after changing one volume: only that volume's changed files are read.
+    let changed = trees::mutate(&dirs[&format!("{ns_a}/data1")], 5);
+    assert!(changed > 0);
+    let (code, s2) = run_json(orchestrator(&repo, &sa_kc, &[&ns_a, &ns_b], &[])).await;
+    assert_eq!(code, 0, "{s2:#}");
+    let r1 = pvc_result(&s2, &format!("{ns_a}/data1"));
+    assert!(
+        r1["files_read"].as_u64().unwrap() > 0
+            && r1["files_read"].as_u64().unwrap() < r1["files"].as_u64().unwrap(),
+        "{r1:#}"
+    );
+    for key in [format!("{ns_a}/data2"), format!("{ns_b}/data3")] {
+        let r = pvc_result(&s2, &key);
+        assert_eq!(r["files_read"], 0, "an unchanged volume is not read again: {r:#}");
+        assert!(r["new_bytes"].as_u64().unwrap() < 64 << 10, "{r:#}");
+    }
+
+    // Restore the changed volume's latest snapshot into a new PVC, byte-exact.
+    let id = repo.identity_text();
+    let out = tokio::process::Command::new(workspace_bin("cairn-restore"))
+        .args(["--json", "pvc", "--kubeconfig", &kc, "--poll", "300ms", "--source"])
+        .arg(format!("pvc/{ns_a}/data1"))
+        .args(["--target-name", "data1-restored"])
+        .env("CAIRN_REPO", &repo.url)
+        .env("CAIRN_IDENTITY", &id)
+        .env("CAIRN_WRITER_IMAGE", "cairn-restore:test")
+        .output()
+        .await
+        .unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{r:#}");
+    assert_eq!(r["created_pvc"], true);
+    let restored = csi.wait_bound(&ns_a, "data1-restored").await;
+    trees::assert_same_tree(&dirs[&format!("{ns_a}/data1")], &restored);
+    assert_eq!(leftovers(&ns_a).await, Vec::<String>::new());
+
+    // Into the same PVC again: refused unless asked to overwrite.
+    let again = |existing: &str| {
+        let mut c = tokio::process::Command::new(workspace_bin("cairn-restore"));
+        c.args(["--json", "pvc", "--kubeconfig", &kc, "--poll", "300ms", "--source"])
+            .arg(format!("pvc/{ns_a}/data2"))
+            .args([
+                "--target-name",
+                "data1-restored",
+                "--target-namespace",
+                &ns_a,
+                "--existing",
+                existing,
+            ])
+            .env("CAIRN_REPO", &repo.url)
+            .env("CAIRN_IDENTITY", &id)
+            .env("CAIRN_WRITER_IMAGE", "cairn-restore:test");
+        c
+    };
+    let refused = again("fail").output().await.unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stdout));
+    let over = again("overwrite").output().await.unwrap();
+    assert_eq!(over.status.code(), Some(0), "{}", String::from_utf8_lossy(&over.stdout));
+    trees::assert_same_tree(&dirs[&format!("{ns_a}/data2")], &restored);
+
+    csi.stop().await;
+    delete_namespaces(&[&ns_a, &ns_b]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_pvcs_are_reported_and_leave_nothing_behind() {
+    let kc = env("KUBECONFIG");
+    install_crds(&kc);
+    let ns = unique("pvcf");
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    let csi = FakeCsi::start(kube_world::admin().await, std::slice::from_ref(&ns)).await;
+    for name in ["good", "snaperr", "never", "pullfail"] {
+        let dir = csi.create_pvc(&ns, name, &[], &[], false).await;
+        std::fs::write(dir.join("f"), name).unwrap();
+    }
+    csi.set_snapshot_behaviour(
+        &ns,
+        "snaperr",
+        SnapshotBehaviour::Error("driver: snapshot quota exceeded".into()),
+    );
+    csi.set_snapshot_behaviour(&ns, "never", SnapshotBehaviour::Never);
+    csi.set_pod_behaviour(&ns, "pullfail", PodBehaviour::ImagePullFails);
+    let repo = repos::init(&s3_repo_url()).await;
+    let extra = ["--snapshot-timeout", "4s", "--parallel", "4"];
+    let (code, s) = run_json(orchestrator(&repo, &kc, &[&ns], &extra)).await;
+    assert_eq!(code, 3, "some PVCs failed, one is saved: {s:#}");
+    assert_eq!(s["succeeded"], 1);
+    assert_eq!(s["failed"], 3);
+    assert_eq!(pvc_result(&s, &format!("{ns}/good"))["ok"], true);
+    let err = |name: &str| {
+        pvc_result(&s, &format!("{ns}/{name}"))["error"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(err("snaperr").contains("snapshot quota exceeded"), "{}", err("snaperr"));
+    assert!(err("never").contains("not ready within 4s"), "{}", err("never"));
+    assert!(err("pullfail").contains("ErrImagePull"), "{}", err("pullfail"));
+    assert_eq!(leftovers(&ns).await, Vec::<String>::new());
+    // The failed PVCs have no snapshot; the good one has.
+    let snaps = repo.open_full().await.snapshots().await.unwrap();
+    let sources: Vec<&str> = snaps.iter().map(|e| e.snapshot.source.as_str()).collect();
+    assert_eq!(sources, vec![format!("pvc/{ns}/good").as_str()]);
+    csi.stop().await;
+    delete_namespaces(&[&ns]);
+}
+
+/// Wait until an ingest Job of this run exists in `ns`.
+async fn wait_for_job(ns: &str) {
+    let kc = env("KUBECONFIG");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = kubectl(
+            &kc,
+            &["get", "jobs", "-n", ns, "-l", "app.kubernetes.io/managed-by=cairn", "-o", "name"],
+            None,
+        );
+        if !out.trim().is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no ingest Job appeared in {ns}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_or_killed_orchestrator_leaks_nothing_and_the_rerun_restores_exactly() {
+    let kc = env("KUBECONFIG");
+    install_crds(&kc);
+    let ns = unique("pvck");
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    let csi = FakeCsi::start(kube_world::admin().await, std::slice::from_ref(&ns)).await;
+    let dir = csi.create_pvc(&ns, "vol", &[], &[], false).await;
+    trees::generate(&dir, &small_tree(21));
+    csi.set_pod_behaviour(&ns, "vol", PodBehaviour::RunAfter(Duration::from_secs(600)));
+    let repo = repos::init(&s3_repo_url()).await;
+    let lease = ["--lock-lease", "3s", "--lock-wait", "30s"];
+
+    // SIGTERM mid-Job: the orchestrator deletes what it made before it exits.
+    let mut child = orchestrator(&repo, &kc, &[&ns], &lease).spawn().unwrap();
+    wait_for_job(&ns).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status =
+        tokio::time::timeout(Duration::from_secs(120), child.wait()).await.unwrap().unwrap();
+    assert_ne!(status.code(), Some(0));
+    assert_eq!(leftovers(&ns).await, Vec::<String>::new(), "a cancelled run cleans up");
+
+    // SIGKILL mid-Job: its objects stay behind, labelled...
+    let mut child = orchestrator(&repo, &kc, &[&ns], &lease).spawn().unwrap();
+    wait_for_job(&ns).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let left = kubectl(
+        &kc,
+        &[
+            "get",
+            "jobs,pvc,volumesnapshots",
+            "-n",
+            &ns,
+            "-l",
+            "app.kubernetes.io/managed-by=cairn",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(
+        left.contains("job") && left.contains("volumesnapshot"),
+        "a killed run leaves its objects: {left}"
+    );
+
+    // ...and the next run (waiting out the dead run's lock) sweeps them and succeeds.
+    csi.set_pod_behaviour(&ns, "vol", PodBehaviour::Run);
+    let (code, s) = run_json(orchestrator(&repo, &kc, &[&ns], &lease)).await;
+    assert_eq!(code, 0, "{s:#}");
+    let swept = s["swept"]["objects"].to_string();
+    assert!(swept.contains("Job") && swept.contains("VolumeSnapshot"), "{s:#}");
+    assert_eq!(leftovers(&ns).await, Vec::<String>::new());
+
+    // The data restores byte-exact into a new PVC.
+    let out = tokio::process::Command::new(workspace_bin("cairn-restore"))
+        .args(["--json", "pvc", "--kubeconfig", &kc, "--poll", "300ms", "--source"])
+        .arg(format!("pvc/{ns}/vol"))
+        .args(["--target-name", "vol-copy"])
+        .env("CAIRN_REPO", &repo.url)
+        .env("CAIRN_IDENTITY", repo.identity_text())
+        .env("CAIRN_WRITER_IMAGE", "cairn-restore:test")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let restored = csi.wait_bound(&ns, "vol-copy").await;
+    trees::assert_same_tree(&dir, &restored);
+    csi.stop().await;
+    delete_namespaces(&[&ns]);
+}
