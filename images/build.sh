@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . tests/env/versions.sh
 TARGET=x86_64-unknown-linux-musl
-JOBS=(cairn cairn-etcd-snapshot cairn-manifest-export cairn-maintain cairn-restore)
+JOBS=(cairn cairn-etcd-snapshot cairn-manifest-export cairn-maintain cairn-restore cairn-pvc-ingest)
 log() { printf '[images %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 ensure_toolchain() {
