@@ -397,3 +397,72 @@ async fn a_cancelled_or_killed_orchestrator_leaks_nothing_and_the_rerun_restores
     csi.stop().await;
     delete_namespaces(&[&ns]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn block_volumes_round_trip_and_live_mode_reads_the_live_volume() {
+    use std::io::{Seek, SeekFrom, Write};
+    let kc = env("KUBECONFIG");
+    install_crds(&kc);
+    let ns = unique("pvcblk");
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    let csi = FakeCsi::start(kube_world::admin().await, std::slice::from_ref(&ns)).await;
+    let disk = csi.create_pvc(&ns, "disk", &[("kind", "block")], &[], true).await;
+    {
+        // A raw device with data in two places and holes elsewhere.
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        let data: Vec<u8> =
+            (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        f.seek(SeekFrom::Start(8 << 20)).unwrap();
+        f.write_all(&data).unwrap();
+        f.seek(SeekFrom::Start(40 << 20)).unwrap();
+        f.write_all(&data[..1 << 20]).unwrap();
+    }
+    let live = csi.create_pvc(&ns, "app", &[("kind", "live")], &[], false).await;
+    trees::generate(&live, &small_tree(31));
+    let repo = repos::init(&s3_repo_url()).await;
+
+    let (code, s) = run_json(orchestrator(&repo, &kc, &[&ns], &["-l", "kind=block"])).await;
+    assert_eq!(code, 0, "{s:#}");
+    let r = pvc_result(&s, &format!("{ns}/disk"));
+    assert_eq!(r["files"], 1, "a block volume is one file: {r:#}");
+    assert_eq!(r["bytes"], 64 << 20);
+    let full = repo.open_full().await;
+    let snap = full.find_snapshot(r["snapshot"].as_str().unwrap(), None).await.unwrap();
+    assert_eq!(snap.snapshot.meta["pvc"]["volumeMode"], "Block");
+    full.load_index().await.unwrap();
+    full.lookup(&snap.snapshot, "volume.img").await.expect("volume.img in the snapshot");
+
+    let (code, s) =
+        run_json(orchestrator(&repo, &kc, &[&ns], &["-l", "kind=live", "--mode", "live"])).await;
+    assert_eq!(code, 0, "{s:#}");
+    let r = pvc_result(&s, &format!("{ns}/app"));
+    let snap = full.find_snapshot(r["snapshot"].as_str().unwrap(), None).await.unwrap();
+    assert_eq!(snap.snapshot.meta["mode"], "live");
+    assert!(snap.snapshot.meta["consistency"].as_str().unwrap().starts_with("none"));
+    assert!(
+        kubectl(&kc, &["get", "volumesnapshots", "-n", &ns, "-o", "name"], None).trim().is_empty(),
+        "live mode cuts no snapshot"
+    );
+    assert_eq!(leftovers(&ns).await, Vec::<String>::new());
+
+    // The block snapshot restores into a new block PVC, byte for byte.
+    let out = tokio::process::Command::new(workspace_bin("cairn-restore"))
+        .args(["--json", "pvc", "--kubeconfig", &kc, "--poll", "300ms", "--source"])
+        .arg(format!("pvc/{ns}/disk"))
+        .args(["--target-name", "disk-copy"])
+        .env("CAIRN_REPO", &repo.url)
+        .env("CAIRN_IDENTITY", repo.identity_text())
+        .env("CAIRN_WRITER_IMAGE", "cairn-restore:test")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let copy = csi.wait_bound(&ns, "disk-copy").await;
+    assert!(copy.is_file(), "a block PVC was created");
+    assert!(
+        std::fs::read(&copy).unwrap() == std::fs::read(&disk).unwrap(),
+        "the device restores byte for byte"
+    );
+    csi.stop().await;
+    delete_namespaces(&[&ns]);
+}
