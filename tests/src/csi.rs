@@ -88,9 +88,11 @@ impl FakeCsi {
         }))
         .unwrap();
         vsc.create(&PostParams::default(), &obj).await.unwrap();
-        // Pods run in a private mount namespace with a tmpfs over /cairn: the mount point
-        // must exist on the host (it stays empty there).
-        std::fs::create_dir_all("/cairn").unwrap();
+        // Pods run in a private mount namespace with a tmpfs over each of POD_ROOTS: the
+        // mount points must exist on the host (they stay empty there).
+        for root in POD_ROOTS {
+            std::fs::create_dir_all(root).unwrap();
+        }
         let root = tempfile::tempdir().unwrap();
         for d in ["volumes", "snapshots", "pods"] {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
@@ -364,27 +366,40 @@ impl FakeCsi {
         let spec = pod.spec.clone().unwrap_or_default();
         let c = spec.containers[0].clone();
         let mut env: BTreeMap<String, String> = BTreeMap::new();
+        let Some(mut resolver) = self.resolver(ns, &pods, &pod).await else { return };
         for from in c.env_from.iter().flatten() {
-            if let Some(sr) = &from.secret_ref {
-                let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-                let Ok(secret) = secrets.get(&sr.name).await else {
-                    self.set_waiting(
-                        &pods,
-                        &name,
-                        "CreateContainerConfigError",
-                        "secret not found",
-                    )
-                    .await;
-                    self.started.lock().remove(pod.metadata.uid.as_deref().unwrap_or_default());
-                    return;
-                };
-                for (k, v) in secret.data.unwrap_or_default() {
-                    env.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-                }
-            }
+            let data = match (&from.secret_ref, &from.config_map_ref) {
+                (Some(sr), _) => resolver.secret(&sr.name).await,
+                (_, Some(cr)) => resolver.config_map(&cr.name).await,
+                _ => None,
+            };
+            let Some(data) = data else {
+                self.set_waiting(
+                    &pods,
+                    &name,
+                    "CreateContainerConfigError",
+                    "env source not found",
+                )
+                .await;
+                self.started.lock().remove(pod.metadata.uid.as_deref().unwrap_or_default());
+                return;
+            };
+            env.extend(data);
         }
         for e in c.env.iter().flatten() {
-            env.insert(e.name.clone(), e.value.clone().unwrap_or_default());
+            let value = match e.value_from.as_ref() {
+                Some(vf) => match (&vf.secret_key_ref, &vf.config_map_key_ref) {
+                    (Some(k), _) => {
+                        resolver.secret(&k.name).await.and_then(|d| d.get(&k.key).cloned())
+                    }
+                    (_, Some(k)) => {
+                        resolver.config_map(&k.name).await.and_then(|d| d.get(&k.key).cloned())
+                    }
+                    _ => None,
+                },
+                None => e.value.clone(),
+            };
+            env.insert(e.name.clone(), value.unwrap_or_default());
         }
         let key = env.get("CAIRN_PVC").cloned().unwrap_or_else(|| {
             let claim =
@@ -408,9 +423,13 @@ impl FakeCsi {
             }
             PodBehaviour::Run => {}
         }
-        // Volumes: claim → the directory backing its PV.
+        // Volumes: a claim is the directory backing its PV; a Secret or ConfigMap is written
+        // to files; the service account token is projected as the kubelet does.
+        let dir = self.root.path().join("pods").join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group);
         let mut binds: Vec<(PathBuf, String, bool)> = Vec::new();
-        for m in c
+        let mounts = c
             .volume_mounts
             .iter()
             .flatten()
@@ -420,39 +439,83 @@ impl FakeCsi {
                     .iter()
                     .flatten()
                     .map(|d| (d.name.clone(), d.device_path.clone(), false)),
-            )
-        {
-            let (vname, path, ro) = m;
+            );
+        for (vname, path, ro) in mounts {
             let vol =
                 spec.volumes.iter().flatten().find(|v| v.name == vname).expect("volume of a mount");
-            let claim = vol.persistent_volume_claim.as_ref().expect("only PVC volumes are played");
-            let ro = ro || claim.read_only.unwrap_or(false);
-            let mut backing = None;
-            for _ in 0..120 {
-                backing = self.backing_of_claim(ns, &claim.claim_name).await;
-                if backing.is_some() {
-                    break;
+            let source = if let Some(claim) = &vol.persistent_volume_claim {
+                let mut backing = None;
+                for _ in 0..120 {
+                    backing = self.backing_of_claim(ns, &claim.claim_name).await;
+                    if backing.is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            let Some(backing) = backing else {
-                self.set_waiting(&pods, &name, "ContainerCreating", "volume not bound").await;
+                let Some(backing) = backing else {
+                    self.set_waiting(&pods, &name, "ContainerCreating", "volume not bound").await;
+                    return;
+                };
+                binds.push((backing, path, ro || claim.read_only.unwrap_or(false)));
+                continue;
+            } else if let Some(sv) = &vol.secret {
+                resolver
+                    .secret(sv.secret_name.as_deref().unwrap_or_default())
+                    .await
+                    .map(|d| (d, sv.default_mode))
+            } else if let Some(cv) = &vol.config_map {
+                resolver.config_map(&cv.name).await.map(|d| (d, cv.default_mode))
+            } else {
+                panic!("the fake kubelet plays PVC, Secret and ConfigMap volumes only: {vname}")
+            };
+            let Some((data, mode)) = source else {
+                self.set_waiting(
+                    &pods,
+                    &name,
+                    "ContainerCreating",
+                    &format!("volume {vname} source not found"),
+                )
+                .await;
                 return;
             };
+            let vdir = dir.join("volumes").join(&vname);
+            write_files(&vdir, &data, mode.unwrap_or(0o644), fs_group);
+            binds.push((vdir, path, true));
+        }
+        if spec.automount_service_account_token != Some(false) {
+            let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+            let token = kubectl_token(ns, &sa);
+            let ca = std::fs::read(
+                Path::new(&crate::env("CAIRN_TESTENV_STATE")).join("pki/kube-ca.crt"),
+            )
+            .unwrap();
+            let data = BTreeMap::from([
+                ("token".to_string(), token),
+                ("ca.crt".to_string(), String::from_utf8(ca).unwrap()),
+                ("namespace".to_string(), ns.to_string()),
+            ]);
+            let vdir = dir.join("volumes/kube-api-access");
+            write_files(&vdir, &data, 0o644, fs_group);
+            binds.push((vdir, SA_PATH.into(), true));
+            let server = url::Url::parse(&kube_server()).unwrap();
+            env.insert("KUBERNETES_SERVICE_HOST".into(), server.host_str().unwrap().into());
+            env.insert("KUBERNETES_SERVICE_PORT".into(), server.port().unwrap().to_string());
+        }
+        for (_, path, _) in &binds {
             assert!(
-                path.starts_with("/cairn/"),
-                "the fake kubelet mounts only under /cairn: {path}"
+                POD_ROOTS.iter().any(|r| path.starts_with(&format!("{r}/"))),
+                "the fake kubelet mounts only under {POD_ROOTS:?}: {path}"
             );
-            binds.push((backing, path, ro));
         }
         let term_path = c.termination_message_path.clone().unwrap_or("/dev/termination-log".into());
         assert!(term_path.starts_with("/cairn/"), "termination log outside /cairn: {term_path}");
-        let dir = self.root.path().join("pods").join(&name);
-        std::fs::create_dir_all(&dir).unwrap();
         let host_term = dir.join("termination-log");
         std::fs::write(&host_term, b"").unwrap();
         let log_path = dir.join("log");
-        let mut script = String::from("set -e\nmount -t tmpfs tmpfs /cairn\n");
+        let mut script = String::from("set -e\n");
+        for root in POD_ROOTS {
+            script.push_str(&format!("mount -t tmpfs tmpfs '{root}'\n"));
+        }
         for (src, dst, ro) in &binds {
             if src.is_dir() {
                 script.push_str(&format!("mkdir -p '{dst}'\n"));
@@ -481,7 +544,6 @@ impl FakeCsi {
             .collect();
         let bounding =
             if caps.is_empty() { "-all".to_string() } else { format!("-all,{}", caps.join(",")) };
-        let fs_group = spec.security_context.and_then(|s| s.fs_group);
         let groups = match fs_group {
             Some(g) => format!("--groups {g}"),
             None => "--clear-groups".into(),
@@ -587,6 +649,85 @@ impl FakeCsi {
             Api::all_with(self.client.clone(), &volsnap::class_resource());
         let _ = vsc.delete(&self.snapshot_class, &DeleteParams::default()).await;
     }
+}
+
+/// Where pods may mount things: the fake kubelet lays a tmpfs over each in the pod's private
+/// mount namespace (they are empty directories on the host).
+pub const POD_ROOTS: [&str; 3] = ["/cairn", "/var/run/cairn", "/var/run/secrets/kubernetes.io"];
+const SA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Looks up (and caches) the Secrets and ConfigMaps a pod refers to.
+struct Resolver {
+    client: kube::Client,
+    ns: String,
+    cache: HashMap<(bool, String), Option<BTreeMap<String, String>>>,
+}
+
+impl Resolver {
+    async fn secret(&mut self, name: &str) -> Option<BTreeMap<String, String>> {
+        let key = (true, name.to_string());
+        if !self.cache.contains_key(&key) {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
+            let v = api.get_opt(name).await.ok().flatten().map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect()
+            });
+            self.cache.insert(key.clone(), v);
+        }
+        self.cache[&key].clone()
+    }
+
+    async fn config_map(&mut self, name: &str) -> Option<BTreeMap<String, String>> {
+        let key = (false, name.to_string());
+        if !self.cache.contains_key(&key) {
+            let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                Api::namespaced(self.client.clone(), &self.ns);
+            let v = api.get_opt(name).await.ok().flatten().map(|c| c.data.unwrap_or_default());
+            self.cache.insert(key.clone(), v);
+        }
+        self.cache[&key].clone()
+    }
+}
+
+impl FakeCsi {
+    async fn resolver(&self, ns: &str, _pods: &Api<Pod>, _pod: &Pod) -> Option<Resolver> {
+        Some(Resolver { client: self.client.clone(), ns: ns.to_string(), cache: HashMap::new() })
+    }
+}
+
+/// Files of a Secret or ConfigMap volume, with its mode, group-owned by fsGroup.
+fn write_files(dir: &Path, data: &BTreeMap<String, String>, mode: i32, fs_group: Option<i64>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    for (k, v) in data {
+        let p = dir.join(k);
+        std::fs::write(&p, v).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode as u32)).unwrap();
+        if let Some(g) = fs_group {
+            std::os::unix::fs::chown(&p, None, Some(g as u32)).unwrap();
+        }
+    }
+}
+
+/// The API server's URL, from the admin kubeconfig.
+fn kube_server() -> String {
+    let text = std::fs::read_to_string(crate::env("KUBECONFIG")).unwrap();
+    let line = text.lines().find(|l| l.trim_start().starts_with("server:")).unwrap();
+    line.trim_start().trim_start_matches("server:").trim().to_string()
+}
+
+/// A token of a ServiceAccount (the kubelet's projected token).
+fn kubectl_token(ns: &str, sa: &str) -> String {
+    crate::manifests::kubectl(
+        &crate::env("KUBECONFIG"),
+        &["create", "token", sa, "-n", ns, "--duration=1h"],
+        None,
+    )
+    .trim()
+    .to_string()
 }
 
 /// Copy a directory (or a block volume's file) keeping everything cairn records: modes,
