@@ -9,7 +9,9 @@
 //! * a **kubelet** that runs each pod's real command, the workspace's binary for the image's
 //!   entry point, in a private mount namespace where the pod's volumes are bind-mounted at
 //!   their mount paths (read-only where the pod says so), as the pod's user with only the
-//!   capabilities the pod adds (`setpriv`), with the pod's environment (values and Secrets);
+//!   capabilities the pod adds (`setpriv`), with the pod's environment (values, Secrets,
+//!   ConfigMaps), its Secret and ConfigMap volumes and its service-account token (with the
+//!   API server's address, as in-cluster clients expect);
 //!   it writes the pod's status (Running, then Succeeded/Failed with exit code and the
 //!   termination message) and kills the process when the pod is deleted.
 //!
@@ -465,6 +467,21 @@ impl FakeCsi {
                     .map(|d| (d, sv.default_mode))
             } else if let Some(cv) = &vol.config_map {
                 resolver.config_map(&cv.name).await.map(|d| (d, cv.default_mode))
+            } else if vol.projected.as_ref().is_some_and(|p| {
+                p.sources.iter().flatten().any(|s| s.service_account_token.is_some())
+            }) {
+                // What the ServiceAccount admission plugin adds (kube-api-access-*).
+                let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+                let ca = Path::new(&crate::env("CAIRN_TESTENV_STATE")).join("pki/kube-ca.crt");
+                let data = BTreeMap::from([
+                    ("token".to_string(), kubectl_token(ns, &sa)),
+                    ("ca.crt".to_string(), std::fs::read_to_string(ca).unwrap()),
+                    ("namespace".to_string(), ns.to_string()),
+                ]);
+                let server = url::Url::parse(&kube_server()).unwrap();
+                env.insert("KUBERNETES_SERVICE_HOST".into(), server.host_str().unwrap().into());
+                env.insert("KUBERNETES_SERVICE_PORT".into(), server.port().unwrap().to_string());
+                Some((data, Some(0o644)))
             } else {
                 panic!("the fake kubelet plays PVC, Secret and ConfigMap volumes only: {vname}")
             };
@@ -482,35 +499,18 @@ impl FakeCsi {
             write_files(&vdir, &data, mode.unwrap_or(0o644), fs_group);
             binds.push((vdir, path, true));
         }
-        if spec.automount_service_account_token != Some(false) {
-            let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
-            let token = kubectl_token(ns, &sa);
-            let ca = std::fs::read(
-                Path::new(&crate::env("CAIRN_TESTENV_STATE")).join("pki/kube-ca.crt"),
-            )
-            .unwrap();
-            let data = BTreeMap::from([
-                ("token".to_string(), token),
-                ("ca.crt".to_string(), String::from_utf8(ca).unwrap()),
-                ("namespace".to_string(), ns.to_string()),
-            ]);
-            let vdir = dir.join("volumes/kube-api-access");
-            write_files(&vdir, &data, 0o644, fs_group);
-            binds.push((vdir, SA_PATH.into(), true));
-            let server = url::Url::parse(&kube_server()).unwrap();
-            env.insert("KUBERNETES_SERVICE_HOST".into(), server.host_str().unwrap().into());
-            env.insert("KUBERNETES_SERVICE_PORT".into(), server.port().unwrap().to_string());
-        }
         for (_, path, _) in &binds {
             assert!(
                 POD_ROOTS.iter().any(|r| path.starts_with(&format!("{r}/"))),
                 "the fake kubelet mounts only under {POD_ROOTS:?}: {path}"
             );
         }
+        // The termination message file, where the pod can have one (the default path under
+        // /dev is not played: such a pod reports nothing but its exit code).
         let term_path = c.termination_message_path.clone().unwrap_or("/dev/termination-log".into());
-        assert!(term_path.starts_with("/cairn/"), "termination log outside /cairn: {term_path}");
         let host_term = dir.join("termination-log");
         std::fs::write(&host_term, b"").unwrap();
+        let bind_term = POD_ROOTS.iter().any(|r| term_path.starts_with(&format!("{r}/")));
         let log_path = dir.join("log");
         let mut script = String::from("set -e\n");
         for root in POD_ROOTS {
@@ -527,10 +527,12 @@ impl FakeCsi {
                 script.push_str(&format!("mount -o remount,bind,ro '{dst}'\n"));
             }
         }
-        script.push_str(&format!(
-            "touch '{term_path}'\nmount --bind '{}' '{term_path}'\n",
-            host_term.display()
-        ));
+        if bind_term {
+            script.push_str(&format!(
+                "touch '{term_path}'\nmount --bind '{}' '{term_path}'\n",
+                host_term.display()
+            ));
+        }
         // The pod's user and exactly the capabilities it adds.
         let sc = c.security_context.clone().unwrap_or_default();
         let uid = sc.run_as_user.unwrap_or(0);
@@ -548,7 +550,21 @@ impl FakeCsi {
             Some(g) => format!("--groups {g}"),
             None => "--clear-groups".into(),
         };
-        let command = c.command.clone().unwrap_or_default();
+        // The image's entry point is the binary named like the image (`cairn-restore:tag`
+        // runs `cairn-restore`), as in images/; a command overrides it.
+        let image = c.image.clone().unwrap_or_default();
+        let entry = image
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let mut command = c.command.clone().unwrap_or_default();
+        if command.is_empty() {
+            command.push(entry);
+        }
         let exe =
             crate::workspace_bin(Path::new(&command[0]).file_name().unwrap().to_str().unwrap());
         let mut argv = vec![format!("'{}'", exe.display())];
@@ -654,7 +670,6 @@ impl FakeCsi {
 /// Where pods may mount things: the fake kubelet lays a tmpfs over each in the pod's private
 /// mount namespace (they are empty directories on the host).
 pub const POD_ROOTS: [&str; 3] = ["/cairn", "/var/run/cairn", "/var/run/secrets/kubernetes.io"];
-const SA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// Looks up (and caches) the Secrets and ConfigMaps a pod refers to.
 struct Resolver {

@@ -224,3 +224,115 @@ async fn shipped_rbac_grants_each_job_exactly_what_it_uses() {
     kubectl(&kc, &["delete", "namespace", &ns, &app, "--wait=false"], None);
     cairn_tests::manifests::delete_cluster_fixtures(&kc, &app);
 }
+
+/// The CI recipe (`k8s-manifests/restore/ci/run-restore-job.sh`): a restore Job from the
+/// shipped template, run by the test world's kubelet stand-in with the shipped restore
+/// ServiceAccount; the script's exit code is the restore's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ci_restore_script_restores_a_namespace_and_exits_with_the_restores_code() {
+    let kc = env("KUBECONFIG");
+    let dir = manifests_dir();
+    let app = unique("ciapp");
+    let app2 = app.clone();
+    tokio::task::spawn_blocking(move || apply_app(&app2)).await.unwrap();
+    let repo =
+        repos::init(&format!("s3://{}/{}", env("CAIRN_TEST_S3_BUCKET"), unique("cirepo"))).await;
+    let wk = repo.write_key.to_text();
+    let argv = ["cairn-manifest-export", "--repo", &repo.url, "--write-key", &wk, "-n", &app];
+    let s =
+        cairn_manifest_export::execute(&cairn_manifest_export::Cli::try_parse_from(argv).unwrap())
+            .await;
+    assert_eq!(s.exit_code, 0, "{s:?}");
+    kubectl(&kc, &["delete", "namespace", &app, "--wait=true", "--timeout=180s"], None);
+
+    // The restore side: its kustomization (less the template Job, which the script launches).
+    let ns = unique("cirestore");
+    let suffix = format!("-{}", &ns[ns.len() - 8..]);
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    let rendered = render(&dir.join("restore"), &ns, &suffix);
+    let (jobs, rest): (Vec<&str>, Vec<&str>) =
+        rendered.split("\n---\n").partition(|d| d.contains("kind: Job"));
+    kubectl(&kc, &["apply", "-f", "-"], Some(&rest.join("\n---\n")));
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("job.yaml");
+    std::fs::write(&template, jobs[0]).unwrap();
+    let id_file = tmp.path().join("identity");
+    std::fs::write(&id_file, repo.identity_text()).unwrap();
+    kubectl(
+        &kc,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "cairn-identity",
+            "-n",
+            &ns,
+            &format!("--from-file=identity={}", id_file.display()),
+        ],
+        None,
+    );
+    let mut store = vec![
+        "create".to_string(),
+        "secret".into(),
+        "generic".into(),
+        "cairn-store".into(),
+        "-n".into(),
+        ns.clone(),
+    ];
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ALLOW_HTTP",
+    ] {
+        store.push(format!("--from-literal={var}={}", env(var)));
+    }
+    kubectl(&kc, &store.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    let csi = cairn_tests::csi::FakeCsi::start(
+        cairn_tests::kube_world::admin().await,
+        std::slice::from_ref(&ns),
+    )
+    .await;
+
+    let script = dir.join("restore/ci/run-restore-job.sh");
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new("bash");
+        cmd.arg(&script)
+            .args([
+                "-n",
+                &ns,
+                "-t",
+                template.to_str().unwrap(),
+                "-i",
+                "cairn-restore:test",
+                "-r",
+                &repo.url,
+            ])
+            .args(["-e", "cairn-store", "-w", "180", "-k", &kc, "--"])
+            .args(args)
+            .env("KUBECTL", cairn_tests::bin("kubectl"));
+        cmd
+    };
+    let ok =
+        run(&["manifests", "--snapshot", "latest", "-n", &app, "--json"]).output().await.unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let cms = kubectl(&kc, &["get", "configmaps", "-n", &app, "-o", "name"], None);
+    assert!(cms.lines().count() >= 2, "the namespace's ConfigMaps are back: {cms}");
+    let deploys = kubectl(&kc, &["get", "deployments", "-n", &app, "-o", "name"], None);
+    assert!(!deploys.trim().is_empty(), "and its Deployments");
+
+    // A selection that matches nothing: cairn-restore exits 2, and so does the script.
+    let path = format!("namespaces/{app}/core/configmaps/no-such-object.yaml");
+    let bad = run(&["manifests", "--snapshot", "latest", "--path", &path]).output().await.unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    csi.stop().await;
+    kubectl(
+        &kc,
+        &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
+        Some(&rest.join("\n---\n")),
+    );
+    kubectl(&kc, &["delete", "namespace", &ns, &app, "--wait=false"], None);
+    cairn_tests::manifests::delete_cluster_fixtures(&kc, &app);
+}
