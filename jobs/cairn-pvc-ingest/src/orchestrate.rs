@@ -219,6 +219,10 @@ fn worst(results: &[PvcResult]) -> Exit {
 }
 
 fn print_summary(s: &Summary) {
+    if s.error.is_some() && s.pvcs.is_empty() {
+        // The failure is already on stderr; there is nothing to sum up.
+        return;
+    }
     let secs = s.duration_ms as f64 / 1000.0;
     println!(
         "pvc ingest run {}: {} of {} PVCs backed up, {} ({} new) in {secs:.1}s",
