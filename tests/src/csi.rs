@@ -55,6 +55,7 @@ pub struct FakeCsi {
     pub driver: String,
     pub storage_class: String,
     pub snapshot_class: String,
+    pub group_snapshot_class: String,
     pub root: tempfile::TempDir,
     namespaces: Vec<String>,
     snapshot_behaviour: Mutex<HashMap<String, SnapshotBehaviour>>,
@@ -63,6 +64,8 @@ pub struct FakeCsi {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Pods the kubelet has taken on (by uid).
     started: Mutex<HashSet<String>>,
+    /// Cluster-scoped contents the group snapshot controller made (removed by `stop`).
+    contents: Mutex<Vec<(bool, String)>>,
 }
 
 impl FakeCsi {
@@ -90,6 +93,24 @@ impl FakeCsi {
         }))
         .unwrap();
         vsc.create(&PostParams::default(), &obj).await.unwrap();
+        let group_snapshot_class = format!("{id}-vgsc");
+        let gsc: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &volsnap::group_resource(
+                GROUP_VERSION,
+                "VolumeGroupSnapshotClass",
+                "volumegroupsnapshotclasses",
+            ),
+        );
+        let obj = serde_json::from_value(json!({
+            "apiVersion": format!("groupsnapshot.storage.k8s.io/{GROUP_VERSION}"),
+            "kind": "VolumeGroupSnapshotClass",
+            "metadata": {"name": group_snapshot_class,
+                "annotations": {volsnap::DEFAULT_GROUP_CLASS_ANNOTATION: "true"}},
+            "driver": driver, "deletionPolicy": "Delete",
+        }))
+        .unwrap();
+        gsc.create(&PostParams::default(), &obj).await.unwrap();
         // Pods run in a private mount namespace with a tmpfs over each of POD_ROOTS: the
         // mount points must exist on the host (they stay empty there).
         for root in POD_ROOTS {
@@ -104,6 +125,7 @@ impl FakeCsi {
             driver,
             storage_class,
             snapshot_class,
+            group_snapshot_class,
             root,
             namespaces: namespaces.to_vec(),
             snapshot_behaviour: Mutex::new(HashMap::new()),
@@ -111,10 +133,12 @@ impl FakeCsi {
             events: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             started: Mutex::new(HashSet::new()),
+            contents: Mutex::new(Vec::new()),
         });
         let c = csi.clone();
         let task = tokio::spawn(async move {
             loop {
+                c.group_snapshot_controller().await;
                 c.snapshot_controller().await;
                 c.provisioner().await;
                 c.kubelet().await;
@@ -241,6 +265,141 @@ impl FakeCsi {
                     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await
                 {
                     self.event(format!("snapshot {ns}/{name}: status patch failed: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Cuts a VolumeGroupSnapshot the way the CSI snapshot controller does: one
+    /// VolumeSnapshot per selected PVC, owned by the group, pre-bound to a
+    /// VolumeSnapshotContent, and a VolumeGroupSnapshotContent listing (volume handle,
+    /// snapshot handle) pairs. All members are copied in one pass of this loop.
+    async fn group_snapshot_controller(&self) {
+        let gar =
+            volsnap::group_resource(GROUP_VERSION, "VolumeGroupSnapshot", "volumegroupsnapshots");
+        let gcar = volsnap::group_resource(
+            GROUP_VERSION,
+            "VolumeGroupSnapshotContent",
+            "volumegroupsnapshotcontents",
+        );
+        let car = kube::core::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk(volsnap::GROUP, "v1", "VolumeSnapshotContent"),
+            "volumesnapshotcontents",
+        );
+        let contents: Api<DynamicObject> = Api::all_with(self.client.clone(), &car);
+        let group_contents: Api<DynamicObject> = Api::all_with(self.client.clone(), &gcar);
+        for ns in &self.namespaces {
+            let groups: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &gar);
+            let Ok(list) = groups.list(&ListParams::default()).await else { continue };
+            for g in list.items {
+                if g.data["status"]["readyToUse"] == true {
+                    continue;
+                }
+                let gname = g.metadata.name.clone().unwrap_or_default();
+                let guid = g.metadata.uid.clone().unwrap_or_default();
+                let selector: Vec<String> = g.data["spec"]["source"]["selector"]["matchLabels"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+                let Ok(pvcs) =
+                    claims.list(&ListParams::default().labels(&selector.join(","))).await
+                else {
+                    continue;
+                };
+                let snaps = volsnap::snapshots_api(&self.client, ns);
+                let mut pairs = Vec::new();
+                for pvc in pvcs.items {
+                    let pname = pvc.metadata.name.clone().unwrap_or_default();
+                    let Some(src) = self.backing_of_claim(ns, &pname).await else { continue };
+                    let puid = pvc.metadata.uid.clone().unwrap_or_default();
+                    let member = format!("snapshot-{}-{}", &guid[..8], &puid[..8]);
+                    let content = format!("snapcontent-{}-{}", &guid[..8], &puid[..8]);
+                    let handle = format!("snap-{guid}-{puid}");
+                    let c = serde_json::from_value(json!({
+                        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+                        "metadata": {"name": content},
+                        "spec": {"deletionPolicy": "Delete", "driver": self.driver,
+                                 "source": {"snapshotHandle": handle},
+                                 "volumeSnapshotRef": {"namespace": ns, "name": member}},
+                    }))
+                    .unwrap();
+                    let _ = contents.create(&PostParams::default(), &c).await;
+                    self.contents.lock().push((false, content.clone()));
+                    let _ = contents
+                        .patch_status(
+                            &content,
+                            &PatchParams::default(),
+                            &Patch::Merge(
+                                &json!({"status": {"snapshotHandle": handle, "readyToUse": true}}),
+                            ),
+                        )
+                        .await;
+                    let m = serde_json::from_value(json!({
+                        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                        "metadata": {"name": member, "namespace": ns, "ownerReferences": [{
+                            "apiVersion": format!("groupsnapshot.storage.k8s.io/{GROUP_VERSION}"),
+                            "kind": "VolumeGroupSnapshot", "name": gname, "uid": guid}]},
+                        "spec": {"source": {"volumeSnapshotContentName": content}},
+                    }))
+                    .unwrap();
+                    let created = match snaps.create(&PostParams::default(), &m).await {
+                        Ok(o) => o,
+                        Err(_) => match snaps.get(&member).await {
+                            Ok(o) => o,
+                            Err(_) => continue,
+                        },
+                    };
+                    let dst = self
+                        .root
+                        .path()
+                        .join("snapshots")
+                        .join(created.metadata.uid.unwrap_or_default());
+                    copy_tree(&src, &dst);
+                    let status = json!({"status": {"readyToUse": true, "restoreSize": "1Gi",
+                        "boundVolumeSnapshotContentName": content, "volumeGroupSnapshotName": gname,
+                        "creationTime": cairn_shared::repo::now_rfc3339()}});
+                    let _ = snaps
+                        .patch_status(&member, &PatchParams::default(), &Patch::Merge(&status))
+                        .await;
+                    pairs.push(json!({"volumeHandle": src.to_str().unwrap(), "snapshotHandle": handle, "readyToUse": true}));
+                }
+                let content = format!("groupsnapcontent-{guid}");
+                let gc = serde_json::from_value(json!({
+                    "apiVersion": format!("groupsnapshot.storage.k8s.io/{GROUP_VERSION}"),
+                    "kind": "VolumeGroupSnapshotContent",
+                    "metadata": {"name": content},
+                    "spec": {"deletionPolicy": "Delete", "driver": self.driver,
+                             "source": {"volumeHandles": pairs.iter().map(|p| p["volumeHandle"].clone()).collect::<Vec<_>>()},
+                             "volumeGroupSnapshotRef": {"namespace": ns, "name": gname}},
+                }))
+                .unwrap();
+                self.contents.lock().push((true, content.clone()));
+                if let Err(e) = group_contents.create(&PostParams::default(), &gc).await {
+                    self.event(format!("group snapshot {ns}/{gname}: content failed: {e}"));
+                    continue;
+                }
+                let _ = group_contents
+                    .patch_status(&content, &PatchParams::default(), &Patch::Merge(&json!({"status": {"readyToUse": true, "volumeSnapshotInfoList": pairs}})))
+                    .await;
+                let status = json!({"status": {"readyToUse": true, "boundVolumeGroupSnapshotContentName": content,
+                    "creationTime": cairn_shared::repo::now_rfc3339()}});
+                match groups
+                    .patch_status(&gname, &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                {
+                    Ok(_) => self.event(format!(
+                        "group snapshot {ns}/{gname}: cut {} volumes together ({})",
+                        pairs.len(),
+                        selector.join(",")
+                    )),
+                    Err(e) => {
+                        self.event(format!("group snapshot {ns}/{gname}: status patch failed: {e}"))
+                    }
                 }
             }
         }
@@ -666,6 +825,9 @@ impl FakeCsi {
         let _ = vsc.delete(&self.snapshot_class, &DeleteParams::default()).await;
     }
 }
+
+/// The group snapshot API version the fixture CRDs serve (and the API server prefers).
+pub const GROUP_VERSION: &str = "v1";
 
 /// Where pods may mount things: the fake kubelet lays a tmpfs over each in the pod's private
 /// mount namespace (they are empty directories on the host).

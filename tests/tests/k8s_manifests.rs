@@ -144,6 +144,10 @@ async fn shipped_rbac_grants_each_job_exactly_what_it_uses() {
         ("create", "secrets", true),
         ("get", "storageclasses.storage.k8s.io", true),
         ("list", "volumesnapshotclasses.snapshot.storage.k8s.io", true),
+        ("create", "volumegroupsnapshots.groupsnapshot.storage.k8s.io", true),
+        ("get", "volumegroupsnapshotcontents.groupsnapshot.storage.k8s.io", true),
+        ("get", "volumesnapshotcontents.snapshot.storage.k8s.io", true),
+        ("delete", "volumesnapshotcontents.snapshot.storage.k8s.io", false),
         // It can hand credentials to its own pods but never read anyone's.
         ("get", "secrets", false),
         ("list", "secrets", false),

@@ -86,7 +86,7 @@ async fn leftovers(ns: &str) -> Vec<String> {
             &kc,
             &[
                 "get",
-                "jobs,pods,pvc,secrets,volumesnapshots",
+                "jobs,pods,pvc,secrets,volumesnapshots,volumegroupsnapshots",
                 "-n",
                 ns,
                 "-l",
@@ -463,6 +463,57 @@ async fn block_volumes_round_trip_and_live_mode_reads_the_live_volume() {
         std::fs::read(&copy).unwrap() == std::fs::read(&disk).unwrap(),
         "the device restores byte for byte"
     );
+    csi.stop().await;
+    delete_namespaces(&[&ns]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pvcs_of_a_group_are_cut_together_with_one_volume_group_snapshot() {
+    let kc = env("KUBECONFIG");
+    install_crds(&kc);
+    let ns = unique("pvcg");
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    let csi = FakeCsi::start(kube_world::admin().await, std::slice::from_ref(&ns)).await;
+    let group = [("backup.cairn.dev/group", "db")];
+    let data = csi.create_pvc(&ns, "db-data", &group, &[], false).await;
+    let wal = csi.create_pvc(&ns, "db-wal", &group, &[], false).await;
+    let other = csi.create_pvc(&ns, "other", &[], &[], false).await;
+    for (dir, seed) in [(&data, 41), (&wal, 42), (&other, 43)] {
+        trees::generate(dir, &small_tree(seed));
+    }
+    let repo = repos::init(&s3_repo_url()).await;
+    let (code, s) = run_json(orchestrator(&repo, &kc, &[&ns], &[])).await;
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["succeeded"], 3, "{s:#}");
+    let full = repo.open_full().await;
+    let meta_of = |name: &str| {
+        let id = pvc_result(&s, &format!("{ns}/{name}"))["snapshot"].as_str().unwrap().to_string();
+        let full = full.clone();
+        async move { full.find_snapshot(&id, None).await.unwrap().snapshot.meta }
+    };
+    let (m_data, m_wal, m_other) =
+        (meta_of("db-data").await, meta_of("db-wal").await, meta_of("other").await);
+    let group_of = |m: &Value| m["volumeGroupSnapshot"]["name"].as_str().map(String::from);
+    assert!(group_of(&m_data).is_some(), "{m_data:#}");
+    assert_eq!(group_of(&m_data), group_of(&m_wal), "both members come from one group snapshot");
+    assert_eq!(m_data["volumeGroupSnapshot"]["class"], csi.group_snapshot_class.as_str());
+    assert_eq!(group_of(&m_other), None, "a PVC outside the group is cut on its own");
+    let cut = csi.events.lock().iter().filter(|e| e.contains("cut 2 volumes together")).count();
+    assert_eq!(cut, 1, "one group snapshot for the two members");
+    assert_eq!(leftovers(&ns).await, Vec::<String>::new());
+    // The members' data restores like any PVC's.
+    let out = tokio::process::Command::new(workspace_bin("cairn-restore"))
+        .args(["--json", "pvc", "--kubeconfig", &kc, "--poll", "300ms", "--source"])
+        .arg(format!("pvc/{ns}/db-wal"))
+        .args(["--target-name", "wal-copy"])
+        .env("CAIRN_REPO", &repo.url)
+        .env("CAIRN_IDENTITY", repo.identity_text())
+        .env("CAIRN_WRITER_IMAGE", "cairn-restore:test")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    trees::assert_same_tree(&wal, &csi.wait_bound(&ns, "wal-copy").await);
     csi.stop().await;
     delete_namespaces(&[&ns]);
 }

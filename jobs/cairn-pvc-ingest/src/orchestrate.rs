@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// (besides CAIRN_REPO and the write key). Repeatable.
     #[arg(long = "pass-env", env = "CAIRN_PASS_ENV", value_delimiter = ',', default_value = DEFAULT_PASS_ENV)]
     pub pass_env: Vec<String>,
+    /// Snapshot every PVC on its own even where the cluster serves VolumeGroupSnapshots (by
+    /// default PVCs sharing a backup.cairn.dev/group label in a namespace are cut together).
+    #[arg(long, env = "CAIRN_NO_GROUP_SNAPSHOTS")]
+    pub no_group_snapshots: bool,
     /// List what would be backed up, change nothing.
     #[arg(long, env = "CAIRN_DRY_RUN")]
     pub dry_run: bool,
@@ -160,6 +164,25 @@ pub struct PvcResult {
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl PvcResult {
+    /// A PVC that has not got anywhere (yet): failed, retryable.
+    fn failed(pvc: String, exit_code: u8, error: Option<String>) -> PvcResult {
+        PvcResult {
+            pvc,
+            ok: false,
+            exit_code,
+            snapshot: None,
+            files: 0,
+            bytes: 0,
+            new_bytes: 0,
+            files_read: 0,
+            volume_snapshot_class: None,
+            duration_ms: 0,
+            error,
+        }
+    }
 }
 
 /// What the run did (`--json` for CI).
@@ -270,6 +293,8 @@ struct Ctx {
     owner: TempOwner,
     /// The credentials Secret's data (repository URL, write key, store credentials).
     secret_data: BTreeMap<String, String>,
+    /// The served version of groupsnapshot.storage.k8s.io, when groups are used.
+    group_version: Option<String>,
     /// Temporary objects not deleted yet: what a cancellation must still clean up.
     live: Mutex<Vec<TempObject>>,
     cleanup_errors: Mutex<Vec<String>>,
@@ -302,6 +327,23 @@ enum TempObject {
     Job(String, String),
     Snapshot(String, String),
     Claim(String, String),
+    /// (version, namespace, name) of a VolumeGroupSnapshot.
+    Group(String, String, String),
+}
+
+/// What a worker unit backs up: one PVC, or the PVCs of one namespace sharing a group label
+/// (snapshotted together).
+enum Unit {
+    One(Box<PersistentVolumeClaim>),
+    Group { ns: String, group: String, pvcs: Vec<PersistentVolumeClaim> },
+}
+
+/// A VolumeSnapshot cut for the PVC by someone else (a group snapshot).
+#[derive(Debug, Clone)]
+struct GivenSnapshot {
+    name: String,
+    class: String,
+    group: String,
 }
 
 async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> anyhow::Result<()> {
@@ -353,6 +395,10 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
              CRDs and controller, or use --mode live",
         ));
     }
+    let group_version = match (args.mode, args.no_group_snapshots) {
+        (Mode::Snapshot, false) => volsnap::group_version(&client).await?,
+        _ => None,
+    };
     let pvcs = select_pvcs(&client, args, &ns_filter, summary).await?;
     if args.dry_run {
         for p in &pvcs {
@@ -391,6 +437,7 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
         },
         owner,
         secret_data,
+        group_version,
         live: Mutex::new(Vec::new()),
         cleanup_errors: Mutex::new(Vec::new()),
     });
@@ -411,12 +458,21 @@ async fn run_locked(
 ) -> anyhow::Result<()> {
     // We hold the instance lock: whatever another run of this instance left is garbage.
     sweep(ctx, ns_filter, &mut summary.swept).await.context("sweeping leftovers")?;
-    let work = futures::stream::iter(pvcs.into_iter().map(|pvc| {
+    let units = plan_units(pvcs, ctx.group_version.is_some());
+    let parallel = args.parallel;
+    let work = futures::stream::iter(units.into_iter().map(|unit| {
         let ctx = ctx.clone();
-        async move { backup_one(&ctx, pvc).await }
+        async move {
+            match unit {
+                Unit::One(pvc) => vec![backup_one(&ctx, *pvc, None).await],
+                Unit::Group { ns, group, pvcs } => {
+                    backup_group(&ctx, &ns, &group, pvcs, parallel).await
+                }
+            }
+        }
     }))
     .buffer_unordered(args.parallel)
-    .collect::<Vec<PvcResult>>();
+    .collect::<Vec<Vec<PvcResult>>>();
     let results = tokio::select! {
         r = work => r,
         sig = shutdown_signal() => {
@@ -426,7 +482,7 @@ async fn run_locked(
         }
     };
     cleanup_all(ctx).await;
-    let mut results = results;
+    let mut results: Vec<PvcResult> = results.into_iter().flatten().collect();
     results.sort_by(|a, b| a.pvc.cmp(&b.pvc));
     summary.succeeded = results.iter().filter(|r| r.ok).count();
     summary.failed = results.len() - summary.succeeded;
@@ -605,28 +661,28 @@ async fn sweep(ctx: &Ctx, ns_filter: &NamespaceFilter, swept: &mut Swept) -> any
         );
         temp::sweep("VolumeSnapshot", &snaps, &ctx.owner, true, swept).await?;
     }
+    if let Some(v) = &ctx.group_version {
+        let ar = volsnap::group_resource(v, "VolumeGroupSnapshot", "volumegroupsnapshots");
+        let groups: Vec<Api<kube::core::DynamicObject>> = apis!(
+            |n: &String| Api::namespaced_with(client.clone(), n, &ar),
+            Api::all_with(client.clone(), &ar)
+        );
+        temp::sweep("VolumeGroupSnapshot", &groups, &ctx.owner, true, swept).await?;
+    }
     Ok(())
 }
 
 /// Back up one PVC; never fails the run: the result says how it went.
-async fn backup_one(ctx: &Ctx, pvc: PersistentVolumeClaim) -> PvcResult {
+async fn backup_one(
+    ctx: &Ctx,
+    pvc: PersistentVolumeClaim,
+    given: Option<GivenSnapshot>,
+) -> PvcResult {
     let started = Instant::now();
     let key = pvc_key(&pvc);
-    let mut result = PvcResult {
-        pvc: key.clone(),
-        ok: false,
-        exit_code: Exit::Retryable.code(),
-        snapshot: None,
-        files: 0,
-        bytes: 0,
-        new_bytes: 0,
-        files_read: 0,
-        volume_snapshot_class: None,
-        duration_ms: 0,
-        error: None,
-    };
+    let mut result = PvcResult::failed(key.clone(), Exit::Retryable.code(), None);
     let mut mine = Vec::new();
-    let outcome = backup_one_inner(ctx, &pvc, &mut result, &mut mine).await;
+    let outcome = backup_one_inner(ctx, &pvc, given, &mut result, &mut mine).await;
     cleanup(ctx, &mine).await;
     match outcome {
         Ok(report) => {
@@ -661,6 +717,7 @@ async fn backup_one(ctx: &Ctx, pvc: PersistentVolumeClaim) -> PvcResult {
 async fn backup_one_inner(
     ctx: &Ctx,
     pvc: &PersistentVolumeClaim,
+    given: Option<GivenSnapshot>,
     result: &mut PvcResult,
     mine: &mut Vec<TempObject>,
 ) -> anyhow::Result<IngestReport> {
@@ -677,16 +734,32 @@ async fn backup_one_inner(
     let (claim, node) = match a.mode {
         Mode::Snapshot => {
             let (driver, sc) = driver_of(&ctx.client, pvc).await?;
-            let requested =
-                pvc.metadata.annotations.as_ref().and_then(|m| m.get(volsnap::CLASS_ANNOTATION));
-            let class = volsnap::choose_class(&ctx.client, &driver, requested.map(String::as_str))
-                .await
-                .with_context(|| format!("choosing a VolumeSnapshotClass for {ns}/{name}"))?;
+            let (snap, class) = match &given {
+                Some(g) => {
+                    meta["volumeGroupSnapshot"] = json!({ "name": g.group, "class": g.class });
+                    (g.name.clone(), g.class.clone())
+                }
+                None => {
+                    let requested = pvc
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|m| m.get(volsnap::CLASS_ANNOTATION));
+                    let class =
+                        volsnap::choose_class(&ctx.client, &driver, requested.map(String::as_str))
+                            .await
+                            .with_context(|| {
+                                format!("choosing a VolumeSnapshotClass for {ns}/{name}")
+                            })?;
+                    let snap = object_name("cairn", &name, run, 63);
+                    track(ctx, mine, TempObject::Snapshot(ns.clone(), snap.clone()));
+                    volsnap::create(&ctx.client, &ns, &snap, &name, &class, &labels, &annotations)
+                        .await?;
+                    tracing::info!(pvc = %format!("{ns}/{name}"), snapshot = %snap, class = %class, "VolumeSnapshot created");
+                    (snap, class)
+                }
+            };
             result.volume_snapshot_class = Some(class.clone());
-            let snap = object_name("cairn", &name, run, 63);
-            track(ctx, mine, TempObject::Snapshot(ns.clone(), snap.clone()));
-            volsnap::create(&ctx.client, &ns, &snap, &name, &class, &labels, &annotations).await?;
-            tracing::info!(pvc = %format!("{ns}/{name}"), snapshot = %snap, class = %class, "VolumeSnapshot created");
             let ready =
                 volsnap::wait_ready(&ctx.client, &ns, &snap, a.snapshot_timeout, a.poll).await?;
             tracing::info!(snapshot = %snap, waited_ms = ready.waited.as_millis() as u64, restore_size = ?ready.restore_size, "VolumeSnapshot ready");
@@ -825,6 +898,7 @@ async fn cleanup(ctx: &Ctx, objs: &[TempObject]) {
                 TempObject::Job(ns, n) => podjob::delete_job(&ctx.client, ns, n).await,
                 TempObject::Claim(ns, n) => delete_claim(&ctx.client, ns, n).await,
                 TempObject::Snapshot(ns, n) => volsnap::delete(&ctx.client, ns, n).await,
+                TempObject::Group(v, ns, n) => volsnap::delete_group(&ctx.client, v, ns, n).await,
             };
             match res {
                 Ok(()) => ctx.live.lock().retain(|o| o != obj),
@@ -854,6 +928,123 @@ async fn delete_claim(client: &kube::Client, ns: &str, name: &str) -> cairn_shar
         Err(e) if status_code(&e) == Some(404) => Ok(()),
         Err(e) => Err(classify(&format!("deleting PVC {ns}/{name}"), e)),
     }
+}
+
+/// One unit per PVC, but PVCs of a namespace sharing a group label form one unit.
+fn plan_units(pvcs: Vec<PersistentVolumeClaim>, grouping: bool) -> Vec<Unit> {
+    let mut groups: BTreeMap<(String, String), Vec<PersistentVolumeClaim>> = BTreeMap::new();
+    let mut units = Vec::new();
+    for pvc in pvcs {
+        let group = pvc.metadata.labels.as_ref().and_then(|l| l.get(volsnap::GROUP_LABEL)).cloned();
+        match group.filter(|_| grouping) {
+            Some(g) => {
+                let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+                groups.entry((ns, g)).or_default().push(pvc);
+            }
+            None => units.push(Unit::One(Box::new(pvc))),
+        }
+    }
+    for ((ns, group), pvcs) in groups {
+        units.push(Unit::Group { ns, group, pvcs });
+    }
+    units
+}
+
+/// Cut one VolumeGroupSnapshot for the PVCs of a group (crash-consistent across them), then
+/// ingest each member's snapshot as a single PVC's would be.
+async fn backup_group(
+    ctx: &Ctx,
+    ns: &str,
+    group: &str,
+    pvcs: Vec<PersistentVolumeClaim>,
+    parallel: usize,
+) -> Vec<PvcResult> {
+    let version = ctx.group_version.clone().unwrap_or_default();
+    let name = object_name("cairn-group", group, &ctx.owner.run, 63);
+    let mut mine = Vec::new();
+    let members = async {
+        let (driver, _) = driver_of(&ctx.client, &pvcs[0]).await?;
+        for p in &pvcs[1..] {
+            if driver_of(&ctx.client, p).await?.0 != driver {
+                return Err(cairn_shared::exit::usage(format!(
+                    "group {ns}/{group} spans CSI drivers: a group snapshot needs one driver"
+                )));
+            }
+        }
+        let requested = pvcs
+            .iter()
+            .find_map(|p| p.metadata.annotations.as_ref()?.get(volsnap::GROUP_CLASS_ANNOTATION).cloned());
+        let class = volsnap::choose_group_class(&ctx.client, &version, &driver, requested.as_deref())
+            .await
+            .with_context(|| format!("choosing a VolumeGroupSnapshotClass for group {ns}/{group}"))?;
+        track(ctx, &mut mine, TempObject::Group(version.clone(), ns.to_string(), name.clone()));
+        volsnap::create_group(
+            &ctx.client,
+            &version,
+            ns,
+            &name,
+            group,
+            &class,
+            &ctx.owner.labels(),
+            &ctx.owner.annotations(),
+        )
+        .await?;
+        tracing::info!(group = %format!("{ns}/{group}"), snapshot = %name, pvcs = pvcs.len(), "VolumeGroupSnapshot created");
+        let by_volume = volsnap::wait_group_members(
+            &ctx.client,
+            &version,
+            ns,
+            &name,
+            ctx.args.snapshot_timeout,
+            ctx.args.poll,
+        )
+        .await?;
+        let mut given = BTreeMap::new();
+        for p in &pvcs {
+            let key = pvc_key(p);
+            let handle = volume_handle(&ctx.client, p).await?;
+            let snap = handle.and_then(|h| by_volume.get(&h).cloned()).ok_or_else(|| {
+                anyhow::anyhow!("VolumeGroupSnapshot {ns}/{name} has no member for {key}")
+            })?;
+            given.insert(key, GivenSnapshot { name: snap, class: class.clone(), group: name.clone() });
+        }
+        anyhow::Ok(given)
+    }
+    .await;
+    let results = match members {
+        Ok(given) => {
+            futures::stream::iter(pvcs.into_iter().map(|p| {
+                let g = given.get(&pvc_key(&p)).cloned();
+                async move { backup_one(ctx, p, g).await }
+            }))
+            .buffer_unordered(parallel)
+            .collect::<Vec<_>>()
+            .await
+        }
+        Err(e) => {
+            let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            let code = Exit::from_error(&e).code();
+            pvcs.iter().map(|p| PvcResult::failed(pvc_key(p), code, Some(line.clone()))).collect()
+        }
+    };
+    cleanup(ctx, &mine).await;
+    results
+}
+
+/// The CSI volume handle of a PVC's bound PV.
+async fn volume_handle(
+    client: &kube::Client,
+    pvc: &PersistentVolumeClaim,
+) -> anyhow::Result<Option<String>> {
+    let Some(volume) = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()) else {
+        return Ok(None);
+    };
+    let api: Api<PersistentVolume> = Api::all(client.clone());
+    let pv = api
+        .get_opt(&volume)
+        .await
+        .map_err(|e| classify(&format!("reading PersistentVolume {volume}"), e))?;
+    Ok(pv.and_then(|pv| pv.spec).and_then(|s| s.csi).map(|c| c.volume_handle))
 }
 
 /// The CSI driver of a PVC: its StorageClass's provisioner, else its bound PV's driver.

@@ -19,6 +19,18 @@ pub const CLASS_ANNOTATION: &str = "backup.cairn.dev/snapshot-class";
 /// How a VolumeSnapshotClass says it is its driver's default.
 pub const DEFAULT_CLASS_ANNOTATION: &str = "snapshot.storage.kubernetes.io/is-default-class";
 
+pub const GROUP_GROUP: &str = "groupsnapshot.storage.k8s.io";
+/// PVCs sharing a value of this label (in one namespace) are snapshotted together, with one
+/// VolumeGroupSnapshot, where the cluster serves them.
+pub const GROUP_LABEL: &str = "backup.cairn.dev/group";
+pub const GROUP_CLASS_ANNOTATION: &str = "backup.cairn.dev/group-snapshot-class";
+pub const DEFAULT_GROUP_CLASS_ANNOTATION: &str =
+    "groupsnapshot.storage.kubernetes.io/is-default-class";
+
+pub fn group_resource(version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP_GROUP, version, kind), plural)
+}
+
 pub fn snapshot_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(GROUP, "v1", "VolumeSnapshot"),
@@ -44,20 +56,46 @@ pub async fn choose_class(
     driver: &str,
     requested: Option<&str>,
 ) -> Result<String> {
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &class_resource());
+    choose(client, &class_resource(), DEFAULT_CLASS_ANNOTATION, CLASS_ANNOTATION, driver, requested)
+        .await
+}
+
+/// The VolumeGroupSnapshotClass for a group of volumes of `driver` (same rules).
+pub async fn choose_group_class(
+    client: &kube::Client,
+    version: &str,
+    driver: &str,
+    requested: Option<&str>,
+) -> Result<String> {
+    let ar = group_resource(version, "VolumeGroupSnapshotClass", "volumegroupsnapshotclasses");
+    choose(client, &ar, DEFAULT_GROUP_CLASS_ANNOTATION, GROUP_CLASS_ANNOTATION, driver, requested)
+        .await
+}
+
+async fn choose(
+    client: &kube::Client,
+    resource: &ApiResource,
+    default_annotation: &str,
+    class_annotation: &str,
+    driver: &str,
+    requested: Option<&str>,
+) -> Result<String> {
+    let kind = &resource.kind;
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
     let classes = api
         .list(&ListParams::default())
         .await
-        .map_err(|e| classify("listing VolumeSnapshotClasses", e))?;
+        .map_err(|e| classify(&format!("listing {kind}es"), e))?;
     let driver_of = |c: &DynamicObject| c.data["driver"].as_str().unwrap_or_default().to_string();
     if let Some(name) = requested {
-        let class =
-            classes.items.iter().find(|c| c.metadata.name.as_deref() == Some(name)).ok_or_else(
-                || Error::Invalid(format!("VolumeSnapshotClass {name:?} does not exist")),
-            )?;
+        let class = classes
+            .items
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .ok_or_else(|| Error::Invalid(format!("{kind} {name:?} does not exist")))?;
         if driver_of(class) != driver {
             return Err(Error::Invalid(format!(
-                "VolumeSnapshotClass {name:?} is for driver {:?}, the volume's is {driver:?}",
+                "{kind} {name:?} is for driver {:?}, the volume's is {driver:?}",
                 driver_of(class)
             )));
         }
@@ -71,7 +109,7 @@ pub async fn choose_class(
             c.metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+                .and_then(|a| a.get(default_annotation))
                 .is_some_and(|v| v == "true")
         })
         .filter_map(|c| c.metadata.name.clone())
@@ -79,13 +117,13 @@ pub async fn choose_class(
     match defaults.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(Error::Invalid(format!(
-            "no default VolumeSnapshotClass for driver {driver:?}: annotate one with \
-             {DEFAULT_CLASS_ANNOTATION}=true, name one on the PVC with {CLASS_ANNOTATION}, \
+            "no default {kind} for driver {driver:?}: annotate one with \
+             {default_annotation}=true, name one on the PVC with {class_annotation}, \
              or use --mode live"
         ))),
         many => Err(Error::Invalid(format!(
-            "several default VolumeSnapshotClasses for driver {driver:?} ({}): name one on the \
-             PVC with {CLASS_ANNOTATION}",
+            "several default {kind}es for driver {driver:?} ({}): name one on the PVC with \
+             {class_annotation}",
             many.join(", ")
         ))),
     }
@@ -184,5 +222,166 @@ pub async fn served(client: &kube::Client) -> Result<bool> {
         Ok(_) => Ok(true),
         Err(e) if status_code(&e) == Some(404) => Ok(false),
         Err(e) => Err(classify("asking whether VolumeSnapshots are served", e)),
+    }
+}
+
+/// The version of `groupsnapshot.storage.k8s.io` the server prefers, if it serves the group.
+pub async fn group_version(client: &kube::Client) -> Result<Option<String>> {
+    let req = http::Request::get(format!("/apis/{GROUP_GROUP}"))
+        .body(Vec::new())
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    match client.request::<Value>(req).await {
+        Ok(v) => Ok(v["preferredVersion"]["version"].as_str().map(String::from)),
+        Err(e) if status_code(&e) == Some(404) => Ok(None),
+        Err(e) => Err(classify("asking whether VolumeGroupSnapshots are served", e)),
+    }
+}
+
+/// Create a VolumeGroupSnapshot of the PVCs of `ns` labelled `GROUP_LABEL=group`.
+#[allow(clippy::too_many_arguments)]
+pub async fn create_group(
+    client: &kube::Client,
+    version: &str,
+    ns: &str,
+    name: &str,
+    group: &str,
+    class: &str,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Result<()> {
+    let ar = group_resource(version, "VolumeGroupSnapshot", "volumegroupsnapshots");
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{GROUP_GROUP}/{version}"),
+        "kind": "VolumeGroupSnapshot",
+        "metadata": { "name": name, "namespace": ns, "labels": labels, "annotations": annotations },
+        "spec": {
+            "volumeGroupSnapshotClassName": class,
+            "source": { "selector": { "matchLabels": { GROUP_LABEL: group } } },
+        },
+    }))
+    .map_err(|e| Error::Invalid(format!("VolumeGroupSnapshot object: {e}")))?;
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar)
+        .create(&PostParams::default(), &obj)
+        .await
+        .map_err(|e| classify(&format!("creating VolumeGroupSnapshot {ns}/{name}"), e))?;
+    Ok(())
+}
+
+/// Wait until a VolumeGroupSnapshot is ready; then map each member volume (CSI volume
+/// handle) to the VolumeSnapshot the snapshot controller made for it: volume handle →
+/// snapshot handle (the group content's status) → VolumeSnapshotContent → VolumeSnapshot.
+pub async fn wait_group_members(
+    client: &kube::Client,
+    version: &str,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<BTreeMap<String, String>> {
+    let groups = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        ns,
+        &group_resource(version, "VolumeGroupSnapshot", "volumegroupsnapshots"),
+    );
+    let contents = Api::<DynamicObject>::all_with(
+        client.clone(),
+        &group_resource(version, "VolumeGroupSnapshotContent", "volumegroupsnapshotcontents"),
+    );
+    let started = Instant::now();
+    let content_name = loop {
+        let g = groups
+            .get(name)
+            .await
+            .map_err(|e| classify(&format!("reading VolumeGroupSnapshot {ns}/{name}"), e))?;
+        let status = g.data.get("status").cloned().unwrap_or(Value::Null);
+        if status["readyToUse"] == Value::Bool(true)
+            && let Some(c) = status["boundVolumeGroupSnapshotContentName"].as_str()
+        {
+            break c.to_string();
+        }
+        if let Some(msg) = status["error"]["message"].as_str() {
+            return Err(Error::Retryable(format!("VolumeGroupSnapshot {ns}/{name} failed: {msg}")));
+        }
+        if started.elapsed() > timeout {
+            return Err(Error::Retryable(format!(
+                "VolumeGroupSnapshot {ns}/{name} not ready within {}",
+                humantime::format_duration(timeout)
+            )));
+        }
+        tokio::time::sleep(poll).await;
+    };
+    let content = contents
+        .get(&content_name)
+        .await
+        .map_err(|e| classify(&format!("reading VolumeGroupSnapshotContent {content_name}"), e))?;
+    // v1beta2 and v1: volumeSnapshotInfoList; v1beta1: volumeSnapshotHandlePairList.
+    let status = content.data.get("status").cloned().unwrap_or(Value::Null);
+    let pairs = status["volumeSnapshotInfoList"]
+        .as_array()
+        .or_else(|| status["volumeSnapshotHandlePairList"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    let by_snapshot_handle: BTreeMap<String, String> = pairs
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["snapshotHandle"].as_str()?.to_string(),
+                p["volumeHandle"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let snapshots = snapshots_api(client, ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| classify(&format!("listing VolumeSnapshots of {ns}"), e))?;
+    let snapshot_contents: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(GROUP, "v1", "VolumeSnapshotContent"),
+            "volumesnapshotcontents",
+        ),
+    );
+    let mut members = BTreeMap::new();
+    for snap in snapshots.items {
+        if snap.data["status"]["volumeGroupSnapshotName"].as_str() != Some(name) {
+            continue;
+        }
+        let snap_name = snap.metadata.name.clone().unwrap_or_default();
+        let Some(content) = snap.data["status"]["boundVolumeSnapshotContentName"]
+            .as_str()
+            .or_else(|| snap.data["spec"]["source"]["volumeSnapshotContentName"].as_str())
+        else {
+            continue;
+        };
+        let c = snapshot_contents
+            .get(content)
+            .await
+            .map_err(|e| classify(&format!("reading VolumeSnapshotContent {content}"), e))?;
+        let handle = c.data["status"]["snapshotHandle"]
+            .as_str()
+            .or_else(|| c.data["spec"]["source"]["snapshotHandle"].as_str());
+        if let Some(volume) = handle.and_then(|h| by_snapshot_handle.get(h)) {
+            members.insert(volume.clone(), snap_name);
+        }
+    }
+    Ok(members)
+}
+
+/// Delete a VolumeGroupSnapshot (its member VolumeSnapshots go with it); gone is fine.
+pub async fn delete_group(
+    client: &kube::Client,
+    version: &str,
+    ns: &str,
+    name: &str,
+) -> Result<()> {
+    let api = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        ns,
+        &group_resource(version, "VolumeGroupSnapshot", "volumegroupsnapshots"),
+    );
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if status_code(&e) == Some(404) => Ok(()),
+        Err(e) => Err(classify(&format!("deleting VolumeGroupSnapshot {ns}/{name}"), e)),
     }
 }
