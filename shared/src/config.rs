@@ -80,6 +80,39 @@ impl RepoArgs {
         WriteKey::from_text(&text).map(Some)
     }
 
+    /// The environment a worker pod needs to open the repository with the access given here
+    /// (`CAIRN_REPO` and the identity text, passphrase or write key): what goes into its
+    /// credentials Secret.
+    pub fn worker_env(&self, need: Need) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut env =
+            std::collections::BTreeMap::from([("CAIRN_REPO".to_string(), self.url()?.to_string())]);
+        if need == Need::Read {
+            if let Some(id) = &self.identity {
+                let text = if id.trim_start().starts_with("AGE-SECRET-KEY-")
+                    || id.contains("-----BEGIN")
+                {
+                    id.clone()
+                } else {
+                    std::fs::read_to_string(id)
+                        .map_err(|e| Error::Invalid(format!("identity file {id}: {e}")))?
+                };
+                env.insert("CAIRN_IDENTITY".into(), text);
+            } else if let Some(p) = self.passphrase()? {
+                env.insert("CAIRN_PASSPHRASE".into(), p);
+            } else {
+                return Err(Error::Denied(
+                    "this needs file contents: pass --identity (or CAIRN_PASSPHRASE)".into(),
+                ));
+            }
+        } else {
+            let key = self.write_key_value()?.ok_or_else(|| {
+                Error::Invalid("no write key: pass --write-key (or CAIRN_WRITE_KEY)".into())
+            })?;
+            env.insert("CAIRN_WRITE_KEY".into(), key.to_text());
+        }
+        Ok(env)
+    }
+
     /// Open the repository with the strongest access given, checking it covers `need`.
     pub async fn open(&self, need: Need) -> Result<Repository> {
         let store = self.store()?;

@@ -64,10 +64,30 @@ build_s3() {
   log "versitygw built in $((SECONDS - t0)) s"
 }
 
+# A Go program whose go.mod has replace directives cannot be `go get`-built from outside:
+# the wrapper module copies them.
+build_go_tool() {  # name module version package
+  local name=$1 module=$2 version=$3 pkg=$4
+  local out="$CAIRN_TESTENV_CACHE/$name-$version"
+  [ -x "$out/$name" ] && return 0
+  log "building $name $version"; local t0=$SECONDS
+  local w; w=$(mktemp -d); wrapper "$w"
+  local gomod; gomod=$(cd "$w" && go mod download -json "$module@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  (cd "$w" && { grep -E '^(replace )?[^ ]+ v[^ ]+ => ' "$gomod" || true; } | sed -E 's/^replace //' \
+     | while read -r old oldv _ new newv; do go mod edit -replace "$old@$oldv=$new@$newv"; done)
+  mkdir -p "$out.tmp"
+  (cd "$w" && go get "$module@$version" >/dev/null 2>&1 \
+    && go build -trimpath -ldflags "-s -w" -o "$out.tmp/$name" "$pkg")
+  rm -rf "$out" "$w"; mv "$out.tmp" "$out"
+  log "$name built in $((SECONDS - t0)) s"
+}
+
 case "${1:-all}" in
+  tofu) build_go_tool tofu github.com/opentofu/opentofu "$TOFU_VERSION" github.com/opentofu/opentofu/cmd/tofu ;;
+  tflint) build_go_tool tflint github.com/terraform-linters/tflint "$TFLINT_VERSION" github.com/terraform-linters/tflint ;;
   etcd) build_etcd ;;
   kube) build_kube ;;
   s3) build_s3 ;;
   all) build_etcd; build_s3; build_kube ;;
-  *) echo "usage: build.sh [etcd|kube|s3|all]" >&2; exit 2 ;;
+  *) echo "usage: build.sh [etcd|kube|s3|tofu|tflint|all]" >&2; exit 2 ;;
 esac

@@ -56,6 +56,35 @@ fn orchestrator(
     cmd
 }
 
+/// `cairn-restore pvc` as a process, as a restore Job runs it.
+fn restore_pvc(
+    repo: &TestRepo,
+    kc: &str,
+    source: &str,
+    target: &str,
+    extra: &[&str],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(workspace_bin("cairn-restore"));
+    cmd.args([
+        "--json",
+        "pvc",
+        "--kubeconfig",
+        kc,
+        "--poll",
+        "300ms",
+        "--source",
+        source,
+        "--target-name",
+        target,
+    ])
+    .args(extra)
+    .env("CAIRN_REPO", &repo.url)
+    .env("CAIRN_IDENTITY", repo.identity_text())
+    .env("CAIRN_WRITER_IMAGE", "cairn-restore:test")
+    .kill_on_drop(true);
+    cmd
+}
+
 async fn run_json(mut cmd: tokio::process::Command) -> (i32, Value) {
     let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
         .await
@@ -221,14 +250,7 @@ async fn pvcs_back_up_incrementally_with_shipped_rbac_and_restore_byte_exact() {
     }
 
     // Restore the changed volume's latest snapshot into a new PVC, byte-exact.
-    let id = repo.identity_text();
-    let out = tokio::process::Command::new(workspace_bin("cairn-restore"))
-        .args(["--json", "pvc", "--kubeconfig", &kc, "--poll", "300ms", "--source"])
-        .arg(format!("pvc/{ns_a}/data1"))
-        .args(["--target-name", "data1-restored"])
-        .env("CAIRN_REPO", &repo.url)
-        .env("CAIRN_IDENTITY", &id)
-        .env("CAIRN_WRITER_IMAGE", "cairn-restore:test")
+    let out = restore_pvc(&repo, &kc, &format!("pvc/{ns_a}/data1"), "data1-restored", &[])
         .output()
         .await
         .unwrap();
@@ -240,22 +262,15 @@ async fn pvcs_back_up_incrementally_with_shipped_rbac_and_restore_byte_exact() {
     assert_eq!(leftovers(&ns_a).await, Vec::<String>::new());
 
     // Into the same PVC again: refused unless asked to overwrite.
-    let again = |existing: &str| {
-        let mut c = tokio::process::Command::new(workspace_bin("cairn-restore"));
-        c.args(["--json", "pvc", "--kubeconfig", &kc, "--poll", "300ms", "--source"])
-            .arg(format!("pvc/{ns_a}/data2"))
-            .args([
-                "--target-name",
-                "data1-restored",
-                "--target-namespace",
-                &ns_a,
-                "--existing",
-                existing,
-            ])
-            .env("CAIRN_REPO", &repo.url)
-            .env("CAIRN_IDENTITY", &id)
-            .env("CAIRN_WRITER_IMAGE", "cairn-restore:test");
-        c
+    let source2 = format!("pvc/{ns_a}/data2");
+    let again = |existing: &'static str| {
+        restore_pvc(
+            &repo,
+            &kc,
+            &source2,
+            "data1-restored",
+            &["--target-namespace", &ns_a, "--existing", existing],
+        )
     };
     let refused = again("fail").output().await.unwrap();
     assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stdout));
@@ -381,16 +396,8 @@ async fn a_cancelled_or_killed_orchestrator_leaks_nothing_and_the_rerun_restores
     assert_eq!(leftovers(&ns).await, Vec::<String>::new());
 
     // The data restores byte-exact into a new PVC.
-    let out = tokio::process::Command::new(workspace_bin("cairn-restore"))
-        .args(["--json", "pvc", "--kubeconfig", &kc, "--poll", "300ms", "--source"])
-        .arg(format!("pvc/{ns}/vol"))
-        .args(["--target-name", "vol-copy"])
-        .env("CAIRN_REPO", &repo.url)
-        .env("CAIRN_IDENTITY", repo.identity_text())
-        .env("CAIRN_WRITER_IMAGE", "cairn-restore:test")
-        .output()
-        .await
-        .unwrap();
+    let out =
+        restore_pvc(&repo, &kc, &format!("pvc/{ns}/vol"), "vol-copy", &[]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     let restored = csi.wait_bound(&ns, "vol-copy").await;
     trees::assert_same_tree(&dir, &restored);
@@ -446,13 +453,7 @@ async fn block_volumes_round_trip_and_live_mode_reads_the_live_volume() {
     assert_eq!(leftovers(&ns).await, Vec::<String>::new());
 
     // The block snapshot restores into a new block PVC, byte for byte.
-    let out = tokio::process::Command::new(workspace_bin("cairn-restore"))
-        .args(["--json", "pvc", "--kubeconfig", &kc, "--poll", "300ms", "--source"])
-        .arg(format!("pvc/{ns}/disk"))
-        .args(["--target-name", "disk-copy"])
-        .env("CAIRN_REPO", &repo.url)
-        .env("CAIRN_IDENTITY", repo.identity_text())
-        .env("CAIRN_WRITER_IMAGE", "cairn-restore:test")
+    let out = restore_pvc(&repo, &kc, &format!("pvc/{ns}/disk"), "disk-copy", &[])
         .output()
         .await
         .unwrap();
@@ -502,13 +503,7 @@ async fn pvcs_of_a_group_are_cut_together_with_one_volume_group_snapshot() {
     assert_eq!(cut, 1, "one group snapshot for the two members");
     assert_eq!(leftovers(&ns).await, Vec::<String>::new());
     // The members' data restores like any PVC's.
-    let out = tokio::process::Command::new(workspace_bin("cairn-restore"))
-        .args(["--json", "pvc", "--kubeconfig", &kc, "--poll", "300ms", "--source"])
-        .arg(format!("pvc/{ns}/db-wal"))
-        .args(["--target-name", "wal-copy"])
-        .env("CAIRN_REPO", &repo.url)
-        .env("CAIRN_IDENTITY", repo.identity_text())
-        .env("CAIRN_WRITER_IMAGE", "cairn-restore:test")
+    let out = restore_pvc(&repo, &kc, &format!("pvc/{ns}/db-wal"), "wal-copy", &[])
         .output()
         .await
         .unwrap();

@@ -13,7 +13,8 @@ use anyhow::Context;
 use cairn_shared::Exit;
 use cairn_shared::config::{LockArgs, Need, RepoArgs, SnapshotLabels, parse_duration};
 use cairn_shared::k8s::podjob::{
-    self, DEVICE_PATH, VOLUME_PATH, WaitOptions, WorkerJob, WorkerSecurity, WorkerVolume,
+    self, DEVICE_PATH, VOLUME_PATH, WaitOptions, WorkerArgs, WorkerJob, WorkerSecurity,
+    WorkerVolume,
 };
 use cairn_shared::k8s::temp::{self, Swept, TempOwner, object_name};
 use cairn_shared::k8s::{KubeArgs, classify, status_code, volsnap};
@@ -115,25 +116,11 @@ pub struct RunArgs {
     /// How long a VolumeSnapshot may take to become ready.
     #[arg(long, env = "CAIRN_SNAPSHOT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub snapshot_timeout: Duration,
-    /// How long one ingest Job may run.
-    #[arg(long, env = "CAIRN_JOB_TIMEOUT", default_value = "6h", value_parser = parse_duration)]
-    pub job_timeout: Duration,
-    /// How long an ingest pod may stay unscheduled or unstarted.
-    #[arg(long, env = "CAIRN_PENDING_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
-    pub pending_timeout: Duration,
-    /// Deadline of the cleanup (also when the run is cancelled).
-    #[arg(long, env = "CAIRN_CLEANUP_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
-    pub cleanup_timeout: Duration,
-    /// How often waits look at the cluster.
-    #[arg(long, env = "CAIRN_POLL", default_value = "2s", value_parser = parse_duration)]
-    pub poll: Duration,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
     /// How long an ingest pod waits for its PVC's lock (a previous run's pod still ending).
     #[arg(long, env = "CAIRN_INGEST_LOCK_WAIT", default_value = "10m", value_parser = parse_duration)]
     pub ingest_lock_wait: Duration,
-    /// Environment variables copied into the ingest pods' credentials Secret when set
-    /// (besides CAIRN_REPO and the write key). Repeatable.
-    #[arg(long = "pass-env", env = "CAIRN_PASS_ENV", value_delimiter = ',', default_value = DEFAULT_PASS_ENV)]
-    pub pass_env: Vec<String>,
     /// Snapshot every PVC on its own even where the cluster serves VolumeGroupSnapshots (by
     /// default PVCs sharing a backup.cairn.dev/group label in a namespace are cut together).
     #[arg(long, env = "CAIRN_NO_GROUP_SNAPSHOTS")]
@@ -142,10 +129,6 @@ pub struct RunArgs {
     #[arg(long, env = "CAIRN_DRY_RUN")]
     pub dry_run: bool,
 }
-
-const DEFAULT_PASS_ENV: &str = "AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,AWS_SESSION_TOKEN,\
-AWS_REGION,AWS_DEFAULT_REGION,AWS_ENDPOINT_URL,AWS_ALLOW_HTTP,AZURE_STORAGE_ACCOUNT_NAME,\
-AZURE_STORAGE_ACCOUNT_KEY,AZURE_STORAGE_SAS_KEY,GOOGLE_SERVICE_ACCOUNT_KEY,CAIRN_STORE_TIMEOUT";
 
 /// One PVC's result.
 #[derive(Debug, Clone, Serialize)]
@@ -374,17 +357,14 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
     // credential fails once, not once per PVC.
     let repository = repo.open(Need::Write).await.context("opening the repository")?;
     let write_key = repository.write_key().to_text();
-    let mut secret_data = BTreeMap::from([
+    let secret_data = args.worker.secret_env(BTreeMap::from([
         ("CAIRN_REPO".to_string(), repo.url()?.to_string()),
         ("CAIRN_WRITE_KEY".to_string(), write_key),
-    ]);
-    for name in &args.pass_env {
-        if let Ok(v) = std::env::var(name) {
-            secret_data.insert(name.clone(), v);
-        }
-    }
-    let max_age =
-        args.snapshot_timeout + args.job_timeout + args.pending_timeout + args.cleanup_timeout;
+    ]));
+    let max_age = args.snapshot_timeout
+        + args.worker.job_timeout
+        + args.worker.pending_timeout
+        + args.worker.cleanup_timeout;
     let owner = TempOwner::new(COMPONENT, &args.instance, max_age);
     summary.run = owner.run.clone();
     tracing::info!(run = %owner.run, instance = %args.instance, mode = ?args.mode, "pvc ingest run starting");
@@ -428,10 +408,10 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
             resources: resources(&args.ingest_cpu, &args.ingest_memory),
             clone_access_mode: args.clone_access_mode.clone(),
             snapshot_timeout: args.snapshot_timeout,
-            job_timeout: args.job_timeout,
-            pending_timeout: args.pending_timeout,
-            cleanup_timeout: args.cleanup_timeout,
-            poll: args.poll,
+            job_timeout: args.worker.job_timeout,
+            pending_timeout: args.worker.pending_timeout,
+            cleanup_timeout: args.worker.cleanup_timeout,
+            poll: args.worker.poll,
             lock_lease: args.lock.lock_lease,
             ingest_lock_wait: args.ingest_lock_wait,
         },

@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
-use cairn_shared::config::{Need, RepoArgs, parse_duration};
+use cairn_shared::config::{Need, RepoArgs};
 use cairn_shared::fs::{RestoreOptions, restore, write_file_to};
 use cairn_shared::k8s::podjob::{
-    self, DEVICE_PATH, TERMINATION_LOG, VOLUME_PATH, WaitOptions, WorkerJob, WorkerSecurity,
+    self, DEVICE_PATH, TERMINATION_LOG, VOLUME_PATH, WorkerArgs, WorkerJob, WorkerSecurity,
     WorkerVolume, write_termination_message,
 };
 use cairn_shared::k8s::temp::{TempOwner, object_name};
@@ -95,22 +95,8 @@ pub struct PvcArgs {
     /// ServiceAccount of the writer pod (its token is not mounted).
     #[arg(long, env = "CAIRN_WRITER_SERVICE_ACCOUNT")]
     pub writer_service_account: Option<String>,
-    #[arg(long, env = "CAIRN_JOB_TIMEOUT", default_value = "6h", value_parser = parse_duration)]
-    pub job_timeout: Duration,
-    #[arg(long, env = "CAIRN_PENDING_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
-    pub pending_timeout: Duration,
-    #[arg(long, env = "CAIRN_CLEANUP_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
-    pub cleanup_timeout: Duration,
-    #[arg(long, env = "CAIRN_POLL", default_value = "2s", value_parser = parse_duration)]
-    pub poll: Duration,
-    /// Environment variables copied into the writer's credentials Secret when set.
-    #[arg(
-        long = "pass-env",
-        env = "CAIRN_PASS_ENV",
-        value_delimiter = ',',
-        default_value = "AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,AWS_SESSION_TOKEN,AWS_REGION,AWS_DEFAULT_REGION,AWS_ENDPOINT_URL,AWS_ALLOW_HTTP,AZURE_STORAGE_ACCOUNT_NAME,AZURE_STORAGE_ACCOUNT_KEY,AZURE_STORAGE_SAS_KEY,GOOGLE_SERVICE_ACCOUNT_KEY,CAIRN_STORE_TIMEOUT"
-    )]
-    pub pass_env: Vec<String>,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
 }
 
 /// Inside the writer pod.
@@ -266,26 +252,11 @@ async fn restore_pvc(
 
     // The writer needs to read contents: it gets the identity (or passphrase) in a Secret
     // owned by its Job, gone with it.
-    let mut secret_data = BTreeMap::from([("CAIRN_REPO".to_string(), repo.url()?.to_string())]);
-    if let Some(id) = &repo.identity {
-        let text = if id.trim_start().starts_with("AGE-SECRET-KEY-") || id.contains("-----BEGIN") {
-            id.clone()
-        } else {
-            std::fs::read_to_string(id).with_context(|| format!("reading identity {id}"))?
-        };
-        secret_data.insert("CAIRN_IDENTITY".into(), text);
-    } else if let Some(p) = passphrase(repo)? {
-        secret_data.insert("CAIRN_PASSPHRASE".into(), p);
-    }
-    for var in &args.pass_env {
-        if let Ok(v) = std::env::var(var) {
-            secret_data.insert(var.clone(), v);
-        }
-    }
+    let secret_data = args.worker.secret_env(repo.worker_env(Need::Read)?);
     let owner = TempOwner::new(
         COMPONENT,
         "restore",
-        args.job_timeout + args.pending_timeout + args.cleanup_timeout,
+        args.worker.job_timeout + args.worker.pending_timeout + args.worker.cleanup_timeout,
     );
     let job_name = object_name("cairn-restore", &name, &owner.run, 63);
     let mut env = vec![
@@ -314,7 +285,7 @@ async fn restore_pvc(
         resources: None,
         service_account: args.writer_service_account.clone(),
         node: None,
-        active_deadline: args.job_timeout,
+        active_deadline: args.worker.job_timeout,
     };
     let job = worker.create(&client).await?;
     let result = async {
@@ -337,17 +308,14 @@ async fn restore_pvc(
             .map_err(|e| classify(&format!("creating Secret {ns}/{job_name}"), e))?;
         podjob::resume(&client, &ns, &job_name).await?;
         tracing::info!(job = %format!("{ns}/{job_name}"), "writer Job started");
-        let wait = WaitOptions {
-            timeout: args.job_timeout,
-            pending_timeout: args.pending_timeout,
-            poll: args.poll,
-        };
-        anyhow::Ok(podjob::wait(&client, &ns, &job_name, wait).await?)
+        anyhow::Ok(podjob::wait(&client, &ns, &job_name, args.worker.wait_options()).await?)
     }
     .await;
-    let cleaned =
-        tokio::time::timeout(args.cleanup_timeout, podjob::delete_job(&client, &ns, &job_name))
-            .await;
+    let cleaned = tokio::time::timeout(
+        args.worker.cleanup_timeout,
+        podjob::delete_job(&client, &ns, &job_name),
+    )
+    .await;
     if !matches!(cleaned, Ok(Ok(()))) {
         tracing::warn!(job = %job_name, "could not delete the writer Job (it expires; sweep with its labels)");
     }
@@ -370,14 +338,6 @@ async fn restore_pvc(
             Err(Error::Retryable(format!("{why}{tail}")).into())
         }
     }
-}
-
-fn passphrase(repo: &RepoArgs) -> anyhow::Result<Option<String>> {
-    if let Some(f) = &repo.passphrase_file {
-        let p = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        return Ok(Some(p.trim_end_matches(['\n', '\r']).to_string()));
-    }
-    Ok(std::env::var("CAIRN_PASSPHRASE").ok().filter(|p| !p.is_empty()))
 }
 
 /// Inside the writer pod.

@@ -39,6 +39,53 @@ pub const TERMINATION_LOG: &str = "/cairn/termination-log";
 /// The kubelet keeps at most this much of a termination message.
 pub const TERMINATION_MESSAGE_MAX: usize = 4096;
 
+/// Flags every command that runs worker Jobs shares: how long to wait for what, and which
+/// of its own environment variables (store credentials) the workers get.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// How long one worker Job may run.
+    #[arg(long, env = "CAIRN_JOB_TIMEOUT", default_value = "6h", value_parser = crate::config::parse_duration)]
+    pub job_timeout: Duration,
+    /// How long a worker pod may stay unscheduled or unstarted.
+    #[arg(long, env = "CAIRN_PENDING_TIMEOUT", default_value = "10m", value_parser = crate::config::parse_duration)]
+    pub pending_timeout: Duration,
+    /// Deadline of the cleanup (also when the run is cancelled).
+    #[arg(long, env = "CAIRN_CLEANUP_TIMEOUT", default_value = "2m", value_parser = crate::config::parse_duration)]
+    pub cleanup_timeout: Duration,
+    /// How often waits look at the cluster.
+    #[arg(long, env = "CAIRN_POLL", default_value = "2s", value_parser = crate::config::parse_duration)]
+    pub poll: Duration,
+    /// Environment variables copied into the workers' credentials Secret when set (besides
+    /// the repository and its key). Repeatable.
+    #[arg(long = "pass-env", env = "CAIRN_PASS_ENV", value_delimiter = ',', default_value = DEFAULT_PASS_ENV)]
+    pub pass_env: Vec<String>,
+}
+
+/// The store credentials the object_store backends read from the environment.
+pub const DEFAULT_PASS_ENV: &str = "AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,AWS_SESSION_TOKEN,\
+AWS_REGION,AWS_DEFAULT_REGION,AWS_ENDPOINT_URL,AWS_ALLOW_HTTP,AZURE_STORAGE_ACCOUNT_NAME,\
+AZURE_STORAGE_ACCOUNT_KEY,AZURE_STORAGE_SAS_KEY,GOOGLE_SERVICE_ACCOUNT_KEY,CAIRN_STORE_TIMEOUT";
+
+impl WorkerArgs {
+    pub fn wait_options(&self) -> WaitOptions {
+        WaitOptions {
+            timeout: self.job_timeout,
+            pending_timeout: self.pending_timeout,
+            poll: self.poll,
+        }
+    }
+
+    /// `base` plus the pass-through variables that are set here.
+    pub fn secret_env(&self, mut base: BTreeMap<String, String>) -> BTreeMap<String, String> {
+        for name in &self.pass_env {
+            if let Ok(v) = std::env::var(name) {
+                base.insert(name.clone(), v);
+            }
+        }
+        base
+    }
+}
+
 /// How the worker's volume is attached.
 #[derive(Debug, Clone)]
 pub struct WorkerVolume {
