@@ -9,6 +9,7 @@
 #     -i IMAGE         the cairn-restore image (default: the template's)
 #     -r REPO          repository URL (CAIRN_REPO)
 #     -e SECRET        a Secret whose keys become environment variables (store credentials)
+#     -a ACCOUNT       the restore's ServiceAccount (default: the template's, cairn-restore)
 #     -w SECONDS       how long to wait for the Job (default 3600)
 #     -k KUBECONFIG    (default: $KUBECONFIG)
 #   RESTORE-ARGS are cairn-restore's arguments, e.g. `manifests -n prod --snapshot latest`.
@@ -17,13 +18,13 @@
 # suite runs this very script against its API server.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-ns=cairn-restore template="$here/../job-manifests.yaml" image="" repo="" env_secret="" wait=3600
+ns=cairn-restore template="$here/../job-manifests.yaml" image="" repo="" env_secret="" account="" wait=3600
 kc=${KUBECONFIG:-}
 KUBECTL=${KUBECTL:-kubectl}
-while getopts "n:t:i:r:e:w:k:" o; do
+while getopts "n:t:i:r:e:a:w:k:" o; do
   case $o in
     n) ns=$OPTARG ;; t) template=$OPTARG ;; i) image=$OPTARG ;; r) repo=$OPTARG ;;
-    e) env_secret=$OPTARG ;; w) wait=$OPTARG ;; k) kc=$OPTARG ;;
+    e) env_secret=$OPTARG ;; a) account=$OPTARG ;; w) wait=$OPTARG ;; k) kc=$OPTARG ;;
     *) echo "usage: $0 [-n ns] [-t template] [-i image] [-r repo] [-e secret] [-w seconds] [-k kubeconfig] -- ARGS..." >&2; exit 2 ;;
   esac
 done
@@ -46,6 +47,7 @@ patch="[{\"op\":\"replace\",\"path\":\"/metadata/name\",\"value\":\"$name\"}"
 patch+=",{\"op\":\"replace\",\"path\":\"/spec/template/spec/containers/0/args\",\"value\":$(json_list "$@")}"
 [ -n "$image" ] && patch+=",{\"op\":\"replace\",\"path\":\"/spec/template/spec/containers/0/image\",\"value\":\"$image\"}"
 [ -n "$repo" ] && patch+=",{\"op\":\"replace\",\"path\":\"/spec/template/spec/containers/0/env/0\",\"value\":{\"name\":\"CAIRN_REPO\",\"value\":\"$repo\"}}"
+[ -n "$account" ] && patch+=",{\"op\":\"replace\",\"path\":\"/spec/template/spec/serviceAccountName\",\"value\":\"$account\"}"
 [ -n "$env_secret" ] && patch+=",{\"op\":\"add\",\"path\":\"/spec/template/spec/containers/0/envFrom\",\"value\":[{\"secretRef\":{\"name\":\"$env_secret\"}}]}"
 patch+="]"
 
