@@ -342,11 +342,7 @@ async fn the_ci_restore_script_restores_a_namespace_and_exits_with_the_restores_
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 
     csi.stop().await;
-    kubectl(
-        &kc,
-        &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
-        Some(&rendered),
-    );
+    kubectl(&kc, &["delete", "--ignore-not-found", "--wait=false", "-f", "-"], Some(&rendered));
     kubectl(&kc, &["delete", "namespace", &ns, &app, "--wait=false"], None);
     cairn_tests::manifests::delete_cluster_fixtures(&kc, &app);
 }

@@ -141,9 +141,23 @@ pub enum Command {
     /// Restore a snapshot, a subtree or one file: SNAP[:PATH].
     Restore {
         target_spec: String,
-        /// Directory to restore into (the snapshot's root lands directly in it).
+        /// Where to: a directory (the snapshot's root lands directly in it); an object-store
+        /// URL (s3://bucket/prefix, gs://, az://, file://: each file becomes an object, its
+        /// path the key, mode/owner/mtime object metadata where the store keeps it); or `-`
+        /// for a tar stream on stdout.
         #[arg(long)]
-        target: PathBuf,
+        target: String,
+        /// Output format: auto (by --target), dir, objects, or tar (to stdout with `-`, else
+        /// to the file --target names).
+        #[arg(long, default_value = "auto")]
+        format: String,
+        /// Only paths matching this glob (relative to the restored node). Repeatable. Tar and
+        /// object-store targets.
+        #[arg(long = "include")]
+        include: Vec<String>,
+        /// Leave out paths matching this glob. Repeatable. Tar and object-store targets.
+        #[arg(long = "exclude")]
+        exclude: Vec<String>,
         /// Resolve `latest` and id prefixes among snapshots of this source.
         #[arg(long, env = "CAIRN_SOURCE")]
         source: Option<String>,
@@ -461,12 +475,73 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             .await??;
             Ok(Exit::Success)
         }
-        Command::Restore { target_spec, target, source, no_owner } => {
+        Command::Restore { target_spec, target, format, include, exclude, source, no_owner } => {
             let repo = Arc::new(args.open(Need::Read).await?);
             repo.load_index().await?;
             let (snap, path) = split_target(&target_spec);
             let snap = repo.find_snapshot(snap, source.as_deref()).await?;
             let node = repo.lookup(&snap.snapshot, path).await?;
+            let format = match format.as_str() {
+                "auto" if target == "-" => "tar",
+                "auto" if target.contains("://") => "objects",
+                "auto" => "dir",
+                f @ ("dir" | "objects" | "tar") => f,
+                other => bail!(usage(format!("--format {other:?}: auto, dir, objects or tar"))),
+            };
+            if format != "dir" {
+                let selection = cairn_shared::fs::export::Selection::new(&include, &exclude)?;
+                let report = if format == "tar" {
+                    let out: Box<dyn std::io::Write + Send> = if target == "-" {
+                        Box::new(std::io::BufWriter::new(std::io::stdout()))
+                    } else {
+                        Box::new(std::io::BufWriter::new(
+                            std::fs::File::create(&target)
+                                .with_context(|| format!("creating {target}"))?,
+                        ))
+                    };
+                    cairn_shared::fs::export::export_tar(repo, node, selection, out).await?
+                } else {
+                    let store = cairn_shared::repo::Store::open(&target)?;
+                    let metadata = ["s3://", "s3a://", "gs://", "az://", "azure://", "memory://"]
+                        .iter()
+                        .any(|p| target.starts_with(p));
+                    cairn_shared::fs::export::export_objects(
+                        repo,
+                        node,
+                        selection,
+                        store.object_store().clone(),
+                        metadata,
+                    )
+                    .await?
+                };
+                // The tar stream owns stdout: the summary goes to stderr.
+                if json && target != "-" {
+                    print_json(
+                        &serde_json::json!({"snapshot": snap.id.to_hex(), "report": report}),
+                    )?;
+                } else {
+                    eprintln!(
+                        "restored snapshot {} to {target}: {} files, {} dirs, {}{}",
+                        snap.id.short(),
+                        report.files,
+                        report.dirs,
+                        human_bytes(report.bytes),
+                        if report.skipped.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; skipped {}", report.skipped.len())
+                        }
+                    );
+                    for s in &report.skipped {
+                        eprintln!("  skipped {s}");
+                    }
+                }
+                return Ok(Exit::Success);
+            }
+            if !include.is_empty() || !exclude.is_empty() {
+                bail!(usage("--include/--exclude apply to tar and object-store targets"));
+            }
+            let target = PathBuf::from(target);
             let mut opts = RestoreOptions::default();
             if no_owner {
                 opts.owner = false;

@@ -2,6 +2,7 @@
 //! backup uses (PVC ingest, `cairn backup`, etcd and manifest files).
 
 pub mod backup;
+pub mod export;
 pub mod restore;
 pub mod stream;
 
