@@ -512,3 +512,52 @@ async fn pvcs_of_a_group_are_cut_together_with_one_volume_group_snapshot() {
     csi.stop().await;
     delete_namespaces(&[&ns]);
 }
+
+/// Restore anywhere (#9): an etcd snapshot written into a new PVC through the writer Job
+/// lands as `snapshot.db`, which `etcdutl snapshot restore` accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_etcd_snapshot_restores_into_a_pvc_that_etcdutl_accepts() {
+    let kc = env("KUBECONFIG");
+    install_crds(&kc);
+    let ns = unique("pvcetcd");
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    let csi = FakeCsi::start(kube_world::admin().await, std::slice::from_ref(&ns)).await;
+    let repo = repos::init(&s3_repo_url()).await;
+    let snap = std::process::Command::new(workspace_bin("cairn-etcd-snapshot"))
+        .args(["--json", "--endpoints", &env("CAIRN_TEST_KUBE_ETCD_ENDPOINTS")])
+        .env("CAIRN_REPO", &repo.url)
+        .env("CAIRN_WRITE_KEY", repo.write_key.to_text())
+        .output()
+        .unwrap();
+    assert!(snap.status.success(), "{}", String::from_utf8_lossy(&snap.stderr));
+    // Storage class and size are the caller's: an etcd snapshot records no PVC.
+    let out = restore_pvc(
+        &repo,
+        &kc,
+        "etcd",
+        "etcd-restore",
+        &["--target-namespace", &ns, "--storage-class", &csi.storage_class, "--size", "2Gi"],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let dir = csi.wait_bound(&ns, "etcd-restore").await;
+    let db = dir.join("snapshot.db");
+    assert!(db.is_file(), "snapshot.db in the volume");
+    let data_dir = tempfile::tempdir().unwrap();
+    let restored = std::process::Command::new(cairn_tests::bin("etcdutl"))
+        .args(["snapshot", "restore"])
+        .arg(&db)
+        .arg("--data-dir")
+        .arg(data_dir.path().join("member"))
+        .output()
+        .unwrap();
+    assert!(
+        restored.status.success(),
+        "etcdutl refused the restored file: {}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    csi.stop().await;
+    delete_namespaces(&[&ns]);
+}
