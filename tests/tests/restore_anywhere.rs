@@ -122,3 +122,72 @@ async fn a_tar_stream_equals_the_tree_and_selection_narrows_it() {
     assert!(!names.lines().any(|l| l == "sparse.img"), "{names}");
     assert_eq!(names.lines().count(), digest(&src).len() - 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_prefix_backs_up_and_an_unchanged_one_adds_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    generate(&src, &spec(63));
+    let bucket = env("CAIRN_TEST_S3_BUCKET");
+    let repo = repos::init(&format!("s3://{bucket}/{}", unique("bucketrepo"))).await;
+    backup_dir(
+        repo.open_write().await,
+        &src,
+        BackupOptions { source: "tree".into(), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    // The tree goes out as objects (the PVC-to-bucket direction) ...
+    let prefix = unique("uploads");
+    let url = format!("s3://{bucket}/{prefix}");
+    let out = cairn(&repo)
+        .args(["restore", "latest", "--source", "tree", "--target", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // ... and comes back in as a bucket backup: its content is already in the repository.
+    let backup = |parent: &str| {
+        let out = Command::new(workspace_bin("cairn"))
+            .args(["backup", &url, "--source", "bucket/uploads", "--parent", parent, "--json"])
+            .env("CAIRN_REPO", &repo.url)
+            .env("CAIRN_WRITE_KEY", repo.write_key.to_text())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = backup("auto");
+    let files = first["summary"]["files"].as_u64().unwrap();
+    let want = digest(&src).values().filter(|v| v.starts_with("file ")).count() as u64;
+    assert!(files > 0 && files <= want, "{first:#}");
+    assert!(
+        first["summary"]["new_bytes"].as_u64().unwrap() < 64 << 10,
+        "the data deduplicates against the tree's: {first:#}"
+    );
+    // Unchanged: listed, nothing fetched, nothing new.
+    let second = backup("auto");
+    assert_eq!(second["summary"]["files"], files);
+    assert_eq!(second["summary"]["files_read"], 0, "{second:#}");
+    assert!(second["summary"]["new_bytes"].as_u64().unwrap() < 16 << 10, "{second:#}");
+    // And it restores to the same bytes.
+    let back = tmp.path().join("back");
+    let out = cairn(&repo)
+        .args([
+            "restore",
+            "latest",
+            "--source",
+            "bucket/uploads",
+            "--target",
+            back.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let restored: BTreeMap<String, String> =
+        digest(&back).into_iter().filter(|(_, v)| v.starts_with("file ")).collect();
+    let original: BTreeMap<String, String> = digest(&src)
+        .into_iter()
+        .filter(|(k, v)| v.starts_with("file ") && !k.contains('\u{FFFD}'))
+        .collect();
+    assert_eq!(restored, original);
+}

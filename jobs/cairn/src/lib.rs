@@ -65,6 +65,9 @@ pub enum Command {
     },
     /// Back up a directory (or one file).
     Backup {
+        /// A directory or file, or an object-store URL (s3://bucket/prefix, gs://, az://):
+        /// every object below it becomes a file at its key; unchanged objects (key, size,
+        /// ETag) are reused from the parent without being fetched.
         path: PathBuf,
         /// Source name recorded in the snapshot (e.g. pvc/ns/name).
         #[arg(long, env = "CAIRN_SOURCE")]
@@ -685,9 +688,15 @@ async fn backup_cmd(
         guard: Some(guard),
         ..Default::default()
     };
-    let out = cairn_shared::fs::backup_dir(repo, &path, opts)
-        .await
-        .with_context(|| format!("backup of {}", path.display()))?;
+    let out = match path.to_str().filter(|p| p.contains("://")) {
+        // A bucket prefix: objects as files, incremental by key, size and ETag.
+        Some(url) => cairn_shared::fs::objects::backup_objects(repo, url, opts)
+            .await
+            .with_context(|| format!("backup of {url}"))?,
+        None => cairn_shared::fs::backup_dir(repo, &path, opts)
+            .await
+            .with_context(|| format!("backup of {}", path.display()))?,
+    };
     let s = &out.snapshot.summary;
     if json {
         print_json(&snapshot_json(&SnapshotEntry { id: out.id, snapshot: out.snapshot.clone() }))?;

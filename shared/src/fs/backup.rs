@@ -55,7 +55,7 @@ pub struct BackupOutcome {
     pub snapshot: Snapshot,
 }
 
-struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     writer: &'a Writer,
     repo: &'a Repository,
     handle: tokio::runtime::Handle,
@@ -167,13 +167,28 @@ pub struct VirtualFile {
 /// the snapshot ready to commit.
 pub async fn backup_files<T, F>(
     repo: Arc<Repository>,
-    mut items: tokio::sync::mpsc::Receiver<T>,
+    items: tokio::sync::mpsc::Receiver<T>,
     render: F,
     opts: BackupOptions,
 ) -> Result<Prepared>
 where
     T: Send + 'static,
     F: Fn(T) -> Result<VirtualFile> + Send + Sync + 'static,
+{
+    backup_nodes(repo, items, move |ctx, item| virtual_file_node(ctx, render(item)?), opts).await
+}
+
+/// [`backup_files`] with the caller making each file's node (its directory and the node):
+/// for sources whose files stream (objects of a bucket) or are reused from a parent.
+pub(crate) async fn backup_nodes<T, F>(
+    repo: Arc<Repository>,
+    mut items: tokio::sync::mpsc::Receiver<T>,
+    node_of: F,
+    opts: BackupOptions,
+) -> Result<Prepared>
+where
+    T: Send + 'static,
+    F: Fn(&Ctx<'_>, T) -> Result<(String, Node)> + Send + Sync + 'static,
 {
     repo.load_index().await?;
     let empty = globset::GlobSet::empty();
@@ -205,10 +220,8 @@ where
                     }
                 }
             }
-            let nodes: Vec<(String, Node)> = batch
-                .par_drain(..)
-                .map(|item| virtual_file_node(ctx, render(item)?))
-                .collect::<Result<_>>()?;
+            let nodes: Vec<(String, Node)> =
+                batch.par_drain(..).map(|item| node_of(ctx, item)).collect::<Result<_>>()?;
             for (dir, node) in nodes {
                 root.insert(&dir, node);
             }
@@ -225,23 +238,42 @@ where
 
 /// Store one virtual file's content; returns its directory and node.
 fn virtual_file_node(ctx: &Ctx<'_>, f: VirtualFile) -> Result<(String, Node)> {
-    let (dir, name) = match f.path.rsplit_once('/') {
-        Some((d, n)) => (d.to_string(), n),
-        None => (String::new(), f.path.as_str()),
-    };
-    if name.is_empty() || f.path.split('/').any(|c| c == "." || c == "..") {
-        return Err(Error::Invalid(format!("file path {:?}", f.path)));
-    }
+    let (dir, name) = split_virtual_path(&f.path)?;
     let mut node = Node::new(Name(name.as_bytes().to_vec()), NodeKind::File);
     node.mode = 0o600;
     node.mtime_ns = f.mtime_ns;
     let mut extents = Vec::new();
     node.size = chunk_into(ctx, f.content.as_slice(), &mut extents)?;
     node.content = extents;
-    ctx.progress.add_file(node.size);
-    ctx.files_read.fetch_add(1, Ordering::Relaxed);
-    ctx.bytes_read.fetch_add(node.size, Ordering::Relaxed);
+    ctx.count_read(node.size);
     Ok((dir, node))
+}
+
+impl Ctx<'_> {
+    /// A file whose content was read (not reused from the parent).
+    pub(crate) fn count_read(&self, bytes: u64) {
+        self.progress.add_file(bytes);
+        self.files_read.fetch_add(1, Ordering::Relaxed);
+        self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A file reused from the parent without reading.
+    pub(crate) fn count_reused(&self, bytes: u64) {
+        self.progress.add_file(bytes);
+    }
+}
+
+/// Split a relative `a/b/c` path into its directory and its name, refusing empty names and
+/// `.`/`..` components.
+pub(crate) fn split_virtual_path(path: &str) -> Result<(String, &str)> {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((d, n)) => (d.to_string(), n),
+        None => (String::new(), path),
+    };
+    if name.is_empty() || path.split('/').any(|c| c == "." || c == "..") {
+        return Err(Error::Invalid(format!("file path {path:?}")));
+    }
+    Ok((dir, name))
 }
 
 /// The directory skeleton [`backup_files`] builds as files arrive.
@@ -667,7 +699,11 @@ fn push_extent(extents: &mut Vec<Extent>, e: Extent) {
 
 /// Chunk everything `reader` yields into blobs, hashing, compressing and sealing a batch of
 /// chunks in parallel; all-zero chunks become holes. Returns the bytes read.
-fn chunk_into(ctx: &Ctx<'_>, reader: impl Read, extents: &mut Vec<Extent>) -> Result<u64> {
+pub(crate) fn chunk_into(
+    ctx: &Ctx<'_>,
+    reader: impl Read,
+    extents: &mut Vec<Extent>,
+) -> Result<u64> {
     let batch = rayon::current_num_threads().max(2);
     let mut pending: Vec<Vec<u8>> = Vec::with_capacity(batch);
     let mut chunks = ctx.repo.chunker().stream(reader);

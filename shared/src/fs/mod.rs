@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod export;
+pub mod objects;
 pub mod restore;
 pub mod stream;
 
