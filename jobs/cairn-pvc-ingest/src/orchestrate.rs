@@ -88,8 +88,6 @@ pub struct RunArgs {
     /// The ingest binary inside that image.
     #[arg(long, env = "CAIRN_INGEST_COMMAND", default_value = "/usr/local/bin/cairn-pvc-ingest")]
     pub ingest_command: String,
-    #[arg(long, env = "CAIRN_IMAGE_PULL_POLICY")]
-    pub image_pull_policy: Option<String>,
     /// ServiceAccount of the ingest pods (must exist in each namespace; its token is not
     /// mounted). Use one that carries a cloud identity (IRSA, Workload Identity) when the
     /// store's credentials are not static.
@@ -402,7 +400,7 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
             tags: args.labels.tags.clone(),
             image: args.ingest_image.clone(),
             command: args.ingest_command.clone(),
-            pull_policy: args.image_pull_policy.clone(),
+            pull_policy: args.worker.image_pull_policy.clone(),
             service_account: args.ingest_service_account.clone(),
             security,
             resources: resources(&args.ingest_cpu, &args.ingest_memory),

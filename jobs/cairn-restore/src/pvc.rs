@@ -90,8 +90,6 @@ pub struct PvcArgs {
     /// The restore binary inside that image.
     #[arg(long, env = "CAIRN_WRITER_COMMAND", default_value = "/usr/local/bin/cairn-restore")]
     pub writer_command: String,
-    #[arg(long, env = "CAIRN_IMAGE_PULL_POLICY")]
-    pub image_pull_policy: Option<String>,
     /// ServiceAccount of the writer pod (its token is not mounted).
     #[arg(long, env = "CAIRN_WRITER_SERVICE_ACCOUNT")]
     pub writer_service_account: Option<String>,
@@ -276,7 +274,7 @@ async fn restore_pvc(
         labels: owner.labels(),
         annotations: owner.annotations(),
         image: args.writer_image.clone(),
-        image_pull_policy: args.image_pull_policy.clone(),
+        image_pull_policy: args.worker.image_pull_policy.clone(),
         command: vec![args.writer_command.clone(), "pvc-writer".into()],
         env,
         env_secret: Some(job_name.clone()),

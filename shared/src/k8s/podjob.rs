@@ -43,6 +43,10 @@ pub const TERMINATION_MESSAGE_MAX: usize = 4096;
 /// of its own environment variables (store credentials) the workers get.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
+    /// imagePullPolicy of the worker pods (Always, IfNotPresent, Never; default: the
+    /// cluster's, by tag).
+    #[arg(long, env = "CAIRN_IMAGE_PULL_POLICY")]
+    pub image_pull_policy: Option<String>,
     /// How long one worker Job may run.
     #[arg(long, env = "CAIRN_JOB_TIMEOUT", default_value = "6h", value_parser = crate::config::parse_duration)]
     pub job_timeout: Duration,
