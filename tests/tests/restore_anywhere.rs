@@ -169,6 +169,15 @@ async fn a_bucket_prefix_backs_up_and_an_unchanged_one_adds_nothing() {
     assert_eq!(second["summary"]["files"], files);
     assert_eq!(second["summary"]["files_read"], 0, "{second:#}");
     assert!(second["summary"]["new_bytes"].as_u64().unwrap() < 16 << 10, "{second:#}");
+    // --exclude leaves keys out.
+    let out = Command::new(workspace_bin("cairn"))
+        .args(["backup", &url, "--source", "bucket/partial", "--exclude", "sparse.img", "--json"])
+        .env("CAIRN_REPO", &repo.url)
+        .env("CAIRN_WRITE_KEY", repo.write_key.to_text())
+        .output()
+        .unwrap();
+    let partial: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(partial["summary"]["files"].as_u64().unwrap(), files - 1, "{partial:#}");
     // And it restores to the same bytes.
     let back = tmp.path().join("back");
     let out = cairn(&repo)

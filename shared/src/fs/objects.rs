@@ -22,7 +22,7 @@ pub const ETAG_XATTR: &[u8] = b"user.cairn.etag";
 /// Bytes fetched per ranged GET while chunking a large object.
 const RANGE: u64 = 8 << 20;
 
-/// Back up every object below `url` and save a snapshot.
+/// Back up every object below `url` (but keys matching `opts.exclude`) and save a snapshot.
 pub async fn backup_objects(
     repo: Arc<Repository>,
     url: &str,
@@ -38,6 +38,14 @@ pub async fn backup_objects(
         }
         None => HashMap::new(),
     };
+    let mut exclude = globset::GlobSetBuilder::new();
+    for pattern in &opts.exclude {
+        exclude.add(
+            globset::Glob::new(pattern)
+                .map_err(|e| Error::Invalid(format!("exclude {pattern:?}: {e}")))?,
+        );
+    }
+    let exclude = exclude.build().map_err(|e| Error::Invalid(e.to_string()))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<object_store::ObjectMeta>(256);
     let lister = objects.clone();
     let url_owned = url.to_string();
@@ -46,6 +54,9 @@ pub async fn backup_objects(
         let mut list = lister.list(None);
         while let Some(meta) = list.next().await {
             let meta = meta.map_err(|e| crate::repo::storage::map_err(e, &url_owned))?;
+            if exclude.is_match(meta.location.as_ref()) {
+                continue;
+            }
             if tx.send(meta).await.is_err() {
                 break;
             }
