@@ -93,6 +93,19 @@ async fn run_json(mut cmd: tokio::process::Command) -> (i32, Value) {
     let text = String::from_utf8_lossy(&out.stdout);
     let v: Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {text}"));
+    // One line per PVC in the test log: what each took.
+    for r in v["pvcs"].as_array().into_iter().flatten() {
+        eprintln!(
+            "[pvc] {} ok={} {} ms, {} files, {} bytes ({} read, {} new)",
+            r["pvc"],
+            r["ok"],
+            r["duration_ms"],
+            r["files"],
+            r["bytes"],
+            r["files_read"],
+            r["new_bytes"]
+        );
+    }
     (out.status.code().unwrap_or(-1), v)
 }
 
