@@ -17,6 +17,8 @@ use cairn_shared::repo::{forget, prune};
 use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
 
+mod ui;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "cairn",
@@ -200,6 +202,17 @@ pub enum Command {
         #[arg(long)]
         read_data_subset: Option<String>,
     },
+    /// Browse the repository in a web browser: snapshots on a timeline per source, manifest
+    /// snapshots as the cluster at that time (nodes, workloads, pods, PVCs, each object's YAML,
+    /// the same object earlier and later, diffs between two times), file and PVC snapshots as
+    /// a file browser with downloads (one file, or a folder as tar). Read-only. With the write
+    /// key only it shows metadata (names, sizes, times) and says why.
+    Ui {
+        /// Address to listen on. Loopback by default: the page shows decrypted data to anyone
+        /// who reaches it, without authentication; from a pod use kubectl port-forward.
+        #[arg(long, env = "CAIRN_UI_LISTEN", default_value = "127.0.0.1:7070")]
+        listen: std::net::SocketAddr,
+    },
     /// Print version information as JSON.
     Version,
 }
@@ -259,6 +272,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
     let json = cli.output.json;
     let args = cli.repo;
     match cli.command {
+        Command::Ui { listen } => ui::serve(&args, listen).await,
         Command::Version => {
             println!(
                 "{}",
