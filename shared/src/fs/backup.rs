@@ -699,43 +699,59 @@ fn push_extent(extents: &mut Vec<Extent>, e: Extent) {
 
 /// Chunk everything `reader` yields into blobs, hashing, compressing and sealing a batch of
 /// chunks in parallel; all-zero chunks become holes. Returns the bytes read.
+///
+/// Cutting chunks is sequential (each cut depends on the last) and sealing is parallel: the
+/// next batch is cut while the previous one is sealed (`rayon::join`), so a large file keeps
+/// every core busy instead of leaving them idle while one thread reads and cuts. At most two
+/// batches (2 × threads chunks) are in memory per file.
 pub(crate) fn chunk_into(
     ctx: &Ctx<'_>,
-    reader: impl Read,
+    reader: impl Read + Send,
     extents: &mut Vec<Extent>,
 ) -> Result<u64> {
     let batch = rayon::current_num_threads().max(2);
-    let mut pending: Vec<Vec<u8>> = Vec::with_capacity(batch);
     let mut chunks = ctx.repo.chunker().stream(reader);
     let mut total = 0u64;
+    let mut sealing: Vec<Vec<u8>> = Vec::new();
     loop {
-        let next = chunks.next().transpose().map_err(|e| Error::Invalid(format!("read: {e}")))?;
-        let done = next.is_none();
-        if let Some(c) = next {
-            total += c.len() as u64;
-            pending.push(c);
-        }
-        if pending.len() >= batch || (done && !pending.is_empty()) {
-            let results: Vec<Extent> = pending
-                .par_iter()
-                .map(|c| -> Result<Extent> {
-                    let len = c.len() as u64;
-                    if is_zero(c) {
-                        return Ok(Extent { id: None, len });
+        let (cut, sealed) = rayon::join(
+            || -> Result<Vec<Vec<u8>>> {
+                let mut next = Vec::with_capacity(batch);
+                while next.len() < batch {
+                    match chunks.next().transpose() {
+                        Ok(Some(c)) => next.push(c),
+                        Ok(None) => break,
+                        Err(e) => return Err(Error::Invalid(format!("read: {e}"))),
                     }
-                    let added = ctx.writer.add_blob(BlobKind::Data, c)?;
-                    Ok(Extent { id: Some(added.id), len })
-                })
-                .collect::<Result<_>>()?;
-            for e in results {
-                push_extent(extents, e);
-            }
-            pending.clear();
+                }
+                Ok(next)
+            },
+            || seal_batch(ctx, &sealing),
+        );
+        for e in sealed? {
+            push_extent(extents, e);
         }
-        if done {
+        let cut = cut?;
+        if cut.is_empty() {
             return Ok(total);
         }
+        total += cut.iter().map(|c| c.len() as u64).sum::<u64>();
+        sealing = cut;
     }
+}
+
+fn seal_batch(ctx: &Ctx<'_>, chunks: &[Vec<u8>]) -> Result<Vec<Extent>> {
+    chunks
+        .par_iter()
+        .map(|c| -> Result<Extent> {
+            let len = c.len() as u64;
+            if is_zero(c) {
+                return Ok(Extent { id: None, len });
+            }
+            let added = ctx.writer.add_blob(BlobKind::Data, c)?;
+            Ok(Extent { id: Some(added.id), len })
+        })
+        .collect()
 }
 
 fn is_zero(buf: &[u8]) -> bool {
