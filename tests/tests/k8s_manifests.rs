@@ -61,11 +61,14 @@ async fn every_overlay_passes_a_server_side_dry_run() {
         std::fs::read_dir(dir.join("overlays")).unwrap().map(|e| e.unwrap().path()).collect();
     targets.sort();
     targets.push(dir.join("restore"));
-    assert!(targets.len() >= 5, "{targets:?}");
+    targets.push(dir.join("ui"));
+    assert!(targets.len() >= 6, "{targets:?}");
     for t in &targets {
         let yaml = render(t, &ns, "-dry");
         assert!(
-            yaml.contains("kind: CronJob") || yaml.contains("kind: ClusterRole"),
+            yaml.contains("kind: CronJob")
+                || yaml.contains("kind: ClusterRole")
+                || yaml.contains("kind: Deployment"),
             "{}",
             t.display()
         );

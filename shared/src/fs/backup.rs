@@ -721,7 +721,7 @@ pub(crate) fn chunk_into(
                     match chunks.next().transpose() {
                         Ok(Some(c)) => next.push(c),
                         Ok(None) => break,
-                        Err(e) => return Err(Error::Invalid(format!("read: {e}"))),
+                        Err(e) => return Err(read_failure(e)),
                     }
                 }
                 Ok(next)
@@ -737,6 +737,19 @@ pub(crate) fn chunk_into(
         }
         total += cut.iter().map(|c| c.len() as u64).sum::<u64>();
         sealing = cut;
+    }
+}
+
+/// A read error as the backup reports it. A reader backed by a store (bucket backups) wraps
+/// the store's own error, whose class (a retryable network failure, a missing object, a
+/// denied read) must survive; any other read error is the source's problem.
+fn read_failure(e: std::io::Error) -> Error {
+    if !e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        return Error::Invalid(format!("read: {e}"));
+    }
+    match e.into_inner().map(|b| b.downcast::<Error>()) {
+        Some(Ok(inner)) => *inner,
+        _ => Error::Invalid("read failed".into()),
     }
 }
 
@@ -808,4 +821,19 @@ impl Read for RegionReader<'_> {
 /// Name helper for callers that build paths from snapshot nodes.
 pub fn os_name(name: &Name) -> &OsStr {
     OsStr::from_bytes(name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_keep_their_class_through_a_reader() {
+        let e = std::io::Error::other(Error::Retryable("timed out".into()));
+        assert!(matches!(read_failure(e), Error::Retryable(m) if m == "timed out"));
+        let e = std::io::Error::other(Error::Denied("403".into()));
+        assert!(matches!(read_failure(e), Error::Denied(_)));
+        let e = std::io::Error::from_raw_os_error(5);
+        assert!(matches!(read_failure(e), Error::Invalid(m) if m.starts_with("read: ")));
+    }
 }

@@ -153,7 +153,10 @@ impl Read for ObjectReader {
             self.buf = self
                 .handle
                 .block_on(self.store.get_range(&self.key, range))
-                .map_err(std::io::Error::other)?;
+                // Keep the store's judgement (retryable, missing, denied) for the backup.
+                .map_err(|e| {
+                    std::io::Error::other(crate::repo::storage::map_err(e, self.key.as_ref()))
+                })?;
             if self.buf.is_empty() {
                 return Ok(0);
             }

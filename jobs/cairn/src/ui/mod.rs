@@ -158,7 +158,7 @@ pub async fn serve(args: &RepoArgs, listen: SocketAddr) -> Result<Exit> {
 }
 
 fn router(state: Arc<State>, addr: SocketAddr) -> Router {
-    let hosts = Arc::new(allowed_hosts(addr));
+    let loopback = loopback_only(addr);
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
         .route("/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
@@ -175,8 +175,7 @@ fn router(state: Arc<State>, addr: SocketAddr) -> Router {
         .route("/api/diff", get(api::diff))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-            let hosts = hosts.clone();
-            async move { guard(&hosts, req, next).await }
+            guard(loopback, req, next)
         }))
         .with_state(state)
 }
@@ -190,26 +189,27 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// Host names a loopback listener answers to. A page on another site could otherwise reach
-/// the UI through DNS rebinding (its name resolving to 127.0.0.1) and read decrypted data.
-fn allowed_hosts(addr: SocketAddr) -> Option<Vec<String>> {
-    if !addr.ip().is_loopback() {
-        return None;
-    }
-    let port = addr.port();
-    Some(vec![
-        format!("127.0.0.1:{port}"),
-        format!("localhost:{port}"),
-        format!("[::1]:{port}"),
-        addr.to_string(),
-    ])
+/// Whether requests must name a loopback host. A page on another site could otherwise reach
+/// a loopback UI through DNS rebinding (its own name resolving to 127.0.0.1) and read
+/// decrypted data. Any port is accepted: `kubectl port-forward 8080:7070` and SSH tunnels
+/// change it.
+fn loopback_only(addr: SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    matches!(name, "localhost" | "127.0.0.1" | "::1")
 }
 
 /// Refuse foreign Host headers and writes; add headers that keep the page self-contained.
-async fn guard(hosts: &Option<Vec<String>>, req: Request, next: Next) -> Response {
-    if let Some(allowed) = hosts {
+async fn guard(loopback: bool, req: Request, next: Next) -> Response {
+    if loopback {
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        if !allowed.iter().any(|a| a == host) {
+        if !is_loopback_host(host) {
             return (StatusCode::FORBIDDEN, format!("cairn ui: unexpected Host {host:?}"))
                 .into_response();
         }
@@ -271,9 +271,14 @@ mod tests {
 
     #[test]
     fn loopback_listeners_only_answer_to_loopback_names() {
-        let hosts = allowed_hosts("127.0.0.1:7070".parse().unwrap()).unwrap();
-        assert!(hosts.contains(&"localhost:7070".to_string()));
-        assert!(!hosts.iter().any(|h| h.contains("evil")));
-        assert!(allowed_hosts("0.0.0.0:7070".parse().unwrap()).is_none());
+        for ok in ["localhost:7070", "127.0.0.1:8080", "[::1]:7070", "localhost"] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in ["evil.example:7070", "127.0.0.1.evil.example", "", "[::2]:7070", "localhost.:1"]
+        {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+        assert!(loopback_only("127.0.0.1:7070".parse().unwrap()));
+        assert!(!loopback_only("0.0.0.0:7070".parse().unwrap()));
     }
 }
