@@ -148,3 +148,43 @@ async fn bad_input_gets_a_usage_exit_code() {
         Exit::Usage
     );
 }
+
+/// A long-running reader (`cairn ui`) refreshes its snapshot list by listing names and
+/// fetching only records it has not opened yet; forgotten records drop out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_refresh_fetches_only_new_records_and_drops_forgotten_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tmp.path().join("repo").display());
+    let test_repo = repos::init(&url).await;
+    let wk = test_repo.write_key.to_text();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let backup = |content: &'static str| {
+        let (url, wk, data) = (url.clone(), wk.clone(), data.clone());
+        async move {
+            std::fs::write(data.join("f"), content).unwrap();
+            let d = data.to_str().unwrap();
+            assert_eq!(
+                cairn(&["--repo", &url, "--write-key", &wk, "backup", d, "--source", "s"]).await,
+                Exit::Success
+            );
+        }
+    };
+    backup("one").await;
+    let repo = test_repo.open_write().await;
+    let (mut first, failures) = repo.snapshots_refresh(&[]).await.unwrap();
+    assert_eq!((first.len(), failures.len()), (1, 0));
+    // Mark the cached copy: if the refresh fetched it again, the mark would be gone.
+    first[0].snapshot.host = "from-the-cache".into();
+    backup("two").await;
+    let (second, _) = repo.snapshots_refresh(&first).await.unwrap();
+    assert_eq!(second.len(), 2);
+    assert_eq!(second[0].id, first[0].id);
+    assert_eq!(second[0].snapshot.host, "from-the-cache", "a known record was fetched again");
+    assert_ne!(second[1].snapshot.host, "from-the-cache");
+    let forget = ["--repo", &url, "--write-key", &wk, "forget", "--keep-last", "1"];
+    assert_eq!(cairn(&forget).await, Exit::Success);
+    let (third, _) = repo.snapshots_refresh(&second).await.unwrap();
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].id, second[1].id);
+}

@@ -582,9 +582,29 @@ impl Repository {
 
     /// All snapshots, oldest first, and the records that did not open.
     pub async fn snapshots_lenient(&self) -> Result<(Vec<SnapshotEntry>, Vec<(String, Error)>)> {
+        self.snapshots_refresh(&[]).await
+    }
+
+    /// Like [`Repository::snapshots_lenient`], reusing records already opened (a record never
+    /// changes): only names missing from `known` are fetched, and records gone from the store
+    /// (forgotten) drop out. A long-running reader lists a large repository for the price
+    /// of one listing plus the new records.
+    pub async fn snapshots_refresh(
+        &self,
+        known: &[SnapshotEntry],
+    ) -> Result<(Vec<SnapshotEntry>, Vec<(String, Error)>)> {
         let keys = self.store.list("snapshots/").await?;
-        let fetched = self.store.get_many(keys.into_iter().map(|(k, _)| k).collect(), 16).await?;
-        let mut out = Vec::with_capacity(fetched.len());
+        let by_id: HashMap<SnapshotId, &SnapshotEntry> = known.iter().map(|e| (e.id, e)).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (key, _) in keys {
+            let id = SnapshotId::parse(key.trim_start_matches("snapshots/")).ok();
+            match id.and_then(|id| by_id.get(&id)) {
+                Some(entry) => out.push((*entry).clone()),
+                None => missing.push(key),
+            }
+        }
+        let fetched = self.store.get_many(missing, 16).await?;
         let mut failures = Vec::new();
         for (key, sealed) in fetched {
             let opened = SnapshotId::parse(key.trim_start_matches("snapshots/"))

@@ -70,7 +70,9 @@ impl State {
             return Ok(list.clone());
         }
         // A damaged record must not hide the rest: list what opens, report what does not.
-        let (entries, failures) = self.repo.snapshots_lenient().await?;
+        // Records never change: only new names are fetched.
+        let known = cached.as_ref().map(|(_, list)| list.entries.as_slice()).unwrap_or(&[]);
+        let (entries, failures) = self.repo.snapshots_refresh(known).await?;
         let unreadable = failures.into_iter().map(|(name, e)| format!("{name}: {e}")).collect();
         let list = Arc::new(Snapshots { entries, unreadable });
         *cached = Some((Instant::now(), list.clone()));
