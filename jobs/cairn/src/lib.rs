@@ -252,7 +252,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-fn snapshot_json(s: &SnapshotEntry) -> serde_json::Value {
+pub(crate) fn snapshot_json(s: &SnapshotEntry) -> serde_json::Value {
     serde_json::json!({
         "id": s.id.to_hex(),
         "short_id": s.id.short(),

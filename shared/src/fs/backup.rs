@@ -85,14 +85,7 @@ pub async fn backup_dir(
         Some(id) => Some(repo.find_snapshot(&id.to_hex(), None).await?.snapshot),
         None => None,
     };
-    let mut exclude = globset::GlobSetBuilder::new();
-    for pattern in &opts.exclude {
-        exclude.add(
-            globset::Glob::new(pattern)
-                .map_err(|e| Error::Invalid(format!("exclude {pattern:?}: {e}")))?,
-        );
-    }
-    let exclude = exclude.build().map_err(|e| Error::Invalid(e.to_string()))?;
+    let exclude = super::exclude_set(&opts.exclude)?;
     let total = parent.as_ref().map_or(0, |p| p.summary.bytes);
     let path = path.to_path_buf();
     let root = path.clone();
@@ -744,13 +737,7 @@ pub(crate) fn chunk_into(
 /// the store's own error, whose class (a retryable network failure, a missing object, a
 /// denied read) must survive; any other read error is the source's problem.
 fn read_failure(e: std::io::Error) -> Error {
-    if !e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        return Error::Invalid(format!("read: {e}"));
-    }
-    match e.into_inner().map(|b| b.downcast::<Error>()) {
-        Some(Ok(inner)) => *inner,
-        _ => Error::Invalid("read failed".into()),
-    }
+    super::wrapped_error(e).unwrap_or_else(|e| Error::Invalid(format!("read: {e}")))
 }
 
 fn seal_batch(ctx: &Ctx<'_>, chunks: &[Vec<u8>]) -> Result<Vec<Extent>> {

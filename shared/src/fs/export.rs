@@ -340,14 +340,8 @@ pub async fn export_objects(
 
 /// A read error of a file's content keeps its cairn class (integrity stays integrity).
 fn read_error(path: impl AsRef<Path>, e: std::io::Error) -> Error {
-    let path = path.as_ref().display();
-    match e.into_inner() {
-        Some(inner) => match inner.downcast::<Error>() {
-            Ok(cairn) => *cairn,
-            Err(other) => Error::Retryable(format!("{path}: {other}")),
-        },
-        None => Error::Retryable(format!("{path}: read failed")),
-    }
+    super::wrapped_error(e)
+        .unwrap_or_else(|e| Error::Retryable(format!("{}: {e}", path.as_ref().display())))
 }
 
 #[cfg(test)]

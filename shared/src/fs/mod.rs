@@ -11,3 +11,31 @@ pub use backup::{
     BackupOptions, BackupOutcome, Prepared, VirtualFile, backup_dir, backup_files, backup_stream,
 };
 pub use restore::{RestoreOptions, RestoreReport, restore, write_file_to};
+
+/// The cairn error a reader wrapped in an `io::Error` (store reads in bucket backups, blob
+/// reads in exports), so that its class (retryable, missing, denied, integrity) survives the
+/// `Read` interface; any other I/O error is given back.
+pub(crate) fn wrapped_error(
+    e: std::io::Error,
+) -> std::result::Result<crate::Error, std::io::Error> {
+    if !e.get_ref().is_some_and(|inner| inner.is::<crate::Error>()) {
+        return Err(e);
+    }
+    match e.into_inner().map(|b| b.downcast::<crate::Error>()) {
+        Some(Ok(inner)) => Ok(*inner),
+        Some(Err(other)) => Err(std::io::Error::other(other)),
+        None => Err(std::io::Error::other("read failed")),
+    }
+}
+
+/// The exclude globs of a backup, compiled.
+pub(crate) fn exclude_set(patterns: &[String]) -> crate::Result<globset::GlobSet> {
+    let mut set = globset::GlobSetBuilder::new();
+    for pattern in patterns {
+        set.add(
+            globset::Glob::new(pattern)
+                .map_err(|e| crate::Error::Invalid(format!("exclude {pattern:?}: {e}")))?,
+        );
+    }
+    set.build().map_err(|e| crate::Error::Invalid(e.to_string()))
+}

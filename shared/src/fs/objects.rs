@@ -38,14 +38,7 @@ pub async fn backup_objects(
         }
         None => HashMap::new(),
     };
-    let mut exclude = globset::GlobSetBuilder::new();
-    for pattern in &opts.exclude {
-        exclude.add(
-            globset::Glob::new(pattern)
-                .map_err(|e| Error::Invalid(format!("exclude {pattern:?}: {e}")))?,
-        );
-    }
-    let exclude = exclude.build().map_err(|e| Error::Invalid(e.to_string()))?;
+    let exclude = super::exclude_set(&opts.exclude)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<object_store::ObjectMeta>(256);
     let lister = objects.clone();
     let url_owned = url.to_string();

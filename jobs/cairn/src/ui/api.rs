@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State as AxState};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cairn_shared::fs::export::{NodeReader, Selection, export_tar};
 use cairn_shared::k8s::compare::{CompareOptions, compare};
@@ -86,21 +86,11 @@ fn mtime(ns: i128) -> Option<String> {
     time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok().map(rfc3339)
 }
 
+/// A snapshot as `cairn snapshots --json` shows it, and what kind of source it is.
 fn snapshot_brief(e: &SnapshotEntry) -> Value {
-    let s = &e.snapshot;
-    json!({
-        "id": e.id.to_hex(),
-        "time": rfc3339(s.time),
-        "source": s.source,
-        "cluster": s.cluster,
-        "host": s.host,
-        "tags": s.tags,
-        "parent": s.parent.map(|p| p.to_hex()),
-        "summary": s.summary,
-        "partial": s.partial,
-        "failures": s.failures.len(),
-        "kind": kind_of(e),
-    })
+    let mut v = crate::snapshot_json(e);
+    v["kind"] = json!(kind_of(e));
+    v
 }
 
 fn find<'a>(list: &'a Snapshots, id: &str) -> ApiResult<&'a SnapshotEntry> {
@@ -163,7 +153,6 @@ pub async fn snapshot(
     let s = &e.snapshot;
     let mut v = snapshot_brief(e);
     v["meta"] = s.meta.clone();
-    v["failures"] = serde_json::to_value(&s.failures).unwrap_or_default();
     let same = series(&list, e);
     let at = same.iter().position(|x| x.id == e.id).unwrap_or(0);
     v["previous"] = json!(at.checked_sub(1).map(|i| same[i].id.to_hex()));
@@ -293,11 +282,11 @@ pub async fn file(AxState(state): Shared, Query(q): Query<FileQuery>) -> ApiResu
     let h = res.headers_mut();
     h.insert(header::CONTENT_LENGTH, size.into());
     if q.download {
-        h.insert(header::CONTENT_TYPE, "application/octet-stream".parse().expect("static"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         let cd = format!("attachment; filename=\"{}\"", base_name(&q.path));
         h.insert(header::CONTENT_DISPOSITION, cd.parse().map_err(|_| bad("file name"))?);
     } else {
-        h.insert(header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     }
     Ok(res)
 }
@@ -343,7 +332,7 @@ pub async fn tar(AxState(state): Shared, Query(q): Query<TarQuery>) -> ApiResult
     });
     let mut res = Response::new(body);
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, "application/x-tar".parse().expect("static"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
     let cd = format!("attachment; filename=\"{name}.tar\"");
     h.insert(header::CONTENT_DISPOSITION, cd.parse().map_err(|_| bad("file name"))?);
     Ok(res)

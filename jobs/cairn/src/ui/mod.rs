@@ -15,7 +15,7 @@ mod stream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -28,6 +28,7 @@ use axum::routing::get;
 use cairn_shared::config::{Need, RepoArgs};
 use cairn_shared::exit::{Exit, usage};
 use cairn_shared::repo::{BlobId, Node, NodeKind, Repository, Snapshot, SnapshotEntry};
+use parking_lot::Mutex;
 
 /// Why contents are hidden when the UI runs with the write key only.
 pub const METADATA_ONLY: &str = "no identity given (--identity, CAIRN_IDENTITY or \
@@ -81,11 +82,11 @@ impl State {
 
     /// A directory's entries, from the cache when its listing blobs were read before.
     async fn dir(&self, subtree: &[BlobId]) -> cairn_shared::Result<Arc<Vec<Node>>> {
-        if let Some(hit) = self.dirs.lock().expect("dir cache").map.get(subtree) {
+        if let Some(hit) = self.dirs.lock().map.get(subtree) {
             return Ok(hit.clone());
         }
         let nodes = Arc::new(self.repo.read_dir(subtree).await?);
-        let mut cache = self.dirs.lock().expect("dir cache");
+        let mut cache = self.dirs.lock();
         if cache.nodes + nodes.len() > DIR_CACHE_NODES {
             *cache = DirCache::default();
         }

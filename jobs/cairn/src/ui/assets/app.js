@@ -143,7 +143,7 @@ async function viewTimeline(params) {
       const cls = snap.partial ? "partial" : "ok";
       svg.append(svgEl("a", { href: snapHref(snap.id), "data-testid": "timeline-dot" },
         svgEl("circle", { cx: x(Date.parse(snap.time)), cy: y, r: 6, class: `snap ${cls} ${g.kind}` },
-          svgEl("title", {}, `${snap.source} ${when(snap.time)}\n${bytes(snap.summary.bytes)}, ${bytes(snap.summary.new_bytes)} new${snap.partial ? "\nPARTIAL: " + snap.failures + " failures" : ""}`))));
+          svgEl("title", {}, `${snap.source} ${when(snap.time)}\n${bytes(snap.summary.bytes)}, ${bytes(snap.summary.new_bytes)} new${snap.partial ? "\nPARTIAL: " + snap.failures.length + " failures" : ""}`))));
     }
   });
   const axisY = rows.length * rowH + 16;
@@ -156,7 +156,7 @@ async function viewTimeline(params) {
   const table = h("table", { class: "grid", "data-testid": "snapshot-table" },
     h("tr", {}, ["time", "id", "files", "size", "new", "took", "status", "tags"].map((c) => h("th", {}, c))));
   for (const s of [...g.items].reverse()) {
-    const status = s.partial ? h("span", { class: "tag warn" }, `partial: ${s.failures} failed`) : h("span", { class: "tag ok" }, "complete");
+    const status = s.partial ? h("span", { class: "tag warn" }, `partial: ${s.failures.length} failed`) : h("span", { class: "tag ok" }, "complete");
     table.append(h("tr", {},
       h("td", {}, link(snapHref(s.id), when(s.time)), h("div", { class: "muted small" }, ago(s.time))),
       h("td", { class: "mono" }, short(s.id)),
