@@ -10,6 +10,7 @@ pub mod exit;
 pub mod fs;
 pub mod k8s;
 pub mod progress;
+pub mod records;
 pub mod repo;
 pub mod telemetry;
 

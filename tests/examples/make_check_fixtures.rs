@@ -36,7 +36,7 @@ async fn main() {
 
     let full = t.open_full().await;
     full.load_index().await.unwrap();
-    let index = full.index();
+    let index = full.index().await.unwrap();
     let data_pack = index.packs.iter().find(|p| p.kind == BlobKind::Data).unwrap().id;
     let data_pack_file = |root: &Path| root.join("repo").join(pack_key(&data_pack));
     let index_file = |root: &Path| {

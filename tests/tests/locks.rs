@@ -154,7 +154,8 @@ async fn a_holder_that_cannot_refresh_stops_before_its_lease_ends() {
     assert!(stopped < lease, "holder stopped after {stopped:?}, lease {lease:?}");
 
     // Its writer refuses to write from then on.
-    let writer = holder.writer(tokio::runtime::Handle::current()).with_guard(Some(guard));
+    let index = holder.index().await.unwrap();
+    let writer = holder.writer(index, tokio::runtime::Handle::current()).with_guard(Some(guard));
     let refused =
         tokio::task::spawn_blocking(move || writer.add_blob(BlobKind::Data, b"late").map(|_| ()))
             .await

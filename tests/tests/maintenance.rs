@@ -330,8 +330,9 @@ async fn a_writer_outliving_mark_and_delete_does_not_commit() {
     w.load_index().await.unwrap();
     let handle = tokio::runtime::Handle::current();
     let w2 = w.clone();
+    let index = w.index().await.unwrap();
     let (relied, root) = tokio::task::spawn_blocking(move || {
-        let writer = w2.writer(handle);
+        let writer = w2.writer(index, handle);
         let added = writer.add_blob(BlobKind::Data, &content).unwrap();
         assert_eq!(added.stored, 0, "reused from the forgotten snapshot's pack");
         let mut file = Node::new(Name(b"f".to_vec()), NodeKind::File);

@@ -291,6 +291,32 @@ async fn pvcs_back_up_incrementally_with_shipped_rbac_and_restore_byte_exact() {
     assert_eq!(over.status.code(), Some(0), "{}", String::from_utf8_lossy(&over.stdout));
     trees::assert_same_tree(&dirs[&format!("{ns_a}/data2")], &restored);
 
+    // A subtree (`--path`) into a new PVC: its contents land at the volume's root
+    // (regression: the restore failed with "blob … is in no index" before any pod ran).
+    let src2 = &dirs[&format!("{ns_a}/data2")];
+    let sub = std::fs::read_dir(src2)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .min()
+        .expect("the generated tree has a directory");
+    let out = restore_pvc(
+        &repo,
+        &kc,
+        &source2,
+        "data2-sub",
+        &["--target-namespace", &ns_a, "--path", &sub, "--size", "1Gi"],
+    )
+    .output()
+    .await
+    .unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{r:#} {}", String::from_utf8_lossy(&out.stderr));
+    let restored_sub = csi.wait_bound(&ns_a, "data2-sub").await;
+    trees::assert_same_tree(&src2.join(&sub), &restored_sub);
+    assert_eq!(leftovers(&ns_a).await, Vec::<String>::new());
+
     csi.stop().await;
     delete_namespaces(&[&ns_a, &ns_b]);
 }

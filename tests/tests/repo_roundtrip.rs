@@ -2,6 +2,7 @@
 //! memory://, file:// and the real S3 server; incremental backups read only what changed.
 
 use cairn_shared::fs::{BackupOptions, RestoreOptions, backup_dir, restore};
+use cairn_shared::repo::ParentSpec;
 use cairn_tests::repos;
 use cairn_tests::trees::{TreeSpec, assert_same_tree, generate, mutate};
 
@@ -26,10 +27,13 @@ async fn round_trip(url: &str, spec: &TreeSpec) {
     assert_same_tree(&src, &out1);
 
     let changed = mutate(&src, spec.seed + 100);
-    let second =
-        backup_dir(writer_view.clone(), &src, BackupOptions { parent: Some(first.id), ..opts })
-            .await
-            .expect("incremental backup");
+    let second = backup_dir(
+        writer_view.clone(),
+        &src,
+        BackupOptions { parent: ParentSpec::Snapshot(first.id.to_hex()), ..opts },
+    )
+    .await
+    .expect("incremental backup");
     let s = &second.snapshot.summary;
     assert!(
         s.files_read as usize <= changed,

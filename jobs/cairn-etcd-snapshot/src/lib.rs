@@ -24,7 +24,7 @@ use etcd_client::{
 use serde::Serialize;
 
 /// The file name of the database inside an etcd snapshot.
-pub const DB_FILE: &str = "snapshot.db";
+pub use cairn_shared::records::ETCD_DB_FILE as DB_FILE;
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     cairn_shared::config::parse_duration(s)
@@ -95,48 +95,21 @@ impl Cli {
     }
 }
 
-/// What the job learnt about one member.
-#[derive(Debug, Clone, Serialize)]
-pub struct Member {
-    pub endpoint: String,
-    pub id: String,
-    pub name: String,
-    pub version: String,
-    pub cluster_id: String,
-    pub leader: bool,
-    pub learner: bool,
-    pub raft_index: u64,
-    pub raft_term: u64,
-    pub db_size: i64,
-    pub db_size_in_use: i64,
-    pub errors: Vec<String>,
-    pub alarms: Vec<String>,
-}
-
-impl Member {
-    fn problem(&self) -> Option<String> {
-        if !self.alarms.is_empty() {
-            Some(format!("alarm {}", self.alarms.join(",")))
-        } else if !self.errors.is_empty() {
-            Some(format!("errors: {}", self.errors.join("; ")))
-        } else {
-            None
-        }
-    }
-}
-
+/// What the job learnt about one member (recorded in the snapshot).
+pub use cairn_shared::records::EtcdMember as Member;
 /// Facts recorded in the snapshot (`meta.etcd`), so a restore can be checked.
-#[derive(Debug, Clone, Serialize)]
-pub struct EtcdMeta {
-    pub member: Member,
-    pub chosen_because: String,
-    /// A revision the snapshot holds (read just before the stream started); `hash_kv` is
-    /// HashKV at it, to compare with the restored member.
-    pub revision: i64,
-    pub hash_kv: u32,
-    pub hash_kv_compact_revision: i64,
-    pub stream_bytes: u64,
-    pub sha256: String,
+pub use cairn_shared::records::EtcdRecord as EtcdMeta;
+use cairn_shared::records::SnapshotRecord;
+
+/// Why a member should not be snapshotted, if it should not.
+fn problem(m: &Member) -> Option<String> {
+    if !m.alarms.is_empty() {
+        Some(format!("alarm {}", m.alarms.join(",")))
+    } else if !m.errors.is_empty() {
+        Some(format!("errors: {}", m.errors.join("; ")))
+    } else {
+        None
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -324,7 +297,7 @@ pub fn choose(members: &[Member], wanted: Option<&str>) -> Result<(Member, Strin
             .ok_or_else(|| {
                 Error::NotFound(format!("member {w:?} is not among the reachable members"))
             })?;
-        if let Some(p) = m.problem() {
+        if let Some(p) = problem(m) {
             return Err(Error::Retryable(format!(
                 "member {} ({}) is unhealthy: {p}",
                 m.name, m.endpoint
@@ -332,11 +305,11 @@ pub fn choose(members: &[Member], wanted: Option<&str>) -> Result<(Member, Strin
         }
         return Ok((m.clone(), format!("requested with --member {w}")));
     }
-    let mut healthy: Vec<&Member> = members.iter().filter(|m| m.problem().is_none()).collect();
+    let mut healthy: Vec<&Member> = members.iter().filter(|m| problem(m).is_none()).collect();
     if healthy.is_empty() {
         let why: Vec<String> = members
             .iter()
-            .map(|m| format!("{} ({}): {}", m.name, m.endpoint, m.problem().unwrap_or_default()))
+            .map(|m| format!("{} ({}): {}", m.name, m.endpoint, problem(m).unwrap_or_default()))
             .collect();
         return Err(Error::Retryable(format!("no healthy etcd member: {}", why.join("; "))));
     }
@@ -532,7 +505,7 @@ async fn stream_and_commit(
         stream_bytes: facts.bytes,
         sha256: hex::encode(facts.sha256),
     };
-    prepared.snapshot.meta = serde_json::json!({ "etcd": meta });
+    prepared.snapshot.meta = cairn_shared::records::EtcdMeta { etcd: meta.clone() }.to_meta();
     let out =
         prepared.commit(repo, Some(&locks.guard())).await.context("committing the snapshot")?;
     let s = &out.snapshot.summary;

@@ -12,12 +12,13 @@ use cairn_shared::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
 use cairn_shared::fs::{BackupOptions, backup_dir, backup_stream};
 use cairn_shared::k8s::podjob::{TERMINATION_LOG, write_termination_message};
 use cairn_shared::progress::human_bytes;
+use cairn_shared::repo::Repository;
 use cairn_shared::repo::lock::BackupLocks;
-use cairn_shared::repo::{Repository, SnapshotId};
 use serde::{Deserialize, Serialize};
 
 /// The file a block volume is stored as.
-pub const BLOCK_FILE: &str = "volume.img";
+pub use cairn_shared::records::BLOCK_FILE;
+use cairn_shared::records::{PvcMeta, SnapshotRecord};
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -130,8 +131,9 @@ async fn ingest(
     let (ns, name) = parse_pvc(&args.pvc)?;
     report.source = pvc_source(&ns, &name);
     let meta: serde_json::Value = match &args.meta {
-        Some(m) => serde_json::from_str(m)
-            .map_err(|e| cairn_shared::exit::usage(format!("--meta is not JSON: {e}")))?,
+        Some(m) => serde_json::from_str::<PvcMeta>(m)
+            .map_err(|e| cairn_shared::exit::usage(format!("--meta is not a PVC record: {e}")))?
+            .to_meta(),
         None => serde_json::Value::Null,
     };
     let repo = Arc::new(repo.open(Need::Write).await.context("opening the repository")?);
@@ -153,17 +155,11 @@ async fn ingest_locked(
     meta: serde_json::Value,
     locks: &BackupLocks,
 ) -> anyhow::Result<()> {
-    let parent = match args.parent.as_str() {
-        "none" => None,
-        "auto" => latest_of(repo, &report.source, args.labels.cluster.as_deref()).await?,
-        id => Some(repo.find_snapshot(id, None).await?.id),
-    };
-    report.parent = parent.map(|p| p.to_hex());
     let opts = BackupOptions {
         source: report.source.clone(),
         cluster: args.labels.cluster.clone(),
         tags: args.labels.tag_map(),
-        parent,
+        parent: args.parent.parse()?,
         exclude: args.exclude.clone(),
         meta,
         guard: Some(locks.guard()),
@@ -193,6 +189,7 @@ async fn ingest_locked(
         (None, None) => return Err(cairn_shared::exit::usage("give --path or --device")),
     };
     let s = &out.snapshot.summary;
+    report.parent = out.snapshot.parent.map(|p| p.to_hex());
     report.snapshot = Some(out.id.to_hex());
     report.files = s.files;
     report.bytes = s.bytes;
@@ -203,19 +200,4 @@ async fn ingest_locked(
     report.failures =
         out.snapshot.failures.iter().map(|f| format!("{}: {}", f.path, f.error)).collect();
     Ok(())
-}
-
-/// The newest snapshot of `source` taken in `cluster`: buckets shared by clusters hold
-/// the same PVC names for different volumes.
-async fn latest_of(
-    repo: &Repository,
-    source: &str,
-    cluster: Option<&str>,
-) -> cairn_shared::Result<Option<SnapshotId>> {
-    let all = repo.snapshots().await?;
-    Ok(all
-        .into_iter()
-        .filter(|s| s.snapshot.source == source && s.snapshot.cluster.as_deref() == cluster)
-        .max_by_key(|s| s.snapshot.time)
-        .map(|s| s.id))
 }

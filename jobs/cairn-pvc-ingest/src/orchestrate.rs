@@ -19,6 +19,9 @@ use cairn_shared::k8s::podjob::{
 use cairn_shared::k8s::temp::{self, Swept, TempOwner, object_name};
 use cairn_shared::k8s::{KubeArgs, classify, status_code, volsnap};
 use cairn_shared::progress::human_bytes;
+use cairn_shared::records::{
+    PvcMeta, PvcMode, PvcRecord, SnapshotRecord, VolumeGroupSnapshotRecord, VolumeSnapshotRecord,
+};
 use cairn_shared::repo::lock::{Lock, LockKind};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -31,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use parking_lot::Mutex;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::ingest::IngestReport;
 
@@ -714,7 +717,10 @@ async fn backup_one_inner(
             let (driver, sc) = driver_of(&ctx.client, pvc).await?;
             let (snap, class) = match &given {
                 Some(g) => {
-                    meta["volumeGroupSnapshot"] = json!({ "name": g.group, "class": g.class });
+                    meta.volume_group_snapshot = Some(VolumeGroupSnapshotRecord {
+                        name: g.group.clone(),
+                        class: g.class.clone(),
+                    });
                     (g.name.clone(), g.class.clone())
                 }
                 None => {
@@ -741,9 +747,11 @@ async fn backup_one_inner(
             let ready =
                 volsnap::wait_ready(&ctx.client, &ns, &snap, a.snapshot_timeout, a.poll).await?;
             tracing::info!(snapshot = %snap, waited_ms = ready.waited.as_millis() as u64, restore_size = ?ready.restore_size, "VolumeSnapshot ready");
-            meta["volumeSnapshot"] = json!({
-                "class": class, "driver": driver, "restoreSize": ready.restore_size,
-                "readyAfterMs": ready.waited.as_millis() as u64,
+            meta.volume_snapshot = Some(VolumeSnapshotRecord {
+                class: class.clone(),
+                driver: driver.clone(),
+                restore_size: ready.restore_size.clone(),
+                ready_after_ms: ready.waited.as_millis() as u64,
             });
             let access = clone_access_mode(pvc, sc.as_ref(), &a.clone_access_mode);
             let size = larger_size(ready.restore_size.as_deref(), requested_size(pvc).as_deref());
@@ -756,7 +764,7 @@ async fn backup_one_inner(
     let job_name = object_name("cairn-ingest", &name, run, 63);
     let mut env = vec![
         ("CAIRN_PVC".to_string(), format!("{ns}/{name}")),
-        ("CAIRN_PVC_META".to_string(), meta.to_string()),
+        ("CAIRN_PVC_META".to_string(), meta.to_meta().to_string()),
         ("CAIRN_LOG_FORMAT".to_string(), "json".to_string()),
         ("CAIRN_LOCK_WAIT".to_string(), humantime::format_duration(a.ingest_lock_wait).to_string()),
         ("CAIRN_LOCK_LEASE".to_string(), humantime::format_duration(a.lock_lease).to_string()),
@@ -1141,28 +1149,32 @@ async fn consumer_node(
 }
 
 /// What the snapshot records about the PVC, so that a restore can recreate it.
-fn pvc_meta(pvc: &PersistentVolumeClaim, mode: Mode) -> Value {
+fn pvc_meta(pvc: &PersistentVolumeClaim, mode: Mode) -> PvcMeta {
     let spec = pvc.spec.clone().unwrap_or_default();
-    let labels: BTreeMap<String, String> = pvc.metadata.labels.clone().unwrap_or_default();
-    json!({
-        "pvc": {
-            "namespace": pvc.metadata.namespace,
-            "name": pvc.metadata.name,
-            "uid": pvc.metadata.uid,
-            "storageClassName": spec.storage_class_name,
-            "accessModes": spec.access_modes,
-            "volumeMode": spec.volume_mode.unwrap_or_else(|| "Filesystem".into()),
-            "size": requested_size(pvc),
-            "capacity": pvc.status.as_ref().and_then(|s| s.capacity.as_ref()).and_then(|c| c.get("storage")).map(|q| q.0.clone()),
-            "labels": labels,
-            "volumeName": spec.volume_name,
+    let record = PvcRecord {
+        namespace: pvc.metadata.namespace.clone(),
+        name: pvc.metadata.name.clone(),
+        uid: pvc.metadata.uid.clone(),
+        storage_class_name: spec.storage_class_name,
+        access_modes: spec.access_modes,
+        volume_mode: spec.volume_mode.unwrap_or_else(|| "Filesystem".into()),
+        size: requested_size(pvc),
+        capacity: pvc
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get("storage"))
+            .map(|q| q.0.clone()),
+        labels: pvc.metadata.labels.clone().unwrap_or_default(),
+        volume_name: spec.volume_name,
+    };
+    PvcMeta::new(
+        record,
+        match mode {
+            Mode::Snapshot => PvcMode::Snapshot,
+            Mode::Live => PvcMode::Live,
         },
-        "mode": mode,
-        "consistency": match mode {
-            Mode::Snapshot => "crash-consistent (CSI snapshot)",
-            Mode::Live => "none: read from the live volume while in use",
-        },
-    })
+    )
 }
 
 #[cfg(test)]

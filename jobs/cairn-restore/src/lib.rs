@@ -19,7 +19,8 @@ use serde::Serialize;
 pub mod manifests;
 pub mod pvc;
 
-pub const ETCD_DB_FILE: &str = "snapshot.db";
+pub use cairn_shared::records::ETCD_DB_FILE;
+use cairn_shared::records::{EtcdMeta, EtcdRecord, SnapshotRecord};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -116,7 +117,7 @@ pub struct EtcdSummary {
     pub sha256: Option<String>,
     /// What the snapshot job recorded (revision, HashKV, member): check the restored member
     /// against it.
-    pub recorded: Option<serde_json::Value>,
+    pub recorded: Option<EtcdRecord>,
     pub data_dir: Option<PathBuf>,
     pub duration_ms: u64,
     pub error: Option<String>,
@@ -161,7 +162,7 @@ pub async fn run(cli: Cli) -> Exit {
                 if let Some(r) = &summary.recorded {
                     println!(
                         "  recorded: revision {}  HashKV {}  member {}",
-                        r["revision"], r["hash_kv"], r["member"]["name"]
+                        r.revision, r.hash_kv, r.member.name
                     );
                 }
                 if let Some(d) = &summary.data_dir {
@@ -196,7 +197,7 @@ async fn restore_etcd(
     repo.load_index().await?;
     let snap = repo.find_snapshot(&args.snapshot, Some(&args.source)).await?;
     summary.snapshot = Some(snap.id.to_hex());
-    summary.recorded = snap.snapshot.meta.get("etcd").cloned();
+    summary.recorded = EtcdMeta::of(&snap.snapshot)?.map(|m| m.etcd);
     let node = repo.lookup(&snap.snapshot, ETCD_DB_FILE).await.map_err(|e| match e {
         Error::NotFound(_) => Error::NotFound(format!(
             "snapshot {} has no {ETCD_DB_FILE}: not an etcd snapshot",
@@ -233,7 +234,7 @@ async fn restore_etcd(
             return Err(Error::Integrity(format!("restored {ETCD_DB_FILE}: {m}")).into());
         }
     };
-    if let Some(want) = summary.recorded.as_ref().and_then(|r| r["sha256"].as_str())
+    if let Some(want) = summary.recorded.as_ref().map(|r| r.sha256.as_str())
         && want != hex::encode(digest)
     {
         let _ = std::fs::remove_file(&partial);

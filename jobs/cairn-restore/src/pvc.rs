@@ -6,7 +6,6 @@
 //!
 //! `cairn-restore pvc-writer` is what runs inside that Job's pod.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,10 +26,11 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The file a block volume's snapshot holds (as `cairn-pvc-ingest` stores it).
-pub const BLOCK_FILE: &str = "volume.img";
+pub use cairn_shared::records::BLOCK_FILE;
+use cairn_shared::records::{PvcMeta, SnapshotRecord};
 pub const COMPONENT: &str = "pvc-restore";
 /// Labels a restored PVC with the snapshot it came from.
 pub const RESTORED_FROM: &str = "backup.cairn.dev/restored-from";
@@ -187,18 +187,19 @@ async fn restore_pvc(
     let snap = repository.find_snapshot(&args.snapshot, args.source.as_deref()).await?;
     summary.snapshot = Some(snap.id.to_hex());
     let node = repository.lookup(&snap.snapshot, &args.path).await?;
-    let recorded = snap.snapshot.meta.get("pvc").cloned().unwrap_or(Value::Null);
-    let str_of = |k: &str| recorded[k].as_str().map(String::from);
-    let ns = args.target_namespace.clone().or_else(|| str_of("namespace")).ok_or_else(|| {
-        cairn_shared::exit::usage(
-            "the snapshot records no PVC: give --target-namespace and --target-name",
-        )
-    })?;
-    let name = args.target_name.clone().or_else(|| str_of("name")).ok_or_else(|| {
+    let meta = PvcMeta::of(&snap.snapshot)?;
+    let recorded = meta.as_ref().map(|m| m.pvc.clone()).unwrap_or_default();
+    let ns =
+        args.target_namespace.clone().or_else(|| recorded.namespace.clone()).ok_or_else(|| {
+            cairn_shared::exit::usage(
+                "the snapshot records no PVC: give --target-namespace and --target-name",
+            )
+        })?;
+    let name = args.target_name.clone().or_else(|| recorded.name.clone()).ok_or_else(|| {
         cairn_shared::exit::usage("the snapshot records no PVC: give --target-name")
     })?;
     summary.pvc = Some(format!("{ns}/{name}"));
-    let block = str_of("volumeMode").as_deref() == Some("Block") && args.path.is_empty();
+    let block = meta.as_ref().is_some_and(PvcMeta::is_block) && args.path.is_empty();
     if block && node.kind != NodeKind::Dir {
         return Err(Error::Invalid("a block snapshot restores as a whole".into()).into());
     }
@@ -220,19 +221,20 @@ async fn restore_pvc(
             let size = args
                 .size
                 .clone()
-                .or_else(|| str_of("size"))
-                .or_else(|| str_of("capacity"))
+                .or_else(|| recorded.size.clone())
+                .or_else(|| recorded.capacity.clone())
                 .unwrap_or_else(|| format!("{}", snap.snapshot.summary.bytes.max(1 << 30)));
             let mut spec = json!({
-                "accessModes": recorded["accessModes"].as_array().cloned().unwrap_or_else(|| vec![json!("ReadWriteOnce")]),
+                "accessModes": recorded.access_modes.clone().unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
                 "volumeMode": if block { "Block" } else { "Filesystem" },
                 "resources": { "requests": { "storage": size } },
             });
-            if let Some(class) = args.storage_class.clone().or_else(|| str_of("storageClassName")) {
+            if let Some(class) =
+                args.storage_class.clone().or_else(|| recorded.storage_class_name.clone())
+            {
                 spec["storageClassName"] = json!(class);
             }
-            let mut labels: BTreeMap<String, String> =
-                serde_json::from_value(recorded["labels"].clone()).unwrap_or_default();
+            let mut labels = recorded.labels.clone();
             labels.insert(RESTORED_FROM.into(), snap.id.to_hex()[..16].to_string());
             let body: PersistentVolumeClaim = serde_json::from_value(json!({
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",

@@ -125,9 +125,12 @@ pub enum Command {
     },
     /// List snapshots.
     Snapshots {
-        /// Resolve `latest` and id prefixes among snapshots of this source.
+        /// Only snapshots of this source.
         #[arg(long, env = "CAIRN_SOURCE")]
         source: Option<String>,
+        /// Only snapshots of this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
     },
     /// List a directory of a snapshot: SNAP[:PATH].
     Ls {
@@ -409,20 +412,24 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             }
             Ok(Exit::Success)
         }
-        Command::Snapshots { source } => {
+        Command::Snapshots { source, cluster } => {
             let repo = args.open(Need::Write).await?;
+            let filter = cairn_shared::repo::SnapshotFilter {
+                source: source.as_deref(),
+                cluster: cluster.as_deref(),
+            };
             let snaps: Vec<SnapshotEntry> = repo
                 .snapshots()
                 .await?
                 .into_iter()
-                .filter(|s| source.as_ref().is_none_or(|src| &s.snapshot.source == src))
+                .filter(|s| filter.matches(&s.snapshot))
                 .collect();
             if json {
                 print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>())?;
             } else {
                 println!(
-                    "{:<10} {:<20} {:<28} {:>10} {:>8}  tags",
-                    "id", "time", "source", "size", "files"
+                    "{:<10} {:<20} {:<14} {:<28} {:>10} {:>8}  tags",
+                    "id", "time", "cluster", "source", "size", "files"
                 );
                 for s in &snaps {
                     let t = s
@@ -435,9 +442,10 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
                     let tags: Vec<String> =
                         s.snapshot.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     println!(
-                        "{:<10} {:<20} {:<28} {:>10} {:>8}  {}{}",
+                        "{:<10} {:<20} {:<14} {:<28} {:>10} {:>8}  {}{}",
                         s.id.short(),
                         t,
+                        s.snapshot.cluster.as_deref().unwrap_or("-"),
                         s.snapshot.source,
                         human_bytes(s.snapshot.summary.bytes),
                         s.snapshot.summary.files,
@@ -683,15 +691,7 @@ async fn backup_cmd(
     json: bool,
 ) -> Result<Exit> {
     let BackupRequest { path, source, tags, parent, exclude, use_inode, cluster } = req;
-    let parent = match parent.as_str() {
-        "none" => None,
-        "auto" => match repo.find_snapshot("latest", Some(&source)).await {
-            Ok(s) => Some(s.id),
-            Err(cairn_shared::Error::NotFound(_)) => None,
-            Err(e) => return Err(e.into()),
-        },
-        id => Some(repo.find_snapshot(id, None).await?.id),
-    };
+    let parent = parent.parse::<cairn_shared::repo::ParentSpec>()?;
     let opts = BackupOptions {
         source,
         tags: tags.into_iter().collect::<BTreeMap<_, _>>(),

@@ -21,8 +21,8 @@ use rayon::prelude::*;
 use crate::progress::Progress;
 use crate::repo::tree::{MAX_NODES_PER_BLOB, Xattr};
 use crate::repo::{
-    BlobKind, Extent, Failure, Name, Node, NodeKind, Repository, Snapshot, SnapshotId, Summary,
-    TreeBlob, Writer,
+    BlobKind, Extent, Failure, Lineage, Name, Node, NodeKind, ParentSpec, Repository, Snapshot,
+    SnapshotEntry, SnapshotId, Summary, TreeBlob, Writer,
 };
 use crate::{Error, Result};
 
@@ -34,8 +34,9 @@ pub struct BackupOptions {
     pub tags: BTreeMap<String, String>,
     pub host: Option<String>,
     pub cluster: Option<String>,
-    /// Parent snapshot for incremental reuse; `None` backs up everything.
-    pub parent: Option<SnapshotId>,
+    /// The snapshot to build on, resolved within this backup's (source, cluster) by
+    /// [`BackupOptions::resolve_parent`]; `ParentSpec::None` (the default) reads everything.
+    pub parent: ParentSpec,
     /// Also require unchanged inode and ctime to reuse a file (off by default: volumes
     /// cloned from CSI snapshots get new inodes every time).
     pub use_inode: bool,
@@ -47,6 +48,18 @@ pub struct BackupOptions {
     pub threads: usize,
     /// The lease of the lock the backup runs under: writing stops when it is in doubt.
     pub guard: Option<crate::repo::lock::LeaseGuard>,
+}
+
+impl BackupOptions {
+    /// The line of snapshots this backup continues.
+    pub fn lineage(&self) -> Lineage<'_> {
+        Lineage { source: &self.source, cluster: self.cluster.as_deref() }
+    }
+
+    /// The parent snapshot, never one of another source or cluster unless named by id.
+    pub async fn resolve_parent(&self, repo: &Repository) -> Result<Option<SnapshotEntry>> {
+        repo.resolve_parent(&self.parent, self.lineage()).await
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -80,17 +93,15 @@ pub async fn backup_dir(
 ) -> Result<BackupOutcome> {
     let meta = std::fs::symlink_metadata(path)
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    repo.load_index().await?;
-    let parent = match opts.parent {
-        Some(id) => Some(repo.find_snapshot(&id.to_hex(), None).await?.snapshot),
-        None => None,
-    };
+    let parent = opts.resolve_parent(&repo).await?;
+    let parent_id = parent.as_ref().map(|p| p.id);
+    let parent = parent.map(|p| p.snapshot);
     let exclude = super::exclude_set(&opts.exclude)?;
     let total = parent.as_ref().map_or(0, |p| p.summary.bytes);
     let path = path.to_path_buf();
     let root = path.clone();
     let guard = opts.guard.clone();
-    let prepared = run_backup(repo.clone(), opts, root, exclude, total, move |ctx| {
+    let prepared = run_backup(repo.clone(), opts, parent_id, root, exclude, total, move |ctx| {
         if meta.is_dir() {
             let parent_root = parent.as_ref().map(|p| p.root.clone());
             dir_node(ctx, &path, Name(Vec::new()), &meta, parent_root.as_ref())
@@ -122,10 +133,10 @@ pub async fn backup_stream(
     if name.is_empty() || name.contains('/') {
         return Err(Error::Invalid(format!("stream file name {name:?}")));
     }
-    repo.load_index().await?;
+    let parent = opts.resolve_parent(&repo).await?.map(|p| p.id);
     let name = name.as_bytes().to_vec();
     let empty = globset::GlobSet::empty();
-    run_backup(repo, opts, PathBuf::new(), empty, 0, move |ctx| {
+    run_backup(repo, opts, parent, PathBuf::new(), empty, 0, move |ctx| {
         let counted = CountingReader { inner: reader, progress: &ctx.progress };
         let mut extents = Vec::new();
         let size = chunk_into(ctx, counted, &mut extents)?;
@@ -168,7 +179,9 @@ where
     T: Send + 'static,
     F: Fn(T) -> Result<VirtualFile> + Send + Sync + 'static,
 {
-    backup_nodes(repo, items, move |ctx, item| virtual_file_node(ctx, render(item)?), opts).await
+    let parent = opts.resolve_parent(&repo).await?.map(|p| p.id);
+    let node_of = move |ctx: &Ctx<'_>, item| virtual_file_node(ctx, render(item)?);
+    backup_nodes(repo, items, node_of, opts, parent).await
 }
 
 /// [`backup_files`] with the caller making each file's node (its directory and the node):
@@ -178,14 +191,14 @@ pub(crate) async fn backup_nodes<T, F>(
     mut items: tokio::sync::mpsc::Receiver<T>,
     node_of: F,
     opts: BackupOptions,
+    parent: Option<SnapshotId>,
 ) -> Result<Prepared>
 where
     T: Send + 'static,
     F: Fn(&Ctx<'_>, T) -> Result<(String, Node)> + Send + Sync + 'static,
 {
-    repo.load_index().await?;
     let empty = globset::GlobSet::empty();
-    run_backup(repo, opts, PathBuf::new(), empty, 0, move |ctx| {
+    run_backup(repo, opts, parent, PathBuf::new(), empty, 0, move |ctx| {
         let mut root = VirtualDir::default();
         let batch_len = rayon::current_num_threads().max(2) * 16;
         let mut batch: Vec<T> = Vec::with_capacity(batch_len);
@@ -359,6 +372,7 @@ impl Prepared {
 async fn run_backup<F>(
     repo: Arc<Repository>,
     opts: BackupOptions,
+    parent: Option<SnapshotId>,
     root_path: PathBuf,
     exclude: globset::GlobSet,
     total_bytes: u64,
@@ -381,6 +395,9 @@ where
     let use_inode = opts.use_inode;
     let guard = opts.guard.clone();
     let reporter = progress.spawn_reporter(std::time::Duration::from_secs(5));
+    // A backup dedups against (and its commit judges prunes by) the index as it is now.
+    repo.load_index().await?;
+    let index = repo.index().await?;
 
     let (root, failures, counts, stats) = tokio::task::spawn_blocking(move || -> Result<_> {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -388,7 +405,7 @@ where
             .thread_name(|i| format!("cairn-backup-{i}"))
             .build()
             .map_err(|e| Error::Retryable(format!("thread pool: {e}")))?;
-        let writer = repo2.writer(handle.clone()).with_guard(guard);
+        let writer = repo2.writer(index, handle.clone()).with_guard(guard);
         let ctx = Ctx {
             writer: &writer,
             repo: &repo2,
@@ -440,7 +457,7 @@ where
         source: opts.source.clone(),
         cluster: opts.cluster.clone(),
         tags: opts.tags.clone(),
-        parent: opts.parent,
+        parent,
         root,
         summary,
         partial: !failures.is_empty(),

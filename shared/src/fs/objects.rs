@@ -30,12 +30,10 @@ pub async fn backup_objects(
 ) -> Result<BackupOutcome> {
     let store = Store::open(url)?;
     let objects = store.object_store().clone();
-    repo.load_index().await?;
-    let parent_files = match opts.parent {
-        Some(id) => {
-            let parent = repo.find_snapshot(&id.to_hex(), None).await?.snapshot;
-            flatten(&repo, &parent.root).await?
-        }
+    let parent = opts.resolve_parent(&repo).await?;
+    let parent_id = parent.as_ref().map(|p| p.id);
+    let parent_files = match parent {
+        Some(p) => flatten(&repo, &p.snapshot.root).await?,
         None => HashMap::new(),
     };
     let exclude = super::exclude_set(&opts.exclude)?;
@@ -96,7 +94,8 @@ pub async fn backup_objects(
         ctx.count_read(node.size);
         Ok((dir, node))
     };
-    let (listed, prepared) = tokio::join!(produce, backup_nodes(repo.clone(), rx, node_of, opts));
+    let (listed, prepared) =
+        tokio::join!(produce, backup_nodes(repo.clone(), rx, node_of, opts, parent_id));
     listed?;
     prepared?.commit(&repo, guard.as_ref()).await
 }

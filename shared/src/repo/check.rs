@@ -305,6 +305,11 @@ async fn verify_pack_header(
 
 /// Fetch a whole pack and open each of its blobs. Returns the failures.
 async fn read_pack_blobs(repo: &Repository, master: &MasterIndex, id: &PackId) -> Vec<BlobFailure> {
+    // Pack keys are found through the repository's own index (its slots, not `master`'s).
+    let repo_index = match repo.index().await {
+        Ok(i) => i,
+        Err(e) => return vec![(None, e.to_string())],
+    };
     let bytes = match repo.store().get(&pack_key(id)).await {
         Ok(b) => b,
         Err(e) => return vec![(None, e.to_string())],
@@ -318,7 +323,7 @@ async fn read_pack_blobs(repo: &Repository, master: &MasterIndex, id: &PackId) -
         let Some(loc) = master.get(&e.id) else { continue };
         let mut loc = loc;
         // The blob may be indexed in another pack too; check this copy.
-        if let Some(slot) = repo.index().pack_slot(id) {
+        if let Some(slot) = repo_index.pack_slot(id) {
             loc.pack = slot;
         }
         loc.offset = e.offset;

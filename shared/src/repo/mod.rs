@@ -10,6 +10,7 @@ pub mod diff;
 pub mod forget;
 pub mod ids;
 pub mod index;
+pub mod lineage;
 pub mod lock;
 pub mod mark;
 pub mod pack;
@@ -31,6 +32,7 @@ pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::{DataIdentity, KeyMaterial, KeyRecipient, SymKey, Unlock, WriteKey};
 pub use ids::{BlobId, IndexId, KeyId, PackId, RepoId, SnapshotId};
 pub use index::{IndexFile, Location, MasterIndex};
+pub use lineage::{Lineage, ParentSpec, SnapshotFilter};
 pub use pack::BlobKind;
 pub use snapshot::{Failure, Snapshot, SnapshotEntry, Summary};
 pub use storage::Store;
@@ -97,7 +99,11 @@ pub struct Repository {
     data: Option<DataIdentity>,
     data_recipient: age::x25519::Recipient,
     chunker: Chunker,
-    index: RwLock<Arc<MasterIndex>>,
+    /// `None` until the first index load. Reached only through [`Repository::index`],
+    /// which loads it on first use: no read can run against an index never loaded.
+    index: RwLock<Option<Arc<MasterIndex>>>,
+    /// One index load at a time when several readers ask for it first.
+    index_loading: tokio::sync::Mutex<()>,
     pack_keys: Mutex<HashMap<u32, SymKey>>,
     windows: Mutex<WindowCache>,
     /// Mark objects seen by the last index load: a commit checks for marks written since.
@@ -262,7 +268,8 @@ impl Repository {
             data,
             data_recipient,
             chunker,
-            index: RwLock::new(Arc::new(MasterIndex::default())),
+            index: RwLock::new(None),
+            index_loading: tokio::sync::Mutex::new(()),
             pack_keys: Mutex::new(HashMap::new()),
             windows: Mutex::new(WindowCache::default()),
             marks_seen: Mutex::new(Default::default()),
@@ -293,13 +300,15 @@ impl Repository {
         self.data.is_some()
     }
 
-    /// Load and merge every index object. Returns the number of blobs known. A damaged
-    /// index object is an error: operations must not act on a partial view.
+    /// Load (or reload) and merge every index object. Returns the number of blobs known. A
+    /// damaged index object is an error: operations must not act on a partial view.
+    /// Readers need not call it: [`Repository::index`] loads on first use; call it to see
+    /// index objects written since.
     pub async fn load_index(&self) -> Result<usize> {
         if let Some((_, e)) = self.load_index_lenient().await?.into_iter().next() {
             return Err(e);
         }
-        Ok(self.index().len())
+        Ok(self.loaded_index().map_or(0, |i| i.len()))
     }
 
     /// Load every index object that opens; return the ones that did not (for `check`).
@@ -332,7 +341,7 @@ impl Repository {
         master.set_marked(&mark::marked_packs(&marks));
         master.finish();
         *self.marks_seen.lock() = marks.into_iter().map(|m| m.key).collect();
-        *self.index.write() = Arc::new(master);
+        *self.index.write() = Some(Arc::new(master));
         self.pack_keys.lock().clear();
         *self.windows.lock() = WindowCache::default();
         Ok(failures)
@@ -382,19 +391,33 @@ impl Repository {
     /// Replace the in-memory index (prune builds its own from the objects it loaded).
     pub(crate) fn install_index(&self, master: MasterIndex) -> Arc<MasterIndex> {
         let master = Arc::new(master);
-        *self.index.write() = master.clone();
+        *self.index.write() = Some(master.clone());
         self.pack_keys.lock().clear();
         *self.windows.lock() = WindowCache::default();
         master
     }
 
-    pub fn index(&self) -> Arc<MasterIndex> {
+    /// The index as last loaded, loading it first if nothing has yet.
+    pub async fn index(&self) -> Result<Arc<MasterIndex>> {
+        if let Some(index) = self.loaded_index() {
+            return Ok(index);
+        }
+        let _one_load = self.index_loading.lock().await;
+        if let Some(index) = self.loaded_index() {
+            return Ok(index);
+        }
+        self.load_index().await?;
+        self.loaded_index().ok_or_else(|| Error::Retryable("the index did not load".into()))
+    }
+
+    /// The index if one was loaded: for code that holds a [`Location`] taken from it.
+    fn loaded_index(&self) -> Option<Arc<MasterIndex>> {
         self.index.read().clone()
     }
 
     /// Read and verify one blob.
     pub async fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
-        let index = self.index();
+        let index = self.index().await?;
         let loc = index
             .get(id)
             .ok_or_else(|| Error::NotFound(format!("blob {} is in no index", id.short())))?;
@@ -474,7 +497,10 @@ impl Repository {
         let data = self.data.as_ref().ok_or_else(|| {
             Error::Denied("reading file contents needs an age identity or passphrase; a write key cannot decrypt data".into())
         })?;
-        let index = self.index();
+        // The location came from a loaded index: the slot is in it.
+        let index = self
+            .loaded_index()
+            .ok_or_else(|| Error::Integrity(format!("pack slot {slot}: no index loaded")))?;
         let record = index.pack(slot);
         let key = data.unwrap_key(&record.wrapped_key, &format!("pack {}", record.id.short()))?;
         self.pack_keys.lock().insert(slot, key.clone());
@@ -540,7 +566,7 @@ impl Repository {
                 return self.save_snapshot(snapshot).await;
             }
             self.load_index().await?;
-            let index = self.index();
+            let index = self.index().await?;
             let lost = at_risk.iter().filter(|b| index.get_live(b).is_none()).count();
             if lost > 0 {
                 return Err(Error::Retryable(format!(
@@ -620,14 +646,25 @@ impl Repository {
 
     /// Resolve `latest`, a full id or a unique prefix, optionally within one source.
     pub async fn find_snapshot(&self, spec: &str, source: Option<&str>) -> Result<SnapshotEntry> {
+        self.find_snapshot_in(spec, SnapshotFilter::source(source)).await
+    }
+
+    /// Resolve `latest`, a full id or a unique prefix among the snapshots `filter` selects.
+    pub async fn find_snapshot_in(
+        &self,
+        spec: &str,
+        filter: SnapshotFilter<'_>,
+    ) -> Result<SnapshotEntry> {
         let all = self.snapshots().await?;
         let candidates: Vec<SnapshotEntry> =
-            all.into_iter().filter(|s| source.is_none_or(|src| s.snapshot.source == src)).collect();
+            all.into_iter().filter(|s| filter.matches(&s.snapshot)).collect();
         if spec == "latest" {
             return candidates.into_iter().next_back().ok_or_else(|| {
-                Error::NotFound(match source {
-                    Some(s) => format!("no snapshot of source {s:?}"),
-                    None => "the repository has no snapshot".into(),
+                Error::NotFound(match (filter.source, filter.cluster) {
+                    (Some(s), Some(c)) => format!("no snapshot of source {s:?} in cluster {c:?}"),
+                    (Some(s), None) => format!("no snapshot of source {s:?}"),
+                    (None, Some(c)) => format!("no snapshot in cluster {c:?}"),
+                    (None, None) => "the repository has no snapshot".into(),
                 })
             });
         }
@@ -678,9 +715,14 @@ impl Repository {
         Ok(node)
     }
 
-    /// Start a writing session.
-    pub fn writer(self: &Arc<Self>, handle: tokio::runtime::Handle) -> Writer {
-        Writer::new(self.clone(), handle)
+    /// Start a writing session that deduplicates against `index` (from
+    /// [`Repository::index`]).
+    pub fn writer(
+        self: &Arc<Self>,
+        index: Arc<MasterIndex>,
+        handle: tokio::runtime::Handle,
+    ) -> Writer {
+        Writer::new(self.clone(), index, handle)
     }
 }
 

@@ -645,8 +645,9 @@ async fn copy_live_blobs(
     work.sort_unstable_by_key(|w| (w.0, w.1));
     let repo2 = repo.clone();
     let handle = tokio::runtime::Handle::current();
+    let index = repo.index().await?;
     tokio::task::spawn_blocking(move || -> Result<u64> {
-        let writer = repo2.writer(handle.clone()).with_guard(guard);
+        let writer = repo2.writer(index, handle.clone()).with_guard(guard);
         let mut copied = 0u64;
         for (_, _, kind, id) in work {
             let plain = handle.block_on(repo2.read_blob(&id))?;

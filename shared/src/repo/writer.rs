@@ -65,9 +65,12 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    pub(super) fn new(repo: Arc<Repository>, handle: tokio::runtime::Handle) -> Writer {
+    pub(super) fn new(
+        repo: Arc<Repository>,
+        index: Arc<MasterIndex>,
+        handle: tokio::runtime::Handle,
+    ) -> Writer {
         let max_uploads = 3;
-        let index = repo.index();
         let relied = (0..index.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
         Writer {
             repo,
