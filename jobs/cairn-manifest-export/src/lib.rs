@@ -17,6 +17,7 @@ use cairn_shared::k8s::layout::{self, Resource};
 use cairn_shared::k8s::normalize::strip_managed_fields;
 use cairn_shared::k8s::{KubeArgs, classify, discover, to_yaml};
 use cairn_shared::progress::human_bytes;
+use cairn_shared::records::{ManifestsMeta, ManifestsRecord, SnapshotRecord};
 use cairn_shared::repo::Failure;
 use cairn_shared::repo::lock::BackupLocks;
 use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
@@ -313,16 +314,17 @@ async fn export_locked(
         snapshot.failures.push(Failure { path: String::new(), error: d.clone() });
     }
     snapshot.partial = !snapshot.failures.is_empty();
-    snapshot.meta = serde_json::json!({ "manifests": {
-        "serverVersion": summary.server_version,
-        "objects": summary.objects,
-        "resources": summary.resources,
-        "perResource": summary.per_resource,
-        "denied": summary.denied,
-        "skipped": summary.skipped,
-        "filters": filters,
-        "managedFields": cli.keep_managed_fields,
-    }});
+    let record = ManifestsRecord {
+        server_version: summary.server_version.clone(),
+        objects: summary.objects,
+        resources: summary.resources,
+        per_resource: summary.per_resource.clone(),
+        denied: summary.denied.clone(),
+        skipped: summary.skipped.clone(),
+        filters: serde_json::to_value(filters).context("recording the filters")?,
+        managed_fields: cli.keep_managed_fields,
+    };
+    snapshot.meta = ManifestsMeta { manifests: record }.to_meta();
     let out =
         prepared.commit(repo, Some(&locks.guard())).await.context("committing the snapshot")?;
     summary.snapshot = Some(out.id.to_hex());

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 
 /// Is this a manifest snapshot? (Made by `cairn-manifest-export`, whatever its source name.)
 pub fn is_manifest_snapshot(s: &Snapshot) -> bool {
-    s.meta.get("manifests").is_some() || s.source == "manifests"
+    crate::records::is_manifests(s)
 }
 
 /// Every object file of the snapshot that `keep` accepts, with its node, in path order.
