@@ -2,7 +2,7 @@
 """Write a small seed corpus for the cairn-fuzz targets: seeds/<target>/<name>.
 
 Usage: gen_seeds.py [OUT_DIR]   (default: seeds/ beside this file)
-Only the standard library; the byte layouts follow shared/src/repo/{pack,index}.rs.
+Only the standard library; the byte layouts follow shared/core/src/repo/{pack,index}.rs.
 """
 import base64
 import json

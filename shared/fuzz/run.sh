@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzz the repository-format decoders of cairn-shared.
+# Fuzz the repository-format decoders of cairn-core (and the manifest codec of cairn-kube).
 #   run.sh build          install cargo-fuzz if missing, build every target (nightly, ASan)
 #   run.sh run SECONDS    run every target for SECONDS each, one after another; one line each
 #   run.sh list           list the targets

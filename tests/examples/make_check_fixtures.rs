@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use cairn_shared::fs::{BackupOptions, backup_dir};
-use cairn_shared::repo::{BlobKind, IndexFile, IndexId, SymKey, pack_key};
+use cairn_core::fs::{BackupOptions, backup_dir};
+use cairn_core::repo::{BlobKind, IndexFile, IndexId, SymKey, pack_key};
 use cairn_tests::{copy_dir, repos};
 
 #[tokio::main]

@@ -31,7 +31,7 @@ use kube::core::DynamicObject;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use cairn_shared::k8s::volsnap;
+use cairn_kube::volsnap;
 
 /// What the snapshot controller does with a VolumeSnapshot of a PVC.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,7 +240,7 @@ impl FakeCsi {
                     .get(&format!("{ns}/{pvc}"))
                     .cloned()
                     .unwrap_or(SnapshotBehaviour::Ready);
-                let now = cairn_shared::repo::now_rfc3339();
+                let now = cairn_core::repo::now_rfc3339();
                 let new_status = match behaviour {
                     SnapshotBehaviour::Never => continue,
                     SnapshotBehaviour::Error(msg) => {
@@ -362,7 +362,7 @@ impl FakeCsi {
                     copy_tree(&src, &dst);
                     let status = json!({"status": {"readyToUse": true, "restoreSize": "1Gi",
                         "boundVolumeSnapshotContentName": content, "volumeGroupSnapshotName": gname,
-                        "creationTime": cairn_shared::repo::now_rfc3339()}});
+                        "creationTime": cairn_core::repo::now_rfc3339()}});
                     let _ = snaps
                         .patch_status(&member, &PatchParams::default(), &Patch::Merge(&status))
                         .await;
@@ -387,7 +387,7 @@ impl FakeCsi {
                     .patch_status(&content, &PatchParams::default(), &Patch::Merge(&json!({"status": {"readyToUse": true, "volumeSnapshotInfoList": pairs}})))
                     .await;
                 let status = json!({"status": {"readyToUse": true, "boundVolumeGroupSnapshotContentName": content,
-                    "creationTime": cairn_shared::repo::now_rfc3339()}});
+                    "creationTime": cairn_core::repo::now_rfc3339()}});
                 match groups
                     .patch_status(&gname, &PatchParams::default(), &Patch::Merge(&status))
                     .await
@@ -745,7 +745,7 @@ impl FakeCsi {
             cmd.env(k, v);
         }
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-        let started_at = cairn_shared::repo::now_rfc3339();
+        let started_at = cairn_core::repo::now_rfc3339();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -792,7 +792,7 @@ impl FakeCsi {
         if code != 0 {
             eprintln!("[fake-csi] log of {ns}/{name}:\n{log_text}");
         }
-        let finished = cairn_shared::repo::now_rfc3339();
+        let finished = cairn_core::repo::now_rfc3339();
         let phase = if code == 0 { "Succeeded" } else { "Failed" };
         let done = json!({"status": {"phase": phase,
             "containerStatuses": [{"name": c.name, "ready": false, "restartCount": 0, "image": c.image, "imageID": "",

@@ -157,7 +157,7 @@ pub mod s3 {
 pub mod repos {
     use std::sync::Arc;
 
-    use cairn_shared::repo::{
+    use cairn_core::repo::{
         Access, InitOptions, KeyRecipient, Repository, Store, Unlock, WriteKey,
     };
 
@@ -210,7 +210,7 @@ pub mod repos {
             &self,
             store: Store,
             full: bool,
-        ) -> cairn_shared::Result<Arc<Repository>> {
+        ) -> cairn_core::Result<Arc<Repository>> {
             let access = if full {
                 Access::Unlock(Unlock::from_identity_text(&self.identity_text(), "test").unwrap())
             } else {

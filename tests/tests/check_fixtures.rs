@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use cairn::Cli;
-use cairn_shared::Exit;
-use cairn_shared::repo::check::{CheckOptions, CheckReport, check};
-use cairn_shared::repo::{Access, Repository, Store, Unlock};
+use cairn_core::Exit;
+use cairn_core::repo::check::{CheckOptions, CheckReport, check};
+use cairn_core::repo::{Access, Repository, Store, Unlock};
 use cairn_tests::copy_dir;
 use clap::Parser;
 

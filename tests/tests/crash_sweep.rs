@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_shared::fs::{BackupOptions, RestoreOptions, backup_dir, restore};
-use cairn_shared::repo::check::{CheckOptions, check};
-use cairn_shared::repo::forget::{self, GroupBy, KeepPolicy};
-use cairn_shared::repo::lock::{BackupLocks, LockOptions};
-use cairn_shared::repo::prune::{PruneOptions, prune};
-use cairn_shared::repo::{SnapshotId, Store};
+use cairn_core::fs::{BackupOptions, RestoreOptions, backup_dir, restore};
+use cairn_core::repo::check::{CheckOptions, check};
+use cairn_core::repo::forget::{self, GroupBy, KeepPolicy};
+use cairn_core::repo::lock::{BackupLocks, LockOptions};
+use cairn_core::repo::prune::{PruneOptions, prune};
+use cairn_core::repo::{SnapshotId, Store};
 use cairn_tests::faulty::{Faulty, clone_memory};
 use cairn_tests::repos::{self, TestRepo};
 use cairn_tests::trees::{TreeSpec, digest, generate, mutate};
@@ -72,7 +72,7 @@ fn store(inner: &Arc<dyn ObjectStore>) -> Store {
     Store::from_object_store(inner.clone(), "memory://sweep")
 }
 
-async fn run_step(step: Step, store: Store, w: &World) -> cairn_shared::Result<()> {
+async fn run_step(step: Step, store: Store, w: &World) -> cairn_core::Result<()> {
     match step {
         Step::Backup => {
             let repo = w.t.open_on(store, false).await?;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_shared::Exit;
+use cairn_core::Exit;
 use cairn_tests::{bin, env, etcd, repos, unique};
 use clap::Parser;
 use etcd_client::{Client, GetOptions, Txn, TxnOp};

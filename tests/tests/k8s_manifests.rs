@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cairn_shared::k8s::{from_yaml, to_yaml};
+use cairn_kube::{from_yaml, to_yaml};
 use cairn_tests::manifests::{apply_app, install_crds, kubectl, token_kubeconfig};
 use cairn_tests::{env, repos, unique};
 use clap::Parser;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::Cli;
-use cairn_shared::repo::lock::{self, BackupLocks, Lock, LockKind, LockOptions};
-use cairn_shared::repo::{BlobKind, Store};
-use cairn_shared::{Error, Exit};
+use cairn_core::repo::lock::{self, BackupLocks, Lock, LockKind, LockOptions};
+use cairn_core::repo::{BlobKind, Store};
+use cairn_core::{Error, Exit};
 use cairn_tests::faulty::Faulty;
 use cairn_tests::repos;
 use clap::Parser;

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use cairn_shared::Exit;
-use cairn_shared::fs::{BackupOptions, backup_dir};
-use cairn_shared::repo::lock::{Lock, LockKind, LockOptions};
+use cairn_core::Exit;
+use cairn_core::fs::{BackupOptions, backup_dir};
+use cairn_core::repo::lock::{Lock, LockKind, LockOptions};
 use cairn_tests::repos;
 use cairn_tests::trees::{TreeSpec, generate, mutate};
 use clap::Parser;

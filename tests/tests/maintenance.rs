@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cairn_shared::Error;
-use cairn_shared::fs::{BackupOptions, RestoreOptions, backup_dir, restore};
-use cairn_shared::repo::check::{CheckOptions, check};
-use cairn_shared::repo::forget::{self, GroupBy, KeepPolicy};
-use cairn_shared::repo::lock::{BackupLocks, LockOptions};
-use cairn_shared::repo::prune::{PruneOptions, PruneReport, prune};
-use cairn_shared::repo::{Repository, SnapshotId};
+use cairn_core::Error;
+use cairn_core::fs::{BackupOptions, RestoreOptions, backup_dir, restore};
+use cairn_core::repo::check::{CheckOptions, check};
+use cairn_core::repo::forget::{self, GroupBy, KeepPolicy};
+use cairn_core::repo::lock::{BackupLocks, LockOptions};
+use cairn_core::repo::prune::{PruneOptions, PruneReport, prune};
+use cairn_core::repo::{Repository, SnapshotId};
 use cairn_tests::repos::{self, TestRepo};
 use cairn_tests::trees::{TreeSpec, digest, generate, mutate};
 
@@ -189,7 +189,7 @@ async fn writers_and_a_pruner(url: &str) {
     .unwrap();
     for _ in 0..3 {
         prune(full.clone(), &prune_opts(lease)).await.unwrap();
-        tokio::time::sleep(lease * 2 + cairn_shared::repo::lock::CLOCK_RESOLUTION * 2).await;
+        tokio::time::sleep(lease * 2 + cairn_core::repo::lock::CLOCK_RESOLUTION * 2).await;
     }
     let last = prune(full.clone(), &prune_opts(lease)).await.unwrap();
     let n = verify_all(&t, &expected, tmp.path()).await;
@@ -270,7 +270,7 @@ async fn a_backup_killed_with_sigkill_leaves_a_sound_repository() {
     let report = check(&repo, &CheckOptions { read_data_fraction: 1.0 }).await.unwrap();
     assert!(report.ok(), "after SIGKILL: {:?}", report.problems);
     assert!(repo.snapshots().await.unwrap().is_empty(), "no snapshot from a killed backup");
-    let held = cairn_shared::repo::lock::list_locks(&repo).await.unwrap();
+    let held = cairn_core::repo::lock::list_locks(&repo).await.unwrap();
     assert_eq!(held.len(), 2, "the dead run's source and shared locks: {held:?}");
 
     // The next run waits out the dead run's lease and succeeds, no unlock needed.
@@ -281,7 +281,7 @@ async fn a_backup_killed_with_sigkill_leaves_a_sound_repository() {
             .map(String::from)
             .collect();
     let exit = cairn::run(<cairn::Cli as clap::Parser>::try_parse_from(argv).unwrap()).await;
-    assert_eq!(exit, cairn_shared::Exit::Success);
+    assert_eq!(exit, cairn_core::Exit::Success);
 
     // Two prunes a grace period apart remove what the killed run left.
     let opts = PruneOptions {
@@ -310,7 +310,7 @@ async fn a_backup_killed_with_sigkill_leaves_a_sound_repository() {
 /// under it and finds the data gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_writer_outliving_mark_and_delete_does_not_commit() {
-    use cairn_shared::repo::{BlobKind, Extent, Name, Node, NodeKind, TreeBlob};
+    use cairn_core::repo::{BlobKind, Extent, Name, Node, NodeKind, TreeBlob};
     let t = repos::init(&format!("memory://{}", cairn_tests::unique("outlive"))).await;
     let tmp = tempfile::tempdir().unwrap();
     let content = b"data only the forgotten snapshot had".to_vec();

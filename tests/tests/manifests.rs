@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cairn_kube::ObjectPath;
+use cairn_kube::list::get_object;
+use cairn_kube::normalize::{SanitizeOptions, for_diff, sanitize};
+use cairn_kube::stored::load_objects;
 use cairn_restore::manifests::{Action, ManifestSummary};
-use cairn_shared::k8s::ObjectPath;
-use cairn_shared::k8s::list::get_object;
-use cairn_shared::k8s::normalize::{SanitizeOptions, for_diff, sanitize};
-use cairn_shared::k8s::stored::load_objects;
 use cairn_tests::manifests::{
     apply_app, delete_cluster_fixtures, delete_namespace, install_crds, kubectl, token_kubeconfig,
 };
@@ -163,7 +163,7 @@ async fn assert_restored_equal(
             .unwrap_or_else(|| panic!("{} missing after restore", o.object));
         let (a, b) = (comparable(&path, original), comparable(&path, &now));
         if a != b {
-            let d = cairn_shared::k8s::semdiff::diff_values(&a, &b, true);
+            let d = cairn_kube::semdiff::diff_values(&a, &b, true);
             mismatches.push(format!(
                 "{}: {:?}",
                 o.object,

@@ -1,11 +1,11 @@
 //! Records one job writes and another reads back go through the shared types of
-//! `cairn_shared::records`: the etcd restore checks the SHA-256 the snapshot job recorded.
+//! `cairn_core::records`: the etcd restore checks the SHA-256 the snapshot job recorded.
 
 use std::io::Cursor;
 
-use cairn_shared::Exit;
-use cairn_shared::fs::{BackupOptions, backup_stream};
-use cairn_shared::records::{ETCD_DB_FILE, EtcdMember, EtcdMeta, EtcdRecord, SnapshotRecord};
+use cairn_core::Exit;
+use cairn_core::fs::{BackupOptions, backup_stream};
+use cairn_core::records::{ETCD_DB_FILE, EtcdMember, EtcdMeta, EtcdRecord, SnapshotRecord};
 use cairn_tests::repos;
 use clap::Parser;
 use sha2::Digest;

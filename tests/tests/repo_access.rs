@@ -2,7 +2,7 @@
 //! contents; an identity can; a wrong identity or a foreign write key is refused with exit 4.
 
 use cairn::Cli;
-use cairn_shared::Exit;
+use cairn_core::Exit;
 use cairn_tests::{repos, unique};
 use clap::Parser;
 
@@ -67,7 +67,7 @@ async fn write_key_backs_up_but_cannot_decrypt() {
     let repo = repos::TestRepo {
         url: url.clone(),
         identity: text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap().parse().unwrap(),
-        write_key: cairn_shared::repo::WriteKey::from_text(&std::fs::read_to_string(&wk).unwrap())
+        write_key: cairn_core::repo::WriteKey::from_text(&std::fs::read_to_string(&wk).unwrap())
             .unwrap(),
     };
     let wrepo = repo.open_write().await;
@@ -94,7 +94,7 @@ async fn write_key_backs_up_but_cannot_decrypt() {
     wrepo.load_index().await.unwrap();
     let node = wrepo.lookup(&snaps[1].snapshot, "secrets/password").await.unwrap();
     let blob = node.content[0].id.unwrap();
-    assert!(matches!(wrepo.read_blob(&blob).await, Err(cairn_shared::Error::Denied(_))));
+    assert!(matches!(wrepo.read_blob(&blob).await, Err(cairn_core::Error::Denied(_))));
 
     // The identity reads everything.
     let full = repo.open_full().await;
@@ -113,7 +113,7 @@ async fn write_key_backs_up_but_cannot_decrypt() {
         Exit::Integrity
     );
     let foreign =
-        cairn_shared::repo::WriteKey::generate(cairn_shared::repo::RepoId::random()).to_text();
+        cairn_core::repo::WriteKey::generate(cairn_core::repo::RepoId::random()).to_text();
     assert_eq!(
         cairn(&["--repo", &url, "--write-key", &foreign, "snapshots"]).await,
         Exit::Integrity

@@ -1,8 +1,8 @@
 //! Random trees with every kind of entry round-trip exactly through backup and restore, on
 //! memory://, file:// and the real S3 server; incremental backups read only what changed.
 
-use cairn_shared::fs::{BackupOptions, RestoreOptions, backup_dir, restore};
-use cairn_shared::repo::ParentSpec;
+use cairn_core::fs::{BackupOptions, RestoreOptions, backup_dir, restore};
+use cairn_core::repo::ParentSpec;
 use cairn_tests::repos;
 use cairn_tests::trees::{TreeSpec, assert_same_tree, generate, mutate};
 
@@ -47,9 +47,9 @@ async fn round_trip(url: &str, spec: &TreeSpec) {
         .unwrap();
     assert_same_tree(&src, &out2);
 
-    let report = cairn_shared::repo::check::check(
+    let report = cairn_core::repo::check::check(
         &full,
-        &cairn_shared::repo::check::CheckOptions { read_data_fraction: 1.0 },
+        &cairn_core::repo::check::CheckOptions { read_data_fraction: 1.0 },
     )
     .await
     .unwrap();

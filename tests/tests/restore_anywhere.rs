@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use cairn_shared::fs::{BackupOptions, backup_dir};
+use cairn_core::fs::{BackupOptions, backup_dir};
 use cairn_tests::trees::{TreeSpec, digest, generate};
 use cairn_tests::{env, repos, unique, workspace_bin};
 use futures::TryStreamExt;

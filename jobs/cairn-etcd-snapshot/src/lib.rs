@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use cairn_shared::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
-use cairn_shared::fs::stream::{Sha256Trailer, channel};
-use cairn_shared::fs::{BackupOptions, backup_stream};
-use cairn_shared::progress::human_bytes;
-use cairn_shared::repo::lock::BackupLocks;
-use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
-use cairn_shared::{Error, Exit};
+use cairn_core::fs::stream::{Sha256Trailer, channel};
+use cairn_core::fs::{BackupOptions, backup_stream};
+use cairn_core::progress::human_bytes;
+use cairn_core::repo::lock::BackupLocks;
+use cairn_core::{Error, Exit};
+use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
+use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::Parser;
 use etcd_client::{
     AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, TlsOptions,
@@ -24,10 +24,10 @@ use etcd_client::{
 use serde::Serialize;
 
 /// The file name of the database inside an etcd snapshot.
-pub use cairn_shared::records::ETCD_DB_FILE as DB_FILE;
+pub use cairn_core::records::ETCD_DB_FILE as DB_FILE;
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    cairn_shared::config::parse_duration(s)
+    cairn_job::config::parse_duration(s)
 }
 
 #[derive(Debug, Parser)]
@@ -96,10 +96,10 @@ impl Cli {
 }
 
 /// What the job learnt about one member (recorded in the snapshot).
-pub use cairn_shared::records::EtcdMember as Member;
+pub use cairn_core::records::EtcdMember as Member;
 /// Facts recorded in the snapshot (`meta.etcd`), so a restore can be checked.
-pub use cairn_shared::records::EtcdRecord as EtcdMeta;
-use cairn_shared::records::SnapshotRecord;
+pub use cairn_core::records::EtcdRecord as EtcdMeta;
+use cairn_core::records::SnapshotRecord;
 
 /// Why a member should not be snapshotted, if it should not.
 fn problem(m: &Member) -> Option<String> {
@@ -332,7 +332,7 @@ pub async fn run(cli: Cli) -> Exit {
     let started = Instant::now();
     let mut summary = Summary { source: cli.source.clone(), ..Default::default() };
     let result = snapshot(&cli, &mut summary).await;
-    let (exit, error) = cairn_shared::exit::conclude("cairn-etcd-snapshot", result, Exit::Success);
+    let (exit, error) = cairn_core::exit::conclude("cairn-etcd-snapshot", result, Exit::Success);
     summary.error = error;
     summary.exit = exit.as_str();
     summary.exit_code = exit.code();
@@ -378,7 +378,7 @@ async fn snapshot(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
         let (ep, e) = failures
             .into_iter()
             .max_by_key(|(_, e)| matches!(e, Error::Denied(_)))
-            .ok_or_else(|| cairn_shared::exit::usage("no endpoint given"))?;
+            .ok_or_else(|| cairn_core::exit::usage("no endpoint given"))?;
         return Err(e).context(format!("no etcd endpoint answered (last tried {ep})"));
     }
     let (member, why) = choose(&members, cli.member.as_deref())?;
@@ -404,7 +404,7 @@ struct StreamFacts {
 async fn stream_and_commit(
     cli: &Cli,
     summary: &mut Summary,
-    repo: &Arc<cairn_shared::repo::Repository>,
+    repo: &Arc<cairn_core::repo::Repository>,
     locks: &BackupLocks,
     member: &Member,
     why: String,
@@ -505,7 +505,7 @@ async fn stream_and_commit(
         stream_bytes: facts.bytes,
         sha256: hex::encode(facts.sha256),
     };
-    prepared.snapshot.meta = cairn_shared::records::EtcdMeta { etcd: meta.clone() }.to_meta();
+    prepared.snapshot.meta = cairn_core::records::EtcdMeta { etcd: meta.clone() }.to_meta();
     let out =
         prepared.commit(repo, Some(&locks.guard())).await.context("committing the snapshot")?;
     let s = &out.snapshot.summary;

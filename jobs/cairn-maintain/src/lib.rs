@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use cairn_shared::Exit;
-use cairn_shared::config::{KeepArgs, LockArgs, PruneArgs, RepoArgs};
-use cairn_shared::repo::Repository;
-use cairn_shared::repo::check::{CheckOptions, CheckReport, check};
-use cairn_shared::repo::forget::{ForgetReport, forget};
-use cairn_shared::repo::lock::{Lock, LockKind};
-use cairn_shared::repo::prune::{PruneOptions, PruneReport, prune, prune_locked};
-use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
+use cairn_core::Exit;
+use cairn_core::repo::Repository;
+use cairn_core::repo::check::{CheckOptions, CheckReport, check};
+use cairn_core::repo::forget::{ForgetReport, forget};
+use cairn_core::repo::lock::{Lock, LockKind};
+use cairn_core::repo::prune::{PruneOptions, PruneReport, prune, prune_locked};
+use cairn_job::config::{KeepArgs, LockArgs, PruneArgs, RepoArgs};
+use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::Parser;
 use serde::Serialize;
 
@@ -86,7 +86,7 @@ pub struct CheckSummary {
 fn parse_share(s: &str) -> anyhow::Result<f64> {
     let v: f64 =
         s.trim_end_matches('%').parse().ok().filter(|v| (0.0..=100.0).contains(v)).ok_or_else(
-            || cairn_shared::exit::usage(format!("--check-subset {s:?}: expected e.g. 5%")),
+            || cairn_core::exit::usage(format!("--check-subset {s:?}: expected e.g. 5%")),
         )?;
     Ok(v / 100.0)
 }
@@ -98,7 +98,7 @@ pub async fn run(cli: Cli) -> Exit {
     let exit = match result {
         Ok(exit) => exit,
         Err(e) => {
-            let (exit, line) = cairn_shared::exit::report_failure("cairn-maintain", &e);
+            let (exit, line) = cairn_core::exit::report_failure("cairn-maintain", &e);
             summary.error = Some(line);
             exit
         }
@@ -120,7 +120,7 @@ pub async fn run(cli: Cli) -> Exit {
 async fn steps(cli: &Cli, summary: &mut Summary) -> anyhow::Result<Exit> {
     let share = parse_share(&cli.check_subset)?;
     let prune_opts = cli.prune.options(cli.lock.options("maintenance"), cli.dry_run)?;
-    let repo = Arc::new(cli.repo.open(cairn_shared::config::Need::Write).await.context("opening")?);
+    let repo = Arc::new(cli.repo.open(cairn_job::config::Need::Write).await.context("opening")?);
     // The maintenance lock first: a run locked out by another prune changes nothing.
     let lock = if cli.dry_run || cli.no_prune {
         None

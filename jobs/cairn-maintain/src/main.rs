@@ -10,11 +10,11 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn-maintain: cannot start the async runtime: {e}");
-            return cairn_shared::Exit::Retryable.into();
+            return cairn_core::Exit::Retryable.into();
         }
     };
     runtime.block_on(async {
-        let telemetry = cairn_shared::telemetry::init(&cli.telemetry_options());
+        let telemetry = cairn_job::telemetry::init(&cli.telemetry_options());
         let exit = cairn_maintain::run(cli).await;
         telemetry.shutdown();
         exit.into()

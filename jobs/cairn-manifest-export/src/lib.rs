@@ -1,6 +1,6 @@
 //! The manifest export job: discover every served resource (CRDs and their custom resources
 //! included), list each with pagination and bounded concurrency, and store every object, with
-//! its status, as one YAML file at a stable path (see `cairn_shared::k8s::layout`). Objects
+//! its status, as one YAML file at a stable path (see `cairn_kube::layout`). Objects
 //! stream from the API server into the repository: memory holds a page per concurrent list,
 //! not the cluster.
 
@@ -9,18 +9,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use cairn_shared::Exit;
-use cairn_shared::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
-use cairn_shared::fs::{BackupOptions, VirtualFile, backup_files};
-use cairn_shared::k8s::collect::{CollectOptions, Exported, Filters, collect};
-use cairn_shared::k8s::layout::{self, Resource};
-use cairn_shared::k8s::normalize::strip_managed_fields;
-use cairn_shared::k8s::{KubeArgs, classify, discover, to_yaml};
-use cairn_shared::progress::human_bytes;
-use cairn_shared::records::{ManifestsMeta, ManifestsRecord, SnapshotRecord};
-use cairn_shared::repo::Failure;
-use cairn_shared::repo::lock::BackupLocks;
-use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
+use cairn_core::Exit;
+use cairn_core::fs::{BackupOptions, VirtualFile, backup_files};
+use cairn_core::progress::human_bytes;
+use cairn_core::records::{ManifestsMeta, ManifestsRecord, SnapshotRecord};
+use cairn_core::repo::Failure;
+use cairn_core::repo::lock::BackupLocks;
+use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
+use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
+use cairn_kube::collect::{CollectOptions, Exported, Filters, collect};
+use cairn_kube::layout::{self, Resource};
+use cairn_kube::normalize::strip_managed_fields;
+use cairn_kube::{KubeArgs, classify, discover, to_yaml};
 use clap::Parser;
 use serde::Serialize;
 use serde_json::Value;
@@ -146,7 +146,7 @@ pub async fn execute(cli: &Cli) -> Summary {
     let mut summary = Summary { source: cli.source.clone(), ..Default::default() };
     let result = export(cli, &mut summary).await;
     let ok = if summary.denied.is_empty() { Exit::Success } else { Exit::Partial };
-    let (exit, error) = cairn_shared::exit::conclude("cairn-manifest-export", result, ok);
+    let (exit, error) = cairn_core::exit::conclude("cairn-manifest-export", result, ok);
     summary.error = error;
     summary.exit = exit.as_str();
     summary.exit_code = exit.code();
@@ -191,7 +191,7 @@ fn print_summary(cli: &Cli, s: &Summary) {
     }
 }
 
-fn render(item: Exported, keep_managed_fields: bool) -> cairn_shared::Result<VirtualFile> {
+fn render(item: Exported, keep_managed_fields: bool) -> cairn_core::Result<VirtualFile> {
     match item {
         Exported::Object(path, mut obj) => {
             if !keep_managed_fields {
@@ -233,10 +233,10 @@ impl Cli {
 async fn export(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
     let filters = cli.filters();
     let ns_filter =
-        filters.namespace_filter().map_err(|e| cairn_shared::exit::usage(e.to_string()))?;
-    filters.selector().map_err(|e| cairn_shared::exit::usage(e.to_string()))?;
+        filters.namespace_filter().map_err(|e| cairn_core::exit::usage(e.to_string()))?;
+    filters.selector().map_err(|e| cairn_core::exit::usage(e.to_string()))?;
     if cli.concurrency == 0 || cli.page_size == 0 {
-        return Err(cairn_shared::exit::usage("--concurrency and --page-size must be at least 1"));
+        return Err(cairn_core::exit::usage("--concurrency and --page-size must be at least 1"));
     }
     let client = cli.kube.client().await.context("connecting to the cluster")?;
     let version = client
@@ -271,12 +271,12 @@ async fn export_locked(
     cli: &Cli,
     summary: &mut Summary,
     client: &kube::Client,
-    repo: &Arc<cairn_shared::repo::Repository>,
+    repo: &Arc<cairn_core::repo::Repository>,
     locks: &BackupLocks,
     filters: &Filters,
     resources: &[Resource],
     version: k8s_openapi::apimachinery::pkg::version::Info,
-    discovery: cairn_shared::k8s::Discovery,
+    discovery: cairn_kube::Discovery,
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Exported>(1024);
     let keep_managed = cli.keep_managed_fields;

@@ -7,18 +7,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use cairn_shared::Exit;
-use cairn_shared::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
-use cairn_shared::fs::{BackupOptions, backup_dir, backup_stream};
-use cairn_shared::k8s::podjob::{TERMINATION_LOG, write_termination_message};
-use cairn_shared::progress::human_bytes;
-use cairn_shared::repo::Repository;
-use cairn_shared::repo::lock::BackupLocks;
+use cairn_core::Exit;
+use cairn_core::fs::{BackupOptions, backup_dir, backup_stream};
+use cairn_core::progress::human_bytes;
+use cairn_core::repo::Repository;
+use cairn_core::repo::lock::BackupLocks;
+use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
+use cairn_kube::podjob::{TERMINATION_LOG, write_termination_message};
 use serde::{Deserialize, Serialize};
 
 /// The file a block volume is stored as.
-pub use cairn_shared::records::BLOCK_FILE;
-use cairn_shared::records::{PvcMeta, SnapshotRecord};
+pub use cairn_core::records::BLOCK_FILE;
+use cairn_core::records::{PvcMeta, SnapshotRecord};
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -82,7 +82,7 @@ pub async fn run(repo: &RepoArgs, args: &IngestArgs, json: bool) -> Exit {
     let mut report = IngestReport::default();
     let result = ingest(repo, args, &mut report).await;
     let ok = if report.partial { Exit::Partial } else { Exit::Success };
-    let (exit, error) = cairn_shared::exit::conclude("cairn-pvc-ingest ingest", result, ok);
+    let (exit, error) = cairn_core::exit::conclude("cairn-pvc-ingest ingest", result, ok);
     report.exit = exit.as_str().into();
     report.exit_code = exit.code();
     report.error = error;
@@ -115,7 +115,7 @@ pub fn parse_pvc(s: &str) -> anyhow::Result<(String, String)> {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
             Ok((ns.to_string(), name.to_string()))
         }
-        _ => Err(cairn_shared::exit::usage(format!("--pvc {s:?}: expected NAMESPACE/NAME"))),
+        _ => Err(cairn_core::exit::usage(format!("--pvc {s:?}: expected NAMESPACE/NAME"))),
     }
 }
 
@@ -132,7 +132,7 @@ async fn ingest(
     report.source = pvc_source(&ns, &name);
     let meta: serde_json::Value = match &args.meta {
         Some(m) => serde_json::from_str::<PvcMeta>(m)
-            .map_err(|e| cairn_shared::exit::usage(format!("--meta is not a PVC record: {e}")))?
+            .map_err(|e| cairn_core::exit::usage(format!("--meta is not a PVC record: {e}")))?
             .to_meta(),
         None => serde_json::Value::Null,
     };
@@ -168,7 +168,7 @@ async fn ingest_locked(
     let out = match (&args.path, &args.device) {
         (Some(path), _) => {
             if !path.is_dir() {
-                return Err(cairn_shared::exit::usage(format!(
+                return Err(cairn_core::exit::usage(format!(
                     "{} is not a directory (is the volume mounted?)",
                     path.display()
                 )));
@@ -186,7 +186,7 @@ async fn ingest_locked(
                 .with_context(|| format!("backing up block device {}", device.display()))?;
             prepared.commit(repo, guard.as_ref()).await.context("committing the snapshot")?
         }
-        (None, None) => return Err(cairn_shared::exit::usage("give --path or --device")),
+        (None, None) => return Err(cairn_core::exit::usage("give --path or --device")),
     };
     let s = &out.snapshot.summary;
     report.parent = out.snapshot.parent.map(|p| p.to_hex());

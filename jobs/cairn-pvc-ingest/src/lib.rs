@@ -5,9 +5,9 @@
 pub mod ingest;
 pub mod orchestrate;
 
-use cairn_shared::Exit;
-use cairn_shared::config::RepoArgs;
-use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
+use cairn_core::Exit;
+use cairn_job::config::RepoArgs;
+use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]

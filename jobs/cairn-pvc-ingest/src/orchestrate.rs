@@ -1,7 +1,7 @@
 //! Orchestrator mode (the CronJob): select PVCs, and for each one cut a CSI VolumeSnapshot,
 //! clone it into a temporary PVC, run an ingest pod on the clone, collect its summary, and
 //! clean up. Parallel across PVCs up to `--parallel`; one PVC failing does not stop the
-//! others. Every temporary object is labelled (`cairn_shared::k8s::temp`), owned by the
+//! others. Every temporary object is labelled (`cairn_kube::temp`), owned by the
 //! ingest Job where it can be, deleted when its PVC is done, deleted again on SIGTERM with
 //! its own deadline, and swept by the next run should all of that fail.
 
@@ -10,19 +10,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cairn_shared::Exit;
-use cairn_shared::config::{LockArgs, Need, RepoArgs, SnapshotLabels, parse_duration};
-use cairn_shared::k8s::podjob::{
+use cairn_core::Exit;
+use cairn_core::filter::NamespaceFilter;
+use cairn_core::progress::human_bytes;
+use cairn_core::records::{
+    PvcMeta, PvcMode, PvcRecord, SnapshotRecord, VolumeGroupSnapshotRecord, VolumeSnapshotRecord,
+};
+use cairn_core::repo::lock::{Lock, LockKind};
+use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels, parse_duration};
+use cairn_kube::podjob::{
     self, DEVICE_PATH, VOLUME_PATH, WaitOptions, WorkerArgs, WorkerJob, WorkerSecurity,
     WorkerVolume,
 };
-use cairn_shared::k8s::temp::{self, Swept, TempOwner, object_name};
-use cairn_shared::k8s::{KubeArgs, classify, status_code, volsnap};
-use cairn_shared::progress::human_bytes;
-use cairn_shared::records::{
-    PvcMeta, PvcMode, PvcRecord, SnapshotRecord, VolumeGroupSnapshotRecord, VolumeSnapshotRecord,
-};
-use cairn_shared::repo::lock::{Lock, LockKind};
+use cairn_kube::temp::{self, Swept, TempOwner, object_name};
+use cairn_kube::{KubeArgs, classify, status_code, volsnap};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
@@ -202,7 +203,7 @@ pub async fn run(repo: &RepoArgs, args: &RunArgs, json: bool) -> Exit {
         (0, _) => worst(&summary.pvcs),
         _ => Exit::Partial,
     };
-    let (exit, error) = cairn_shared::exit::conclude("cairn-pvc-ingest", result, ok);
+    let (exit, error) = cairn_core::exit::conclude("cairn-pvc-ingest", result, ok);
     summary.exit = exit.as_str();
     summary.exit_code = exit.code();
     summary.error = error;
@@ -332,13 +333,13 @@ struct GivenSnapshot {
 
 async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> anyhow::Result<()> {
     if args.parallel == 0 {
-        return Err(cairn_shared::exit::usage("--parallel must be at least 1"));
+        return Err(cairn_core::exit::usage("--parallel must be at least 1"));
     }
     let security = match args.ingest_run_as.as_str() {
         "root" => WorkerSecurity::reader(),
         uid => WorkerSecurity::non_root(
             uid.parse().map_err(|_| {
-                cairn_shared::exit::usage(format!("--ingest-run-as {uid:?}: root or a uid"))
+                cairn_core::exit::usage(format!("--ingest-run-as {uid:?}: root or a uid"))
             })?,
             args.ingest_fs_group,
         ),
@@ -347,7 +348,7 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
         args.clone_access_mode.as_str(),
         "ReadWriteOnce" | "ReadOnlyMany" | "ReadWriteOncePod"
     ) {
-        return Err(cairn_shared::exit::usage(format!(
+        return Err(cairn_core::exit::usage(format!(
             "--clone-access-mode {:?}: ReadWriteOnce, ReadOnlyMany or ReadWriteOncePod",
             args.clone_access_mode
         )));
@@ -371,7 +372,7 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
     tracing::info!(run = %owner.run, instance = %args.instance, mode = ?args.mode, "pvc ingest run starting");
 
     if args.mode == Mode::Snapshot && !volsnap::served(&client).await? {
-        return Err(cairn_shared::exit::usage(
+        return Err(cairn_core::exit::usage(
             "the cluster does not serve snapshot.storage.k8s.io/v1: install the CSI snapshot \
              CRDs and controller, or use --mode live",
         ));
@@ -505,45 +506,6 @@ fn pvc_key(p: &PersistentVolumeClaim) -> String {
     )
 }
 
-/// Namespace globs, include and exclude.
-pub struct NamespaceFilter {
-    include: Option<globset::GlobSet>,
-    exclude: globset::GlobSet,
-    /// Every include is a plain name: list namespace by namespace.
-    plain: Option<Vec<String>>,
-}
-
-impl NamespaceFilter {
-    pub fn new(include: &[String], exclude: &[String]) -> anyhow::Result<NamespaceFilter> {
-        let build = |pats: &[String]| -> anyhow::Result<globset::GlobSet> {
-            let mut b = globset::GlobSetBuilder::new();
-            for p in pats {
-                b.add(globset::Glob::new(p).map_err(|e| {
-                    cairn_shared::exit::usage(format!("namespace pattern {p:?}: {e}"))
-                })?);
-            }
-            Ok(b.build()?)
-        };
-        let plain = (!include.is_empty()
-            && include.iter().all(|p| !p.contains(['*', '?', '[', '{'])))
-        .then(|| include.to_vec());
-        Ok(NamespaceFilter {
-            include: (!include.is_empty()).then(|| build(include)).transpose()?,
-            exclude: build(exclude)?,
-            plain,
-        })
-    }
-
-    pub fn matches(&self, ns: &str) -> bool {
-        self.include.as_ref().is_none_or(|g| g.is_match(ns)) && !self.exclude.is_match(ns)
-    }
-
-    /// Namespaces to list in one by one, or `None` for a cluster-wide list.
-    pub fn plain(&self) -> Option<Vec<String>> {
-        self.plain.as_ref().map(|v| v.iter().filter(|n| self.matches(n)).cloned().collect())
-    }
-}
-
 /// The PVCs to back up: in the selected namespaces, matching the selector, bound, not our
 /// own clones, and opted in (or not opted out).
 async fn select_pvcs(
@@ -556,7 +518,7 @@ async fn select_pvcs(
     if let Some(s) = &args.selector {
         lp = lp.labels(s);
     }
-    let apis: Vec<Api<PersistentVolumeClaim>> = match ns_filter.plain() {
+    let apis: Vec<Api<PersistentVolumeClaim>> = match ns_filter.literal() {
         Some(names) => names.iter().map(|n| Api::namespaced(client.clone(), n)).collect(),
         None => vec![Api::all(client.clone())],
     };
@@ -619,7 +581,7 @@ where
 
 async fn sweep(ctx: &Ctx, ns_filter: &NamespaceFilter, swept: &mut Swept) -> anyhow::Result<()> {
     let client = &ctx.client;
-    let namespaces = ns_filter.plain();
+    let namespaces = ns_filter.literal();
     macro_rules! apis {
         ($make_ns:expr, $make_all:expr) => {
             match &namespaces {
@@ -907,7 +869,7 @@ async fn cleanup_all(ctx: &Ctx) {
     }
 }
 
-async fn delete_claim(client: &kube::Client, ns: &str, name: &str) -> cairn_shared::Result<()> {
+async fn delete_claim(client: &kube::Client, ns: &str, name: &str) -> cairn_core::Result<()> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
@@ -952,7 +914,7 @@ async fn backup_group(
         let (driver, _) = driver_of(&ctx.client, &pvcs[0]).await?;
         for p in &pvcs[1..] {
             if driver_of(&ctx.client, p).await?.0 != driver {
-                return Err(cairn_shared::exit::usage(format!(
+                return Err(cairn_core::exit::usage(format!(
                     "group {ns}/{group} spans CSI drivers: a group snapshot needs one driver"
                 )));
             }
@@ -1060,7 +1022,7 @@ async fn driver_of(
     }
     match &sc {
         Some(s) => Ok((s.provisioner.clone(), sc)),
-        None => Err(cairn_shared::exit::usage(format!(
+        None => Err(cairn_core::exit::usage(format!(
             "{}: neither a StorageClass nor a CSI PersistentVolume names its driver (use --mode live)",
             pvc_key(pvc)
         ))),
@@ -1192,17 +1154,5 @@ mod tests {
         assert_eq!(larger_size(Some("1G"), Some("1Gi")), "1Gi");
         assert_eq!(larger_size(Some("2Gi"), Some("1Gi")), "2Gi");
         assert_eq!(larger_size(None, Some("5Gi")), "5Gi");
-    }
-
-    #[test]
-    fn namespace_filters_list_plain_names_one_by_one() {
-        let f = NamespaceFilter::new(&["prod".into(), "stage".into()], &["stage".into()]).unwrap();
-        assert_eq!(f.plain(), Some(vec!["prod".to_string()]));
-        assert!(f.matches("prod") && !f.matches("stage") && !f.matches("dev"));
-        let g = NamespaceFilter::new(&["team-*".into()], &[]).unwrap();
-        assert_eq!(g.plain(), None);
-        assert!(g.matches("team-a") && !g.matches("prod"));
-        let all = NamespaceFilter::new(&[], &["kube-*".into()]).unwrap();
-        assert!(all.matches("x") && !all.matches("kube-system"));
     }
 }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use cairn_shared::config::{Need, RepoArgs};
-use cairn_shared::fs::stream::verify_sha256_trailer;
-use cairn_shared::progress::human_bytes;
-use cairn_shared::repo::NodeKind;
-use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
-use cairn_shared::{Error, Exit};
+use cairn_core::fs::stream::verify_sha256_trailer;
+use cairn_core::progress::human_bytes;
+use cairn_core::repo::NodeKind;
+use cairn_core::{Error, Exit};
+use cairn_job::config::{Need, RepoArgs};
+use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
@@ -19,8 +19,8 @@ use serde::Serialize;
 pub mod manifests;
 pub mod pvc;
 
-pub use cairn_shared::records::ETCD_DB_FILE;
-use cairn_shared::records::{EtcdMeta, EtcdRecord, SnapshotRecord};
+pub use cairn_core::records::ETCD_DB_FILE;
+use cairn_core::records::{EtcdMeta, EtcdRecord, SnapshotRecord};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,8 +142,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Etcd(args) => {
             let mut summary = EtcdSummary::default();
             let result = restore_etcd(&cli.repo, args, &mut summary).await;
-            let (exit, error) =
-                cairn_shared::exit::conclude("cairn-restore", result, Exit::Success);
+            let (exit, error) = cairn_core::exit::conclude("cairn-restore", result, Exit::Success);
             summary.error = error;
             summary.exit = exit.as_str();
             summary.exit_code = exit.code();
@@ -180,7 +179,7 @@ async fn restore_etcd(
     summary: &mut EtcdSummary,
 ) -> anyhow::Result<()> {
     if args.output.exists() && !args.force {
-        return Err(cairn_shared::exit::usage(format!(
+        return Err(cairn_core::exit::usage(format!(
             "{} exists (use --force to replace it)",
             args.output.display()
         )));
@@ -188,7 +187,7 @@ async fn restore_etcd(
     if let Some(d) = &args.data_dir
         && d.exists()
     {
-        return Err(cairn_shared::exit::usage(format!(
+        return Err(cairn_core::exit::usage(format!(
             "data directory {} exists; etcdutl restores into a new one",
             d.display()
         )));
@@ -217,7 +216,7 @@ async fn restore_etcd(
     let written = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut f = std::fs::File::create(&partial2)
             .with_context(|| format!("creating {}", partial2.display()))?;
-        cairn_shared::fs::write_file_to(&repo2, &handle, &node2, &mut f, false, |_| {})?;
+        cairn_core::fs::write_file_to(&repo2, &handle, &node2, &mut f, false, |_| {})?;
         f.sync_all()?;
         Ok(())
     })
@@ -285,7 +284,7 @@ async fn run_etcdutl(args: &EtcdArgs, dir: &Path) -> anyhow::Result<()> {
     let out = match tokio::time::timeout(std::time::Duration::from_secs(3600), cmd.output()).await {
         Ok(Ok(o)) => o,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(cairn_shared::exit::usage(format!(
+            return Err(cairn_core::exit::usage(format!(
                 "{} not found: put etcdutl on the PATH or pass --etcdutl (the restore image ships it)",
                 args.etcdutl.display()
             )));

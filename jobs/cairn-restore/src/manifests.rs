@@ -8,14 +8,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cairn_shared::config::{Need, RepoArgs};
-use cairn_shared::k8s::layout::{ObjectPath, Resource, resource_matches};
-use cairn_shared::k8s::list::get_object;
-use cairn_shared::k8s::normalize::{SanitizeOptions, controller_of, never_restored, sanitize};
-use cairn_shared::k8s::selector::Selector;
-use cairn_shared::k8s::stored::{is_manifest_snapshot, object_files, read_objects};
-use cairn_shared::k8s::{KubeArgs, classify, status_code};
-use cairn_shared::{Error, Exit};
+use cairn_core::{Error, Exit};
+use cairn_job::config::{Need, RepoArgs};
+use cairn_kube::layout::{ObjectPath, Resource, resource_matches};
+use cairn_kube::list::get_object;
+use cairn_kube::normalize::{SanitizeOptions, controller_of, never_restored, sanitize};
+use cairn_kube::selector::Selector;
+use cairn_kube::stored::{is_manifest_snapshot, object_files, read_objects};
+use cairn_kube::{KubeArgs, classify, status_code};
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use serde::Serialize;
@@ -78,7 +78,7 @@ pub struct ManifestArgs {
     #[arg(long, env = "CAIRN_CONCURRENCY", default_value = "8")]
     pub concurrency: usize,
     /// How long to wait for a restored CRD to be Established.
-    #[arg(long, env = "CAIRN_CRD_TIMEOUT", default_value = "60s", value_parser = cairn_shared::config::parse_duration)]
+    #[arg(long, env = "CAIRN_CRD_TIMEOUT", default_value = "60s", value_parser = cairn_job::config::parse_duration)]
     pub crd_timeout: Duration,
 }
 
@@ -219,7 +219,7 @@ pub async fn restore_manifests(
         .as_deref()
         .map(Selector::parse)
         .transpose()
-        .map_err(|e| cairn_shared::exit::usage(e.to_string()))?;
+        .map_err(|e| cairn_core::exit::usage(e.to_string()))?;
     let ns_map: HashMap<String, String> = args.namespace_map.iter().cloned().collect();
     let repo = repo_args.open(Need::Read).await.context("opening the repository")?;
     repo.load_index().await.context("loading the index")?;
@@ -229,7 +229,7 @@ pub async fn restore_manifests(
         .with_context(|| format!("finding snapshot {} of {}", args.snapshot, args.source))?;
     summary.snapshot = Some(entry.id.to_hex());
     if !is_manifest_snapshot(&entry.snapshot) {
-        return Err(cairn_shared::exit::usage(format!(
+        return Err(cairn_core::exit::usage(format!(
             "snapshot {} (source {}) is not a manifest snapshot",
             entry.id.short(),
             entry.snapshot.source
@@ -518,7 +518,7 @@ async fn apply_inner(
     client: &kube::Client,
     p: &Planned,
     args: &ManifestArgs,
-) -> cairn_shared::Result<Applied> {
+) -> cairn_core::Result<Applied> {
     let url = format!("{}/{}", p.url(), p.name);
     let existing = get_object(client, &url).await?;
     if let Some(e) = &existing
@@ -577,7 +577,7 @@ async fn apply_inner(
 
 /// The same object but for server noise and status.
 fn same_content(a: &Value, b: &Value) -> bool {
-    let view = |v: &Value| cairn_shared::k8s::normalize::for_diff(v, false);
+    let view = |v: &Value| cairn_kube::normalize::for_diff(v, false);
     view(a) == view(b)
 }
 
@@ -585,7 +585,7 @@ async fn wait_established(
     client: &kube::Client,
     name: &str,
     timeout: Duration,
-) -> cairn_shared::Result<()> {
+) -> cairn_core::Result<()> {
     let url = format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}");
     let deadline = Instant::now() + timeout;
     loop {
@@ -613,7 +613,7 @@ pub async fn execute(repo: &RepoArgs, args: &ManifestArgs) -> ManifestSummary {
     let mut summary = ManifestSummary::default();
     let result = restore_manifests(repo, args, &mut summary).await;
     let ok = if summary.failed() > 0 { Exit::Partial } else { Exit::Success };
-    let (exit, error) = cairn_shared::exit::conclude("cairn-restore", result, ok);
+    let (exit, error) = cairn_core::exit::conclude("cairn-restore", result, ok);
     summary.error = error;
     summary.exit = exit.as_str();
     summary.exit_code = exit.code();

@@ -11,17 +11,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use cairn_shared::config::{Need, RepoArgs};
-use cairn_shared::fs::{RestoreOptions, restore, write_file_to};
-use cairn_shared::k8s::podjob::{
+use cairn_core::fs::{RestoreOptions, restore, write_file_to};
+use cairn_core::progress::human_bytes;
+use cairn_core::repo::NodeKind;
+use cairn_core::{Error, Exit};
+use cairn_job::config::{Need, RepoArgs};
+use cairn_kube::podjob::{
     self, DEVICE_PATH, TERMINATION_LOG, VOLUME_PATH, WorkerArgs, WorkerJob, WorkerSecurity,
     WorkerVolume, write_termination_message,
 };
-use cairn_shared::k8s::temp::{TempOwner, object_name};
-use cairn_shared::k8s::{KubeArgs, classify};
-use cairn_shared::progress::human_bytes;
-use cairn_shared::repo::NodeKind;
-use cairn_shared::{Error, Exit};
+use cairn_kube::temp::{TempOwner, object_name};
+use cairn_kube::{KubeArgs, classify};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 /// The file a block volume's snapshot holds (as `cairn-pvc-ingest` stores it).
-pub use cairn_shared::records::BLOCK_FILE;
-use cairn_shared::records::{PvcMeta, SnapshotRecord};
+pub use cairn_core::records::BLOCK_FILE;
+use cairn_core::records::{PvcMeta, SnapshotRecord};
 pub const COMPONENT: &str = "pvc-restore";
 /// Labels a restored PVC with the snapshot it came from.
 pub const RESTORED_FROM: &str = "backup.cairn.dev/restored-from";
@@ -168,7 +168,7 @@ fn finish(prog: &str, result: anyhow::Result<()>, s: &mut PvcSummary, started: I
         // The writer's own exit code, when it reported one.
         Ok(()) => (Exit::from_code(s.exit_code), s.error.clone()),
         Err(e) => {
-            let (exit, line) = cairn_shared::exit::report_failure(prog, &e);
+            let (exit, line) = cairn_core::exit::report_failure(prog, &e);
             (exit, Some(line))
         }
     };
@@ -191,12 +191,12 @@ async fn restore_pvc(
     let recorded = meta.as_ref().map(|m| m.pvc.clone()).unwrap_or_default();
     let ns =
         args.target_namespace.clone().or_else(|| recorded.namespace.clone()).ok_or_else(|| {
-            cairn_shared::exit::usage(
+            cairn_core::exit::usage(
                 "the snapshot records no PVC: give --target-namespace and --target-name",
             )
         })?;
     let name = args.target_name.clone().or_else(|| recorded.name.clone()).ok_or_else(|| {
-        cairn_shared::exit::usage("the snapshot records no PVC: give --target-name")
+        cairn_core::exit::usage("the snapshot records no PVC: give --target-name")
     })?;
     summary.pvc = Some(format!("{ns}/{name}"));
     let block = meta.as_ref().is_some_and(PvcMeta::is_block) && args.path.is_empty();
@@ -212,7 +212,7 @@ async fn restore_pvc(
         .map_err(|e| classify(&format!("reading PVC {ns}/{name}"), e))?;
     match (&existing, args.existing) {
         (Some(_), Existing::Fail) => {
-            return Err(cairn_shared::exit::usage(format!(
+            return Err(cairn_core::exit::usage(format!(
                 "PVC {ns}/{name} exists: choose --existing overwrite or merge, or another --target-name"
             )));
         }
@@ -363,7 +363,7 @@ async fn write(repo: &RepoArgs, args: &WriterArgs, summary: &mut PvcSummary) -> 
         let handle = tokio::runtime::Handle::current();
         let device = device.clone();
         let repo2 = repository.clone();
-        let bytes = tokio::task::spawn_blocking(move || -> cairn_shared::Result<u64> {
+        let bytes = tokio::task::spawn_blocking(move || -> cairn_core::Result<u64> {
             let mut out = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&device)
@@ -379,14 +379,12 @@ async fn write(repo: &RepoArgs, args: &WriterArgs, summary: &mut PvcSummary) -> 
         summary.exit_code = Exit::Success.code();
         return Ok(());
     }
-    let target = args
-        .target
-        .clone()
-        .ok_or_else(|| cairn_shared::exit::usage("give --target or --device"))?;
+    let target =
+        args.target.clone().ok_or_else(|| cairn_core::exit::usage("give --target or --device"))?;
     let node = repository.lookup(&snap.snapshot, &args.path).await?;
     match args.existing {
         Existing::Fail if !is_empty_volume(&target)? => {
-            return Err(cairn_shared::exit::usage(format!(
+            return Err(cairn_core::exit::usage(format!(
                 "{} is not empty (use --existing overwrite or merge)",
                 target.display()
             )));

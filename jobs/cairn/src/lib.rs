@@ -6,15 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use cairn_shared::config::{KeepArgs, LockArgs, Need, PruneArgs, RepoArgs};
-use cairn_shared::exit::{Exit, ExitError, usage};
-use cairn_shared::fs::{BackupOptions, RestoreOptions};
-use cairn_shared::progress::human_bytes;
-use cairn_shared::repo::check::{CheckOptions, check};
-use cairn_shared::repo::lock::{BackupLocks, LeaseGuard};
-use cairn_shared::repo::{InitOptions, KeyRecipient, NodeKind, Repository, SnapshotEntry};
-use cairn_shared::repo::{forget, prune};
-use cairn_shared::telemetry::{OutputArgs, TelemetryOptions};
+use cairn_core::exit::{Exit, ExitError, usage};
+use cairn_core::fs::{BackupOptions, RestoreOptions};
+use cairn_core::progress::human_bytes;
+use cairn_core::repo::check::{CheckOptions, check};
+use cairn_core::repo::lock::{BackupLocks, LeaseGuard};
+use cairn_core::repo::{InitOptions, KeyRecipient, NodeKind, Repository, SnapshotEntry};
+use cairn_core::repo::{forget, prune};
+use cairn_job::config::{KeepArgs, LockArgs, Need, PruneArgs, RepoArgs};
+use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
 
 mod ui;
@@ -75,7 +75,7 @@ pub enum Command {
         #[arg(long, env = "CAIRN_SOURCE")]
         source: String,
         /// Tag as key=value. Repeatable.
-        #[arg(long = "tag", value_parser = cairn_shared::config::parse_key_value)]
+        #[arg(long = "tag", value_parser = cairn_job::config::parse_key_value)]
         tags: Vec<(String, String)>,
         /// Parent for incremental reuse: auto (latest of the same source), none, or an id.
         #[arg(long, default_value = "auto")]
@@ -195,7 +195,7 @@ pub enum Command {
         #[arg(long)]
         all: bool,
         #[command(flatten)]
-        kube: cairn_shared::k8s::KubeArgs,
+        kube: cairn_kube::KubeArgs,
     },
     /// Verify the repository; with --read-data also every blob's content.
     Check {
@@ -239,7 +239,7 @@ impl Cli {
 pub async fn run(cli: Cli) -> Exit {
     match dispatch(cli).await {
         Ok(exit) => exit,
-        Err(e) => cairn_shared::exit::report_failure("cairn", &e).0,
+        Err(e) => cairn_core::exit::report_failure("cairn", &e).0,
     }
 }
 
@@ -279,7 +279,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Version => {
             println!(
                 "{}",
-                serde_json::json!({"name": "cairn", "version": env!("CARGO_PKG_VERSION"), "format": cairn_shared::repo::FORMAT_VERSION})
+                serde_json::json!({"name": "cairn", "version": env!("CARGO_PKG_VERSION"), "format": cairn_core::repo::FORMAT_VERSION})
             );
             Ok(Exit::Success)
         }
@@ -383,7 +383,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         }
         Command::Locks => {
             let repo = args.open(Need::Write).await?;
-            let locks = cairn_shared::repo::lock::list_locks(&repo).await?;
+            let locks = cairn_core::repo::lock::list_locks(&repo).await?;
             if json {
                 let v: Vec<_> = locks
                     .iter()
@@ -401,7 +401,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         }
         Command::Unlock { stale: _ } => {
             let repo = args.open(Need::Write).await?;
-            let removed = cairn_shared::repo::lock::remove_stale(&repo).await?;
+            let removed = cairn_core::repo::lock::remove_stale(&repo).await?;
             if json {
                 print_json(&removed.iter().map(|l| &l.key).collect::<Vec<_>>())?;
             } else {
@@ -414,7 +414,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         }
         Command::Snapshots { source, cluster } => {
             let repo = args.open(Need::Write).await?;
-            let filter = cairn_shared::repo::SnapshotFilter {
+            let filter = cairn_core::repo::SnapshotFilter {
                 source: source.as_deref(),
                 cluster: cluster.as_deref(),
             };
@@ -492,7 +492,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             tokio::task::spawn_blocking(move || -> Result<()> {
                 let stdout = std::io::stdout();
                 let mut out = SeekStdout(stdout.lock());
-                cairn_shared::fs::write_file_to(&repo, &handle, &node, &mut out, false, |_| {})
+                cairn_core::fs::write_file_to(&repo, &handle, &node, &mut out, false, |_| {})
                     .with_context(|| format!("reading {}", node.name.display()))?;
                 out.0.flush()?;
                 Ok(())
@@ -514,7 +514,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
                 other => bail!(usage(format!("--format {other:?}: auto, dir, objects or tar"))),
             };
             if format != "dir" {
-                let selection = cairn_shared::fs::export::Selection::new(&include, &exclude)?;
+                let selection = cairn_core::fs::export::Selection::new(&include, &exclude)?;
                 let report = if format == "tar" {
                     let out: Box<dyn std::io::Write + Send> = if target == "-" {
                         Box::new(std::io::BufWriter::new(std::io::stdout()))
@@ -524,13 +524,13 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
                                 .with_context(|| format!("creating {target}"))?,
                         ))
                     };
-                    cairn_shared::fs::export::export_tar(repo, node, selection, out).await?
+                    cairn_core::fs::export::export_tar(repo, node, selection, out).await?
                 } else {
-                    let store = cairn_shared::repo::Store::open(&target)?;
+                    let store = cairn_core::repo::Store::open(&target)?;
                     let metadata = ["s3://", "s3a://", "gs://", "az://", "azure://", "memory://"]
                         .iter()
                         .any(|p| target.starts_with(p));
-                    cairn_shared::fs::export::export_objects(
+                    cairn_core::fs::export::export_objects(
                         repo,
                         node,
                         selection,
@@ -571,7 +571,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             if no_owner {
                 opts.owner = false;
             }
-            let report = cairn_shared::fs::restore(repo, node, &target, opts).await?;
+            let report = cairn_core::fs::restore(repo, node, &target, opts).await?;
             if json {
                 print_json(&serde_json::json!({"snapshot": snap.id.to_hex(), "report": report}))?;
             } else {
@@ -609,15 +609,15 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             let sb = repo.find_snapshot(sb, source.as_deref()).await?;
             let na = repo.lookup(&sa.snapshot, pa).await?;
             let nb = repo.lookup(&sb.snapshot, pb).await?;
-            let entries = cairn_shared::repo::diff::diff_trees(&repo, &na, &nb).await?;
+            let entries = cairn_core::repo::diff::diff_trees(&repo, &na, &nb).await?;
             if json {
                 print_json(&entries)?;
             } else {
                 for e in &entries {
                     let sign = match e.change {
-                        cairn_shared::repo::diff::Change::Added => "+",
-                        cairn_shared::repo::diff::Change::Removed => "-",
-                        cairn_shared::repo::diff::Change::Changed => "M",
+                        cairn_core::repo::diff::Change::Added => "+",
+                        cairn_core::repo::diff::Change::Removed => "-",
+                        cairn_core::repo::diff::Change::Changed => "M",
                     };
                     println!("{sign} {}", e.path);
                 }
@@ -691,7 +691,7 @@ async fn backup_cmd(
     json: bool,
 ) -> Result<Exit> {
     let BackupRequest { path, source, tags, parent, exclude, use_inode, cluster } = req;
-    let parent = parent.parse::<cairn_shared::repo::ParentSpec>()?;
+    let parent = parent.parse::<cairn_core::repo::ParentSpec>()?;
     let opts = BackupOptions {
         source,
         tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
@@ -704,10 +704,10 @@ async fn backup_cmd(
     };
     let out = match path.to_str().filter(|p| p.contains("://")) {
         // A bucket prefix: objects as files, incremental by key, size and ETag.
-        Some(url) => cairn_shared::fs::objects::backup_objects(repo, url, opts)
+        Some(url) => cairn_core::fs::objects::backup_objects(repo, url, opts)
             .await
             .with_context(|| format!("backup of {url}"))?,
-        None => cairn_shared::fs::backup_dir(repo, &path, opts)
+        None => cairn_core::fs::backup_dir(repo, &path, opts)
             .await
             .with_context(|| format!("backup of {}", path.display()))?,
     };
@@ -738,14 +738,8 @@ async fn backup_cmd(
 }
 
 fn parse_fraction(s: &str) -> Result<f64> {
-    let v: f64 = s
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| usage(format!("--read-data-subset {s:?}: expected a percentage like 10%")))?;
-    if !(0.0..=100.0).contains(&v) || v == 0.0 {
-        bail!(usage(format!("--read-data-subset {s:?}: must be in (0, 100]")));
-    }
-    Ok(v / 100.0)
+    cairn_core::parse::percentage(s, 100.0, false)
+        .map_err(|e| usage(format!("--read-data-subset: {e}")))
 }
 
 fn key_generate(out: &PathBuf) -> Result<Exit> {
@@ -804,7 +798,7 @@ struct ManifestDiff {
     namespaces: Vec<String>,
     status: bool,
     all: bool,
-    kube: cairn_shared::k8s::KubeArgs,
+    kube: cairn_kube::KubeArgs,
 }
 
 /// `cairn diff` on manifest snapshots (or a snapshot and `live`); `None` when the snapshots
@@ -817,9 +811,9 @@ async fn manifest_diff(
     opts: &ManifestDiff,
     json: bool,
 ) -> Result<Option<Exit>> {
-    use cairn_shared::k8s::collect::{CollectOptions, Filters};
-    use cairn_shared::k8s::compare::{CompareOptions, ObjectChange, compare, compare_with_live};
-    use cairn_shared::k8s::stored::{is_manifest_snapshot, load_changed_pair};
+    use cairn_kube::collect::{CollectOptions, Filters};
+    use cairn_kube::compare::{CompareOptions, ObjectChange, compare, compare_with_live};
+    use cairn_kube::stored::{is_manifest_snapshot, load_changed_pair};
 
     if a.contains(':') || (b != "live" && b.contains(':')) {
         return Ok(None);
@@ -842,7 +836,7 @@ async fn manifest_diff(
         return Ok(None);
     }
     let ns = opts.namespaces.clone();
-    let keep = move |p: &cairn_shared::k8s::ObjectPath| {
+    let keep = move |p: &cairn_kube::ObjectPath| {
         ns.is_empty()
             || match &p.namespace {
                 Some(n) => ns.contains(n),

@@ -7,7 +7,7 @@
 
 use std::str::FromStr;
 
-use cairn_shared::repo::{Chunker, Config, FORMAT_VERSION};
+use cairn_core::repo::{Chunker, Config, FORMAT_VERSION};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

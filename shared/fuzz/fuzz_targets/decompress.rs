@@ -6,7 +6,7 @@
 //! Input layout: `flags:u8 raw_len:u32le payload...`.
 #![no_main]
 
-use cairn_shared::repo::pack;
+use cairn_core::repo::pack;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 //! Input layout: `flags:u8 raw_len:u32le payload...`.
 #![no_main]
 
-use cairn_shared::repo::pack;
+use cairn_core::repo::pack;
 use libfuzzer_sys::fuzz_target;
 
 const CAP: u32 = 1 << 20;

@@ -2,7 +2,7 @@
 //! same bytes (the format is canonical) and round-trips.
 #![no_main]
 
-use cairn_shared::repo::IndexFile;
+use cairn_core::repo::IndexFile;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

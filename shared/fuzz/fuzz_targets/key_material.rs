@@ -2,7 +2,7 @@
 //! panics; whatever decodes re-encodes (`KeyMaterial::encode`) and decodes to the same keys.
 #![no_main]
 
-use cairn_shared::repo::KeyMaterial;
+use cairn_core::repo::KeyMaterial;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

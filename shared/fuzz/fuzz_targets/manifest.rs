@@ -4,9 +4,9 @@
 //! to a path that parses to the same.
 #![no_main]
 
-use cairn_shared::k8s::layout::ObjectPath;
-use cairn_shared::k8s::normalize::{SanitizeOptions, for_diff, never_restored, sanitize};
-use cairn_shared::k8s::{from_yaml, to_yaml};
+use cairn_kube::layout::ObjectPath;
+use cairn_kube::normalize::{SanitizeOptions, for_diff, never_restored, sanitize};
+use cairn_kube::{from_yaml, to_yaml};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

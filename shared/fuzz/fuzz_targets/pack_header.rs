@@ -2,7 +2,7 @@
 //! exactly the bytes it consumed (the format is canonical) and decodes back to itself.
 #![no_main]
 
-use cairn_shared::repo::pack::{PackHeader, Reader};
+use cairn_core::repo::pack::{PackHeader, Reader};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,9 +8,9 @@
 //!   length, `MAGIC`), so the structure parsing behind the AEAD is reached.
 #![no_main]
 
-use cairn_shared::repo::crypto::domain;
-use cairn_shared::repo::pack::{self, MAGIC, PackHeader, Reader};
-use cairn_shared::repo::{PackId, SymKey};
+use cairn_core::repo::crypto::domain;
+use cairn_core::repo::pack::{self, MAGIC, PackHeader, Reader};
+use cairn_core::repo::{PackId, SymKey};
 use libfuzzer_sys::fuzz_target;
 
 const KEY: SymKey = SymKey([0x42; 32]);

@@ -5,7 +5,7 @@
 //! cairn bug.
 #![no_main]
 
-use cairn_shared::repo::Snapshot;
+use cairn_core::repo::Snapshot;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -1,7 +1,7 @@
 //! `TreeBlob::decode` on arbitrary bytes: never panics; decode(encode(x)) == x.
 #![no_main]
 
-use cairn_shared::repo::TreeBlob;
+use cairn_core::repo::TreeBlob;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

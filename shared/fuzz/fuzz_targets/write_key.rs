@@ -2,7 +2,7 @@
 //! whatever parses prints (`to_text`) and parses back to the same key.
 #![no_main]
 
-use cairn_shared::repo::WriteKey;
+use cairn_core::repo::WriteKey;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

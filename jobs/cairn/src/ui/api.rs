@@ -8,12 +8,12 @@ use axum::Json;
 use axum::extract::{Query, State as AxState};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cairn_shared::fs::export::{NodeReader, Selection, export_tar};
-use cairn_shared::k8s::compare::{CompareOptions, compare};
-use cairn_shared::k8s::stored::{is_manifest_snapshot, load_changed_pair};
-use cairn_shared::k8s::{ObjectPath, from_yaml, to_yaml};
-use cairn_shared::repo::diff::diff_trees;
-use cairn_shared::repo::{Node, NodeKind, SnapshotEntry};
+use cairn_core::fs::export::{NodeReader, Selection, export_tar};
+use cairn_core::repo::diff::diff_trees;
+use cairn_core::repo::{Node, NodeKind, SnapshotEntry};
+use cairn_kube::compare::{CompareOptions, compare};
+use cairn_kube::stored::{is_manifest_snapshot, load_changed_pair};
+use cairn_kube::{ObjectPath, from_yaml, to_yaml};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,9 +31,9 @@ const MAX_DIFF: usize = 5000;
 
 pub struct ApiError(StatusCode, String);
 
-impl From<cairn_shared::Error> for ApiError {
-    fn from(e: cairn_shared::Error) -> Self {
-        use cairn_shared::Error as E;
+impl From<cairn_core::Error> for ApiError {
+    fn from(e: cairn_core::Error) -> Self {
+        use cairn_core::Error as E;
         let status = match &e {
             E::NotFound(_) => StatusCode::NOT_FOUND,
             E::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -443,7 +443,7 @@ pub async fn cluster_view(
             row["name"] = json!(name);
             row["path"] = json!(path);
             row["created"] = json!(mtime(node.mtime_ns));
-            Ok::<_, cairn_shared::Error>(row)
+            Ok::<_, cairn_core::Error>(row)
         })
         .buffered(8)
         .collect::<Vec<_>>()

@@ -25,9 +25,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cairn_shared::config::{Need, RepoArgs};
-use cairn_shared::exit::{Exit, usage};
-use cairn_shared::repo::{BlobId, Node, NodeKind, Repository, Snapshot, SnapshotEntry};
+use cairn_core::exit::{Exit, usage};
+use cairn_core::repo::{BlobId, Node, NodeKind, Repository, Snapshot, SnapshotEntry};
+use cairn_job::config::{Need, RepoArgs};
 use parking_lot::Mutex;
 
 /// Why contents are hidden when the UI runs with the write key only.
@@ -62,7 +62,7 @@ struct DirCache {
 }
 
 impl State {
-    async fn snapshots(&self, refresh: bool) -> cairn_shared::Result<Arc<Snapshots>> {
+    async fn snapshots(&self, refresh: bool) -> cairn_core::Result<Arc<Snapshots>> {
         let mut cached = self.snapshots.lock().await;
         if let Some((at, list)) = cached.as_ref()
             && !refresh
@@ -81,7 +81,7 @@ impl State {
     }
 
     /// A directory's entries, from the cache when its listing blobs were read before.
-    async fn dir(&self, subtree: &[BlobId]) -> cairn_shared::Result<Arc<Vec<Node>>> {
+    async fn dir(&self, subtree: &[BlobId]) -> cairn_core::Result<Arc<Vec<Node>>> {
         if let Some(hit) = self.dirs.lock().map.get(subtree) {
             return Ok(hit.clone());
         }
@@ -96,31 +96,27 @@ impl State {
     }
 
     /// The node at `path` (`/`-separated, relative to the snapshot root).
-    async fn node_at(&self, snapshot: &Snapshot, path: &str) -> cairn_shared::Result<Node> {
+    async fn node_at(&self, snapshot: &Snapshot, path: &str) -> cairn_core::Result<Node> {
         let mut node = snapshot.root.clone();
         for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
             if node.kind != NodeKind::Dir {
-                return Err(cairn_shared::Error::NotFound(format!("{path}: not a directory")));
+                return Err(cairn_core::Error::NotFound(format!("{path}: not a directory")));
             }
             let children = self.dir(&node.subtree).await?;
             node = children
                 .iter()
                 .find(|n| n.name.as_bytes() == part.as_bytes())
                 .cloned()
-                .ok_or_else(|| cairn_shared::Error::NotFound(format!("{path} in this snapshot")))?;
+                .ok_or_else(|| cairn_core::Error::NotFound(format!("{path} in this snapshot")))?;
         }
         Ok(node)
     }
 
     /// Like [`State::node_at`], but a missing path is `None`.
-    async fn node_opt(
-        &self,
-        snapshot: &Snapshot,
-        path: &str,
-    ) -> cairn_shared::Result<Option<Node>> {
+    async fn node_opt(&self, snapshot: &Snapshot, path: &str) -> cairn_core::Result<Option<Node>> {
         match self.node_at(snapshot, path).await {
             Ok(n) => Ok(Some(n)),
-            Err(cairn_shared::Error::NotFound(_)) => Ok(None),
+            Err(cairn_core::Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -11,7 +11,7 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
 
 use super::{classify, status_code};
-use crate::{Error, Result};
+use cairn_core::{Error, Result};
 
 pub const GROUP: &str = "snapshot.storage.k8s.io";
 /// A PVC (or its namespace) names the class to use with this annotation.

@@ -19,7 +19,7 @@ pub mod volsnap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{Error, Result};
+use cairn_core::{Error, Result};
 
 pub use discovery::{Discovery, discover};
 pub use layout::{ObjectPath, Resource};
@@ -36,7 +36,7 @@ pub struct KubeArgs {
     pub context: Option<String>,
     /// Timeout of each API request.
     #[arg(long, env = "CAIRN_KUBE_TIMEOUT", default_value = "60s",
-          value_parser = crate::config::parse_duration)]
+          value_parser = cairn_core::parse::duration)]
     pub request_timeout: Duration,
 }
 

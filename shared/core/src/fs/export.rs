@@ -22,19 +22,7 @@ pub struct Selection {
 
 impl Selection {
     pub fn new(include: &[String], exclude: &[String]) -> Result<Selection> {
-        let build = |pats: &[String]| -> Result<Option<globset::GlobSet>> {
-            if pats.is_empty() {
-                return Ok(None);
-            }
-            let mut b = globset::GlobSetBuilder::new();
-            for p in pats {
-                b.add(
-                    globset::Glob::new(p)
-                        .map_err(|e| Error::Invalid(format!("glob {p:?}: {e}")))?,
-                );
-            }
-            b.build().map(Some).map_err(|e| Error::Invalid(e.to_string()))
-        };
+        let build = |pats: &[String]| crate::filter::optional_glob_set("glob", pats);
         Ok(Selection { include: build(include)?, exclude: build(exclude)? })
     }
 

@@ -467,13 +467,7 @@ where
     Ok(Prepared { snapshot, relied: stats.2 })
 }
 
-pub fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
-        .unwrap_or_else(|| "unknown".into())
-}
+pub use crate::host::hostname;
 
 fn children_by_name(ctx: &Ctx<'_>, parent: Option<&Node>) -> Result<HashMap<Vec<u8>, Node>> {
     match parent {

@@ -30,12 +30,5 @@ pub(crate) fn wrapped_error(
 
 /// The exclude globs of a backup, compiled.
 pub(crate) fn exclude_set(patterns: &[String]) -> crate::Result<globset::GlobSet> {
-    let mut set = globset::GlobSetBuilder::new();
-    for pattern in patterns {
-        set.add(
-            globset::Glob::new(pattern)
-                .map_err(|e| crate::Error::Invalid(format!("exclude {pattern:?}: {e}")))?,
-        );
-    }
-    set.build().map_err(|e| crate::Error::Invalid(e.to_string()))
+    crate::filter::glob_set("exclude", patterns)
 }

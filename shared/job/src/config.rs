@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use crate::repo::{Access, Repository, Store, Unlock, WriteKey};
-use crate::{Error, Result};
+use cairn_core::repo::{Access, Repository, Store, Unlock, WriteKey};
+use cairn_core::{Error, Result};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RepoArgs {
@@ -131,16 +131,9 @@ impl RepoArgs {
     }
 }
 
-pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 5m, 2h, 7d)"))
-}
-
-/// `key=value`, as `--tag` takes it.
-pub fn parse_key_value(s: &str) -> std::result::Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?}: expected key=value"))
-}
+pub use cairn_core::parse::{
+    duration as parse_duration, key_value as parse_key_value, size as parse_size,
+};
 
 /// What a backup job records about where its snapshot comes from.
 #[derive(Debug, Clone, clap::Args)]
@@ -181,12 +174,12 @@ pub struct LockArgs {
 }
 
 impl LockArgs {
-    pub fn options(&self, purpose: &str) -> crate::repo::lock::LockOptions {
-        crate::repo::lock::LockOptions {
+    pub fn options(&self, purpose: &str) -> cairn_core::repo::lock::LockOptions {
+        cairn_core::repo::lock::LockOptions {
             lease: self.lock_lease,
             wait: self.lock_wait,
             purpose: purpose.into(),
-            holder: crate::repo::lock::Holder::from_env(),
+            holder: cairn_core::repo::lock::Holder::from_env(),
         }
     }
 }
@@ -220,12 +213,12 @@ pub struct KeepArgs {
     pub keep_tags: Vec<String>,
     /// Fields that form a group: a comma list of cluster, source, host.
     #[arg(long, env = "CAIRN_GROUP_BY", default_value = "cluster,source")]
-    pub group_by: crate::repo::forget::GroupBy,
+    pub group_by: cairn_core::repo::forget::GroupBy,
 }
 
 impl KeepArgs {
-    pub fn policy(&self) -> crate::repo::forget::KeepPolicy {
-        crate::repo::forget::KeepPolicy {
+    pub fn policy(&self) -> cairn_core::repo::forget::KeepPolicy {
+        cairn_core::repo::forget::KeepPolicy {
             last: self.keep_last,
             hourly: self.keep_hourly,
             daily: self.keep_daily,
@@ -259,23 +252,12 @@ pub struct PruneArgs {
 impl PruneArgs {
     pub fn options(
         &self,
-        lock: crate::repo::lock::LockOptions,
+        lock: cairn_core::repo::lock::LockOptions,
         dry_run: bool,
-    ) -> Result<crate::repo::prune::PruneOptions> {
-        let max_unused = self
-            .max_unused
-            .trim_end_matches('%')
-            .parse::<f64>()
-            .ok()
-            .filter(|v| (0.0..=1000.0).contains(v))
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "--max-unused {:?}: expected a percentage like 5%",
-                    self.max_unused
-                ))
-            })?
-            / 100.0;
-        Ok(crate::repo::prune::PruneOptions {
+    ) -> Result<cairn_core::repo::prune::PruneOptions> {
+        let max_unused = cairn_core::parse::percentage(&self.max_unused, 1000.0, true)
+            .map_err(|e| Error::Invalid(format!("--max-unused: {e}")))?;
+        Ok(cairn_core::repo::prune::PruneOptions {
             grace: self.grace,
             unindexed_age: self.unindexed_age,
             max_unused,
@@ -284,25 +266,4 @@ impl PruneArgs {
             lock,
         })
     }
-}
-
-/// `unlimited`, or bytes with an optional K/M/G/T(iB) suffix.
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    if t.eq_ignore_ascii_case("unlimited") {
-        return Ok(u64::MAX);
-    }
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 =
-        num.parse().map_err(|_| Error::Invalid(format!("size {s:?}: expected e.g. 10GiB")))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        "t" | "tib" | "tb" => 1 << 40,
-        _ => return Err(Error::Invalid(format!("size {s:?}: unknown unit"))),
-    };
-    n.checked_mul(mult).ok_or_else(|| Error::Invalid(format!("size {s:?} is too large")))
 }

@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 
 use super::{classify, status_code};
-use crate::{Error, Result};
+use cairn_core::{Error, Result};
 
 /// Where a worker pod finds things.
 pub const VOLUME_PATH: &str = "/cairn/volume";
@@ -48,16 +48,16 @@ pub struct WorkerArgs {
     #[arg(long, env = "CAIRN_IMAGE_PULL_POLICY")]
     pub image_pull_policy: Option<String>,
     /// How long one worker Job may run.
-    #[arg(long, env = "CAIRN_JOB_TIMEOUT", default_value = "6h", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "CAIRN_JOB_TIMEOUT", default_value = "6h", value_parser = cairn_core::parse::duration)]
     pub job_timeout: Duration,
     /// How long a worker pod may stay unscheduled or unstarted.
-    #[arg(long, env = "CAIRN_PENDING_TIMEOUT", default_value = "10m", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "CAIRN_PENDING_TIMEOUT", default_value = "10m", value_parser = cairn_core::parse::duration)]
     pub pending_timeout: Duration,
     /// Deadline of the cleanup (also when the run is cancelled).
-    #[arg(long, env = "CAIRN_CLEANUP_TIMEOUT", default_value = "2m", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "CAIRN_CLEANUP_TIMEOUT", default_value = "2m", value_parser = cairn_core::parse::duration)]
     pub cleanup_timeout: Duration,
     /// How often waits look at the cluster.
-    #[arg(long, env = "CAIRN_POLL", default_value = "2s", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "CAIRN_POLL", default_value = "2s", value_parser = cairn_core::parse::duration)]
     pub poll: Duration,
     /// Environment variables copied into the workers' credentials Secret when set (besides
     /// the repository and its key). Repeatable.

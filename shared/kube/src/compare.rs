@@ -88,8 +88,8 @@ pub fn compare_one(
 /// is compared as it arrives, reading its stored counterpart then, and what the cluster no
 /// longer has is read at the end. Memory: the nodes, the in-flight pages, the differences.
 pub async fn compare_with_live(
-    repo: &crate::repo::Repository,
-    snapshot: &crate::repo::Snapshot,
+    repo: &cairn_core::repo::Repository,
+    snapshot: &cairn_core::repo::Snapshot,
     keep: &(dyn Fn(&ObjectPath) -> bool + Sync),
     client: &kube::Client,
     filters: &super::collect::Filters,
@@ -100,7 +100,7 @@ pub async fn compare_with_live(
     use super::stored::{object_files, read_objects};
     use futures::{StreamExt, TryStreamExt};
 
-    let stored: std::collections::HashMap<ObjectPath, crate::repo::Node> =
+    let stored: std::collections::HashMap<ObjectPath, cairn_core::repo::Node> =
         object_files(repo, snapshot, keep).await?.into_iter().collect();
     let stored = parking_lot::Mutex::new(stored);
     let discovery = super::discover(client, collect_opts.concurrency).await?;
@@ -134,7 +134,7 @@ pub async fn compare_with_live(
     let (collected, diffs) = tokio::join!(produce, consume);
     let (collected, mut diffs) = (collected?, diffs?);
     // What the cluster no longer has.
-    let gone: Vec<(ObjectPath, crate::repo::Node)> = stored.into_inner().into_iter().collect();
+    let gone: Vec<(ObjectPath, cairn_core::repo::Node)> = stored.into_inner().into_iter().collect();
     for chunk in gone.chunks(256) {
         for (p, before) in read_objects(repo, chunk.to_vec(), 16).await? {
             diffs.extend(compare_one(&p, Some(&before), None, opts));

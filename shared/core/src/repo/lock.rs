@@ -77,7 +77,7 @@ impl Holder {
     pub fn from_env() -> Holder {
         let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
         Holder {
-            host: crate::fs::backup::hostname(),
+            host: crate::host::hostname(),
             pod: var("CAIRN_POD_NAME"),
             node: var("CAIRN_NODE_NAME"),
             job: var("CAIRN_JOB_NAME"),

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIGroupList, APIResourceLi
 
 use super::layout::Resource;
 use super::{classify, status_code};
-use crate::Result;
+use cairn_core::Result;
 
 #[derive(Debug, Clone)]
 pub struct Discovery {

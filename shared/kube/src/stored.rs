@@ -6,12 +6,12 @@ use serde_json::Value;
 
 use super::from_yaml;
 use super::layout::{CLUSTER_DIR, NAMESPACES_DIR, ObjectPath};
-use crate::repo::{Node, NodeKind, Repository, Snapshot};
-use crate::{Error, Result};
+use cairn_core::repo::{Node, NodeKind, Repository, Snapshot};
+use cairn_core::{Error, Result};
 
 /// Is this a manifest snapshot? (Made by `cairn-manifest-export`, whatever its source name.)
 pub fn is_manifest_snapshot(s: &Snapshot) -> bool {
-    crate::records::is_manifests(s)
+    cairn_core::records::is_manifests(s)
 }
 
 /// Every object file of the snapshot that `keep` accepts, with its node, in path order.

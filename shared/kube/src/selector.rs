@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::{Error, Result};
+use cairn_core::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Requirement {

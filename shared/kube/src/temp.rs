@@ -15,7 +15,7 @@ use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
 use serde::de::DeserializeOwned;
 
 use super::classify;
-use crate::Result;
+use cairn_core::Result;
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "cairn";
@@ -58,7 +58,7 @@ impl TempOwner {
     }
 
     pub fn annotations(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([(CREATED_AT.into(), crate::repo::now_rfc3339())])
+        BTreeMap::from([(CREATED_AT.into(), cairn_core::repo::now_rfc3339())])
     }
 
     /// Selects every temporary object of this component.

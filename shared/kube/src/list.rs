@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::layout::Resource;
 use super::{classify, status_code};
-use crate::{Error, Result};
+use cairn_core::{Error, Result};
 
 #[derive(Debug, Deserialize)]
 struct RawList {

@@ -14,7 +14,7 @@ use super::layout::{ObjectPath, Resource, resource_matches};
 use super::list::{AsyncPageSink, ListOptions, get_object, list_pages};
 use super::selector::Selector;
 use super::{classify, status_code};
-use crate::{Error, Result};
+use cairn_core::Result;
 
 /// API groups that serve measurements, not objects: never exported.
 const METRICS_GROUPS: &[&str] =
@@ -35,44 +35,7 @@ pub struct Filters {
     pub cluster_resources: Option<bool>,
 }
 
-/// Namespace filters, parsed.
-#[derive(Debug, Clone)]
-pub struct NamespaceFilter {
-    include: Option<globset::GlobSet>,
-    exclude: globset::GlobSet,
-    /// The include patterns when every one is a plain name: list namespace by namespace.
-    pub literal: Option<Vec<String>>,
-}
-
-impl NamespaceFilter {
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Self> {
-        let build = |patterns: &[String]| -> Result<globset::GlobSet> {
-            let mut b = globset::GlobSetBuilder::new();
-            for p in patterns {
-                b.add(
-                    globset::Glob::new(p)
-                        .map_err(|e| Error::Invalid(format!("namespace pattern {p:?}: {e}")))?,
-                );
-            }
-            b.build().map_err(|e| Error::Invalid(e.to_string()))
-        };
-        let is_glob = |p: &String| p.contains(['*', '?', '[', '{']);
-        Ok(NamespaceFilter {
-            include: (!include.is_empty()).then(|| build(include)).transpose()?,
-            exclude: build(exclude)?,
-            literal: (!include.is_empty() && !include.iter().any(is_glob))
-                .then(|| include.to_vec()),
-        })
-    }
-
-    pub fn active(&self) -> bool {
-        self.include.is_some()
-    }
-
-    pub fn matches(&self, ns: &str) -> bool {
-        self.include.as_ref().is_none_or(|i| i.is_match(ns)) && !self.exclude.is_match(ns)
-    }
-}
+pub use cairn_core::filter::NamespaceFilter;
 
 impl Filters {
     pub fn namespace_filter(&self) -> Result<NamespaceFilter> {
@@ -247,9 +210,9 @@ pub async fn collect(
     };
     let mut tasks = Vec::new();
     for r in resources {
-        match (&filter.literal, r.namespaced) {
+        match (filter.literal(), r.namespaced) {
             (Some(names), true) => {
-                for ns in names.iter().filter(|n| filter.matches(n)) {
+                for ns in &names {
                     tasks.push(Task { resource: r.clone(), namespace: Some(ns.clone()) });
                 }
             }
@@ -286,10 +249,10 @@ pub async fn collect(
     // With plain namespace names and no cluster-wide list of namespaces, still keep the
     // Namespace objects themselves (labels, annotations): restoring a namespace needs them.
     // A Role in the namespace may grant `get namespaces`; without it this is only a note.
-    if let Some(names) = &filter.literal
+    if let Some(names) = filter.literal()
         && !out.resource_versions.contains_key("namespaces")
     {
-        for ns in names.iter().filter(|n| filter.matches(n)) {
+        for ns in &names {
             match get_object(client, &format!("/api/v1/namespaces/{ns}")).await {
                 Ok(Some(mut obj)) if selector.as_ref().is_none_or(|s| s.matches(&obj)) => {
                     if let Some(o) = obj.as_object_mut() {

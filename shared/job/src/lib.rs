@@ -1,0 +1,6 @@
+//! The conventions every cairn job follows: repository and lock flags parsed once into
+//! validated structs, one report with one way to print it, telemetry set up once in
+//! `main`, the shutdown signal.
+
+pub mod config;
+pub mod telemetry;
