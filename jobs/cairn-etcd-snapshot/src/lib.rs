@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -14,8 +14,10 @@ use cairn_core::fs::stream::{Sha256Trailer, channel};
 use cairn_core::fs::{BackupOptions, backup_stream};
 use cairn_core::progress::human_bytes;
 use cairn_core::repo::lock::BackupLocks;
+use cairn_core::repo::short_id;
 use cairn_core::{Error, Exit};
 use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
+use cairn_job::report::{self, JobReport, Report};
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::Parser;
 use etcd_client::{
@@ -114,17 +116,13 @@ fn problem(m: &Member) -> Option<String> {
 
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
-    pub exit: &'static str,
-    pub exit_code: u8,
     pub snapshot: Option<String>,
     pub source: String,
     pub db_bytes: u64,
     pub new_bytes: u64,
     /// Share of the database that was already in the repository.
     pub dedup_ratio: f64,
-    pub duration_ms: u64,
     pub etcd: Option<EtcdMeta>,
-    pub error: Option<String>,
 }
 
 /// Map an etcd client error onto cairn's policy: refused TLS or credentials are not worth
@@ -329,41 +327,48 @@ pub fn choose(members: &[Member], wanted: Option<&str>) -> Result<(Member, Strin
 }
 
 pub async fn run(cli: Cli) -> Exit {
-    let started = Instant::now();
-    let mut summary = Summary { source: cli.source.clone(), ..Default::default() };
-    let result = snapshot(&cli, &mut summary).await;
-    let (exit, error) = cairn_core::exit::conclude("cairn-etcd-snapshot", result, Exit::Success);
-    summary.error = error;
-    summary.exit = exit.as_str();
-    summary.exit_code = exit.code();
-    summary.duration_ms = started.elapsed().as_millis() as u64;
-    if cli.output.json {
-        if let Ok(s) = serde_json::to_string_pretty(&summary) {
-            println!("{s}");
-        }
-    } else if let Some(id) = &summary.snapshot {
-        let secs = summary.duration_ms as f64 / 1000.0;
-        println!("etcd snapshot {} saved ({})", &id[..8], summary.source);
-        if let Some(m) = &summary.etcd {
-            println!(
+    let summary = Summary { source: cli.source.clone(), ..Default::default() };
+    let report = report::run(PROG, summary, async |s: &mut Summary| {
+        snapshot(&cli, s).await.map(|()| Exit::Success)
+    })
+    .await;
+    report.print(PROG, cli.output.json);
+    report.exit_class()
+}
+
+const PROG: &str = "cairn-etcd-snapshot";
+
+impl JobReport for Summary {
+    fn render(r: &Report<Self>) -> String {
+        use std::fmt::Write;
+        let s = &r.job;
+        let Some(id) = &s.snapshot else { return String::new() };
+        let mut out = String::new();
+        let secs = r.seconds();
+        let _ = writeln!(out, "etcd snapshot {} saved ({})", short_id(id), s.source);
+        if let Some(m) = &s.etcd {
+            let _ = writeln!(
+                out,
                 "  member {} ({}) v{}: {}",
                 m.member.name, m.member.endpoint, m.member.version, m.chosen_because
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "  revision {}  raft index {}  HashKV {:08x}",
                 m.revision, m.member.raft_index, m.hash_kv
             );
         }
-        println!(
+        let _ = writeln!(
+            out,
             "  db {}  new {}  dedup {:.1} %  {:.1}s ({}/s)",
-            human_bytes(summary.db_bytes),
-            human_bytes(summary.new_bytes),
-            summary.dedup_ratio * 100.0,
+            human_bytes(s.db_bytes),
+            human_bytes(s.new_bytes),
+            s.dedup_ratio * 100.0,
             secs,
-            human_bytes((summary.db_bytes as f64 / secs.max(0.001)) as u64)
+            human_bytes((s.db_bytes as f64 / secs.max(0.001)) as u64)
         );
+        out
     }
-    exit
 }
 
 async fn snapshot(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {

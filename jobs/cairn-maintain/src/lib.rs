@@ -3,7 +3,6 @@
 //! worst outcome of the steps (README, "Exit codes").
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use cairn_core::Exit;
@@ -13,6 +12,7 @@ use cairn_core::repo::forget::{ForgetReport, forget};
 use cairn_core::repo::lock::{Lock, LockKind};
 use cairn_core::repo::prune::{PruneOptions, PruneReport, prune, prune_locked};
 use cairn_job::config::{KeepArgs, LockArgs, PruneArgs, RepoArgs};
+use cairn_job::report::{self, JobReport, Report};
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::Parser;
 use serde::Serialize;
@@ -63,17 +63,16 @@ impl Cli {
     }
 }
 
+/// What a maintenance run reports.
+pub type Summary = Report<Maintenance>;
+
 #[derive(Debug, Default, Serialize)]
-pub struct Summary {
-    pub exit: &'static str,
-    pub exit_code: u8,
-    pub duration_ms: u64,
+pub struct Maintenance {
     pub forget: Option<ForgetReport>,
     pub prune: Option<PruneReport>,
     pub check: Option<CheckSummary>,
     /// Steps skipped, and why.
     pub notes: Vec<String>,
-    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,40 +83,27 @@ pub struct CheckSummary {
 }
 
 fn parse_share(s: &str) -> anyhow::Result<f64> {
-    let v: f64 =
-        s.trim_end_matches('%').parse().ok().filter(|v| (0.0..=100.0).contains(v)).ok_or_else(
-            || cairn_core::exit::usage(format!("--check-subset {s:?}: expected e.g. 5%")),
-        )?;
-    Ok(v / 100.0)
+    cairn_core::parse::percentage(s, 100.0, true)
+        .map_err(|e| cairn_core::exit::usage(format!("--check-subset: {e}")))
 }
+
+const PROG: &str = "cairn-maintain";
 
 pub async fn run(cli: Cli) -> Exit {
-    let started = Instant::now();
-    let mut summary = Summary::default();
-    let result = steps(&cli, &mut summary).await;
-    let exit = match result {
-        Ok(exit) => exit,
-        Err(e) => {
-            let (exit, line) = cairn_core::exit::report_failure("cairn-maintain", &e);
-            summary.error = Some(line);
-            exit
-        }
-    };
-    summary.exit = exit.as_str();
-    summary.exit_code = exit.code();
-    summary.duration_ms = started.elapsed().as_millis() as u64;
-    if cli.output.json {
-        match serde_json::to_string_pretty(&summary) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("cairn-maintain: summary: {e}"),
-        }
-    } else {
-        print!("{}", render(&summary));
-    }
-    exit
+    let report =
+        report::run(PROG, Maintenance::default(), async |m: &mut Maintenance| steps(&cli, m).await)
+            .await;
+    report.print(PROG, cli.output.json);
+    report.exit_class()
 }
 
-async fn steps(cli: &Cli, summary: &mut Summary) -> anyhow::Result<Exit> {
+impl JobReport for Maintenance {
+    fn render(r: &Report<Self>) -> String {
+        render(r)
+    }
+}
+
+async fn steps(cli: &Cli, summary: &mut Maintenance) -> anyhow::Result<Exit> {
     let share = parse_share(&cli.check_subset)?;
     let prune_opts = cli.prune.options(cli.lock.options("maintenance"), cli.dry_run)?;
     let repo = Arc::new(cli.repo.open(cairn_job::config::Need::Write).await.context("opening")?);
@@ -156,7 +142,7 @@ async fn steps(cli: &Cli, summary: &mut Summary) -> anyhow::Result<Exit> {
 
 async fn forget_and_prune(
     cli: &Cli,
-    summary: &mut Summary,
+    summary: &mut Maintenance,
     repo: &Arc<Repository>,
     prune_opts: &PruneOptions,
     lock: Option<&Lock>,

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use cairn_core::Exit;
@@ -15,7 +14,9 @@ use cairn_core::progress::human_bytes;
 use cairn_core::records::{ManifestsMeta, ManifestsRecord, SnapshotRecord};
 use cairn_core::repo::Failure;
 use cairn_core::repo::lock::BackupLocks;
+use cairn_core::repo::short_id;
 use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
+use cairn_job::report::{self, JobReport, Report};
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use cairn_kube::collect::{CollectOptions, Exported, Filters, collect};
 use cairn_kube::layout::{self, Resource};
@@ -109,10 +110,11 @@ impl Cli {
 }
 
 /// What the run did, printed at the end (`--json` for CI).
+pub type Summary = Report<Export>;
+
+/// The export's own report fields.
 #[derive(Debug, Default, Serialize)]
-pub struct Summary {
-    pub exit: &'static str,
-    pub exit_code: u8,
+pub struct Export {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
     pub source: String,
@@ -128,66 +130,63 @@ pub struct Summary {
     pub denied: Vec<String>,
     /// Groups and resources skipped because the server could not serve them.
     pub skipped: Vec<String>,
-    pub duration_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
+
+const PROG: &str = "cairn-manifest-export";
 
 pub async fn run(cli: Cli) -> Exit {
     let summary = execute(&cli).await;
-    print_summary(&cli, &summary);
-    Exit::from_code(summary.exit_code)
+    summary.print(PROG, cli.output.json);
+    summary.exit_class()
 }
 
 /// Run the export and return its summary (what `run` prints); failures are reported on
 /// stderr and in the summary.
 pub async fn execute(cli: &Cli) -> Summary {
-    let started = Instant::now();
-    let mut summary = Summary { source: cli.source.clone(), ..Default::default() };
-    let result = export(cli, &mut summary).await;
-    let ok = if summary.denied.is_empty() { Exit::Success } else { Exit::Partial };
-    let (exit, error) = cairn_core::exit::conclude("cairn-manifest-export", result, ok);
-    summary.error = error;
-    summary.exit = exit.as_str();
-    summary.exit_code = exit.code();
-    summary.duration_ms = started.elapsed().as_millis() as u64;
-    summary
+    let export_fields = Export { source: cli.source.clone(), ..Default::default() };
+    report::run(PROG, export_fields, async |e: &mut Export| {
+        export(cli, e).await?;
+        Ok(if e.denied.is_empty() { Exit::Success } else { Exit::Partial })
+    })
+    .await
 }
 
-fn print_summary(cli: &Cli, s: &Summary) {
-    if cli.output.json {
-        if let Ok(text) = serde_json::to_string_pretty(s) {
-            println!("{text}");
+impl JobReport for Export {
+    fn render(r: &Report<Self>) -> String {
+        use std::fmt::Write;
+        let s = &r.job;
+        let mut out = String::new();
+        let Some(id) = &s.snapshot else { return out };
+        let secs = r.seconds();
+        let _ = writeln!(
+            out,
+            "manifest snapshot {} saved ({}{})",
+            short_id(id),
+            s.source,
+            s.server_version.as_deref().map(|v| format!(", Kubernetes {v}")).unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "  {} objects of {} resources, {} ({} new) in {secs:.1}s ({:.0} objects/s)",
+            s.objects,
+            s.resources,
+            human_bytes(s.bytes),
+            human_bytes(s.new_bytes),
+            s.objects as f64 / secs.max(0.001)
+        );
+        let mut top: Vec<(&String, &u64)> = s.per_resource.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let shown: Vec<String> = top.iter().take(6).map(|(r, n)| format!("{r} {n}")).collect();
+        if !shown.is_empty() {
+            let _ = writeln!(out, "  most: {}", shown.join(", "));
         }
-        return;
-    }
-    let Some(id) = &s.snapshot else { return };
-    let secs = s.duration_ms as f64 / 1000.0;
-    println!(
-        "manifest snapshot {} saved ({}{})",
-        &id[..8],
-        s.source,
-        s.server_version.as_deref().map(|v| format!(", Kubernetes {v}")).unwrap_or_default()
-    );
-    println!(
-        "  {} objects of {} resources, {} ({} new) in {secs:.1}s ({:.0} objects/s)",
-        s.objects,
-        s.resources,
-        human_bytes(s.bytes),
-        human_bytes(s.new_bytes),
-        s.objects as f64 / secs.max(0.001)
-    );
-    let mut top: Vec<(&String, &u64)> = s.per_resource.iter().collect();
-    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let shown: Vec<String> = top.iter().take(6).map(|(r, n)| format!("{r} {n}")).collect();
-    if !shown.is_empty() {
-        println!("  most: {}", shown.join(", "));
-    }
-    for d in &s.denied {
-        println!("  DENIED  {d}");
-    }
-    for d in &s.skipped {
-        println!("  skipped {d}");
+        for d in &s.denied {
+            let _ = writeln!(out, "  DENIED  {d}");
+        }
+        for d in &s.skipped {
+            let _ = writeln!(out, "  skipped {d}");
+        }
+        out
     }
 }
 
@@ -230,7 +229,7 @@ impl Cli {
     }
 }
 
-async fn export(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
+async fn export(cli: &Cli, summary: &mut Export) -> anyhow::Result<()> {
     let filters = cli.filters();
     let ns_filter =
         filters.namespace_filter().map_err(|e| cairn_core::exit::usage(e.to_string()))?;
@@ -269,7 +268,7 @@ async fn export(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 async fn export_locked(
     cli: &Cli,
-    summary: &mut Summary,
+    summary: &mut Export,
     client: &kube::Client,
     repo: &Arc<cairn_core::repo::Repository>,
     locks: &BackupLocks,

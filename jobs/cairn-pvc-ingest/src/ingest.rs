@@ -12,6 +12,7 @@ use cairn_core::fs::{BackupOptions, backup_dir, backup_stream};
 use cairn_core::progress::human_bytes;
 use cairn_core::repo::Repository;
 use cairn_core::repo::lock::BackupLocks;
+use cairn_core::repo::short_id;
 use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
 use cairn_kube::podjob::{TERMINATION_LOG, write_termination_message};
 use serde::{Deserialize, Serialize};
@@ -93,7 +94,7 @@ pub async fn run(repo: &RepoArgs, args: &IngestArgs, json: bool) -> Exit {
         println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else if let Some(id) = &report.snapshot {
         let secs = report.duration_ms as f64 / 1000.0;
-        println!("snapshot {} saved ({})", &id[..8], report.source);
+        println!("snapshot {} saved ({})", short_id(id), report.source);
         println!(
             "  {} files, {}; read {} files ({}), added {} in {secs:.1}s",
             report.files,

@@ -17,6 +17,7 @@ use cairn_core::records::{
     PvcMeta, PvcMode, PvcRecord, SnapshotRecord, VolumeGroupSnapshotRecord, VolumeSnapshotRecord,
 };
 use cairn_core::repo::lock::{Lock, LockKind};
+use cairn_core::repo::short_id;
 use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels, parse_duration};
 use cairn_kube::podjob::{
     self, DEVICE_PATH, VOLUME_PATH, WaitOptions, WorkerArgs, WorkerJob, WorkerSecurity,
@@ -245,7 +246,7 @@ fn print_summary(s: &Summary) {
             (Some(id), None) => println!(
                 "  ok      {:<40} snapshot {}  {} files, {} ({} new, {} files read)  {:.1}s",
                 r.pvc,
-                &id[..8],
+                short_id(id),
                 r.files,
                 human_bytes(r.bytes),
                 human_bytes(r.new_bytes),
@@ -457,7 +458,7 @@ async fn run_locked(
     .collect::<Vec<Vec<PvcResult>>>();
     let results = tokio::select! {
         r = work => r,
-        sig = shutdown_signal() => {
+        sig = cairn_job::signal::shutdown() => {
             tracing::warn!(signal = sig, "cancelled: cleaning up temporary objects");
             cleanup_all(ctx).await;
             return Err(anyhow::anyhow!("cancelled by {sig}; temporary objects cleaned up"));
@@ -472,19 +473,6 @@ async fn run_locked(
     summary.new_bytes = results.iter().map(|r| r.new_bytes).sum();
     summary.pvcs = results;
     Ok(())
-}
-
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
 }
 
 fn resources(cpu: &str, memory: &str) -> ResourceRequirements {

@@ -3,14 +3,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use cairn_core::fs::stream::verify_sha256_trailer;
 use cairn_core::progress::human_bytes;
 use cairn_core::repo::NodeKind;
+use cairn_core::repo::short_id;
 use cairn_core::{Error, Exit};
 use cairn_job::config::{Need, RepoArgs};
+use cairn_job::report::{self, JobReport, Report};
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -107,10 +108,11 @@ impl Cli {
     }
 }
 
+/// What an etcd restore reports.
+pub type EtcdSummary = Report<EtcdRestore>;
+
 #[derive(Debug, Default, Serialize)]
-pub struct EtcdSummary {
-    pub exit: &'static str,
-    pub exit_code: u8,
+pub struct EtcdRestore {
     pub snapshot: Option<String>,
     pub output: Option<PathBuf>,
     pub bytes: u64,
@@ -119,56 +121,53 @@ pub struct EtcdSummary {
     /// against it.
     pub recorded: Option<EtcdRecord>,
     pub data_dir: Option<PathBuf>,
-    pub duration_ms: u64,
-    pub error: Option<String>,
 }
 
+impl JobReport for EtcdRestore {
+    fn render(r: &Report<Self>) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let (Some(output), None) = (&r.output, &r.error) else { return out };
+        let _ = writeln!(
+            out,
+            "restored etcd snapshot {} to {} ({}, SHA-256 verified)",
+            r.snapshot.as_deref().map_or("", short_id),
+            output.display(),
+            human_bytes(r.bytes)
+        );
+        if let Some(rec) = &r.recorded {
+            let _ = writeln!(
+                out,
+                "  recorded: revision {}  HashKV {}  member {}",
+                rec.revision, rec.hash_kv, rec.member.name
+            );
+        }
+        if let Some(d) = &r.data_dir {
+            let _ = writeln!(out, "  etcdutl snapshot restore → {}", d.display());
+        }
+        out
+    }
+}
+
+pub(crate) const PROG: &str = "cairn-restore";
+
 pub async fn run(cli: Cli) -> Exit {
-    let started = Instant::now();
+    let json = cli.output.json;
     match &cli.command {
-        Command::Pvc(args) => pvc::run(&cli.repo, args, cli.output.json).await,
-        Command::PvcWriter(args) => pvc::run_writer(&cli.repo, args, cli.output.json).await,
+        Command::Pvc(args) => pvc::run(&cli.repo, args, json).await,
+        Command::PvcWriter(args) => pvc::run_writer(&cli.repo, args, json).await,
         Command::Manifests(args) => {
-            let summary = manifests::execute(&cli.repo, args).await;
-            if cli.output.json {
-                if let Ok(s) = serde_json::to_string_pretty(&summary) {
-                    println!("{s}");
-                }
-            } else if summary.snapshot.is_some() && summary.error.is_none() {
-                summary.print();
-            }
-            Exit::from_code(summary.exit_code)
+            let report = manifests::execute(&cli.repo, args).await;
+            report.print(PROG, json);
+            report.exit_class()
         }
         Command::Etcd(args) => {
-            let mut summary = EtcdSummary::default();
-            let result = restore_etcd(&cli.repo, args, &mut summary).await;
-            let (exit, error) = cairn_core::exit::conclude("cairn-restore", result, Exit::Success);
-            summary.error = error;
-            summary.exit = exit.as_str();
-            summary.exit_code = exit.code();
-            summary.duration_ms = started.elapsed().as_millis() as u64;
-            if cli.output.json {
-                if let Ok(s) = serde_json::to_string_pretty(&summary) {
-                    println!("{s}");
-                }
-            } else if exit == Exit::Success {
-                println!(
-                    "restored etcd snapshot {} to {} ({}, SHA-256 verified)",
-                    summary.snapshot.as_deref().map_or("", |s| &s[..8]),
-                    args.output.display(),
-                    human_bytes(summary.bytes)
-                );
-                if let Some(r) = &summary.recorded {
-                    println!(
-                        "  recorded: revision {}  HashKV {}  member {}",
-                        r.revision, r.hash_kv, r.member.name
-                    );
-                }
-                if let Some(d) = &summary.data_dir {
-                    println!("  etcdutl snapshot restore → {}", d.display());
-                }
-            }
-            exit
+            let report = report::run(PROG, EtcdRestore::default(), async |e: &mut EtcdRestore| {
+                restore_etcd(&cli.repo, args, e).await.map(|()| Exit::Success)
+            })
+            .await;
+            report.print(PROG, json);
+            report.exit_class()
         }
     }
 }
@@ -176,7 +175,7 @@ pub async fn run(cli: Cli) -> Exit {
 async fn restore_etcd(
     repo: &RepoArgs,
     args: &EtcdArgs,
-    summary: &mut EtcdSummary,
+    summary: &mut EtcdRestore,
 ) -> anyhow::Result<()> {
     if args.output.exists() && !args.force {
         return Err(cairn_core::exit::usage(format!(

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cairn_core::{Error, Exit};
 use cairn_job::config::{Need, RepoArgs};
+use cairn_core::repo::short_id;
+use cairn_job::report::{self, JobReport, Report};
 use cairn_kube::layout::{ObjectPath, Resource, resource_matches};
 use cairn_kube::list::get_object;
 use cairn_kube::normalize::{SanitizeOptions, controller_of, never_restored, sanitize};
@@ -112,31 +114,36 @@ pub struct ObjectReport {
     pub reason: Option<String>,
 }
 
+/// What a manifest restore reports.
+pub type ManifestSummary = Report<ManifestRestore>;
+
 #[derive(Debug, Default, Serialize)]
-pub struct ManifestSummary {
-    pub exit: &'static str,
-    pub exit_code: u8,
+pub struct ManifestRestore {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
     pub dry_run: bool,
     pub counts: BTreeMap<String, u64>,
     pub objects: Vec<ObjectReport>,
-    pub duration_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
-impl ManifestSummary {
+impl ManifestRestore {
     pub fn failed(&self) -> usize {
         self.objects.iter().filter(|o| o.action == Action::Failed).count()
     }
+}
 
-    pub fn print(&self) {
-        let id = self.snapshot.as_deref().map_or("", |s| &s[..8.min(s.len())]);
-        let verb = if self.dry_run { "dry run of manifest restore" } else { "manifest restore" };
-        let counts: Vec<String> = self.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-        println!("{verb} from snapshot {id}: {}", counts.join(", "));
-        for o in &self.objects {
+impl JobReport for ManifestRestore {
+    fn render(r: &Report<Self>) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        if r.error.is_some() {
+            return out;
+        }
+        let Some(id) = r.snapshot.as_deref() else { return out };
+        let verb = if r.dry_run { "dry run of manifest restore" } else { "manifest restore" };
+        let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        let _ = writeln!(out, "{verb} from snapshot {}: {}", short_id(id), counts.join(", "));
+        for o in &r.objects {
             let show = matches!(
                 o.action,
                 Action::Failed | Action::WouldCreate | Action::WouldUpdate | Action::Updated
@@ -144,12 +151,13 @@ impl ManifestSummary {
             if show {
                 let action = serde_json::to_value(o.action).ok();
                 let action = action.as_ref().and_then(Value::as_str).unwrap_or("?");
-                match &o.reason {
-                    Some(r) => println!("  {action:<12} {}: {r}", o.object),
-                    None => println!("  {action:<12} {}", o.object),
-                }
+                let _ = match &o.reason {
+                    Some(why) => writeln!(out, "  {action:<12} {}: {why}", o.object),
+                    None => writeln!(out, "  {action:<12} {}", o.object),
+                };
             }
         }
+        out
     }
 }
 
@@ -211,7 +219,7 @@ fn report(
 pub async fn restore_manifests(
     repo_args: &RepoArgs,
     args: &ManifestArgs,
-    summary: &mut ManifestSummary,
+    summary: &mut ManifestRestore,
 ) -> anyhow::Result<()> {
     summary.dry_run = args.dry_run;
     let selector = args
@@ -293,7 +301,7 @@ fn plan(
     selected: Vec<(ObjectPath, Value)>,
     args: &ManifestArgs,
     ns_map: &HashMap<String, String>,
-    summary: &mut ManifestSummary,
+    summary: &mut ManifestRestore,
 ) -> Vec<Planned> {
     let uid = |o: &Value| o.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string);
     let selected_uids: HashSet<String> = selected.iter().filter_map(|(_, o)| uid(o)).collect();
@@ -427,7 +435,7 @@ async fn apply_plan(
     client: &kube::Client,
     plan: Vec<Planned>,
     args: &ManifestArgs,
-    summary: &mut ManifestSummary,
+    summary: &mut ManifestRestore,
 ) {
     let mut uids: HashMap<String, String> = HashMap::new();
     // Group consecutive objects of one step; steps run in order, objects within one at once.
@@ -609,16 +617,11 @@ async fn wait_established(
 
 /// Run a manifest restore and return its report (failures are reported on stderr too).
 pub async fn execute(repo: &RepoArgs, args: &ManifestArgs) -> ManifestSummary {
-    let started = Instant::now();
-    let mut summary = ManifestSummary::default();
-    let result = restore_manifests(repo, args, &mut summary).await;
-    let ok = if summary.failed() > 0 { Exit::Partial } else { Exit::Success };
-    let (exit, error) = cairn_core::exit::conclude("cairn-restore", result, ok);
-    summary.error = error;
-    summary.exit = exit.as_str();
-    summary.exit_code = exit.code();
-    summary.duration_ms = started.elapsed().as_millis() as u64;
-    summary
+    report::run(crate::PROG, ManifestRestore::default(), async |m: &mut ManifestRestore| {
+        restore_manifests(repo, args, m).await?;
+        Ok(if m.failed() > 0 { Exit::Partial } else { Exit::Success })
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use anyhow::Context;
 use cairn_core::fs::{RestoreOptions, restore, write_file_to};
 use cairn_core::progress::human_bytes;
 use cairn_core::repo::NodeKind;
+use cairn_core::repo::short_id;
 use cairn_core::{Error, Exit};
 use cairn_job::config::{Need, RepoArgs};
 use cairn_kube::podjob::{
@@ -153,7 +154,7 @@ pub async fn run(repo: &RepoArgs, args: &PvcArgs, json: bool) -> Exit {
     } else if summary.exit_code == 0 {
         println!(
             "restored snapshot {} into PVC {}{}: {} files, {}",
-            summary.snapshot.as_deref().map_or("", |s| &s[..8]),
+            summary.snapshot.as_deref().map_or("", short_id),
             summary.pvc.as_deref().unwrap_or_default(),
             if summary.created_pvc { " (created)" } else { "" },
             summary.files,

@@ -3,4 +3,6 @@
 //! `main`, the shutdown signal.
 
 pub mod config;
+pub mod report;
+pub mod signal;
 pub mod telemetry;

@@ -242,19 +242,8 @@ fn redact_url(url: &str) -> String {
 }
 
 async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    tracing::info!("cairn ui: stopping");
+    let which = cairn_job::signal::shutdown().await;
+    tracing::info!("cairn ui: stopping ({which})");
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::Repository;
+use super::ids::short_id;
 use super::snapshot::SnapshotEntry;
 use crate::{Error, Result};
 
@@ -239,9 +240,10 @@ impl ForgetReport {
                     ))
                     .unwrap_or_default();
                 if d.keep {
-                    let _ = writeln!(s, "  keep   {} {}  {}", &d.id[..8], t, d.reasons.join(", "));
+                    let _ =
+                        writeln!(s, "  keep   {} {}  {}", short_id(&d.id), t, d.reasons.join(", "));
                 } else {
-                    let _ = writeln!(s, "  remove {} {}", &d.id[..8], t);
+                    let _ = writeln!(s, "  remove {} {}", short_id(&d.id), t);
                 }
             }
         }

@@ -79,3 +79,9 @@ id_type!(
     /// Random id of the repository, fixed at `init`.
     RepoId
 );
+
+/// The short form of an id already rendered as hex (the first 8 digits, what
+/// [`SnapshotId::short`] gives), for reports that carry ids as strings. Never panics.
+pub fn short_id(hex: &str) -> &str {
+    hex.get(..8).unwrap_or(hex)
+}

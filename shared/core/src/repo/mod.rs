@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::{DataIdentity, KeyMaterial, KeyRecipient, SymKey, Unlock, WriteKey};
-pub use ids::{BlobId, IndexId, KeyId, PackId, RepoId, SnapshotId};
+pub use ids::{BlobId, IndexId, KeyId, PackId, RepoId, SnapshotId, short_id};
 pub use index::{IndexFile, Location, MasterIndex};
 pub use lineage::{Lineage, ParentSpec, SnapshotFilter};
 pub use pack::BlobKind;
