@@ -19,6 +19,7 @@ use cairn_core::records::{
 use cairn_core::repo::lock::{Lock, LockKind};
 use cairn_core::repo::short_id;
 use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels, parse_duration};
+use cairn_kube::list::list_all;
 use cairn_kube::podjob::{
     self, DEVICE_PATH, VOLUME_PATH, WaitOptions, WorkerArgs, WorkerJob, WorkerSecurity,
     WorkerVolume,
@@ -548,23 +549,6 @@ async fn select_pvcs(
     out.sort_by_key(pvc_key);
     tracing::info!(pvcs = out.len(), skipped = summary.skipped.len(), "PVCs selected");
     Ok(out)
-}
-
-/// Every page of a list.
-async fn list_all<K>(api: &Api<K>, lp: &ListParams, what: &str) -> anyhow::Result<Vec<K>>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let mut lp = lp.clone();
-    let mut out = Vec::new();
-    loop {
-        let page = api.list(&lp).await.map_err(|e| classify(&format!("listing {what}"), e))?;
-        out.extend(page.items);
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(c) => lp = lp.continue_token(&c),
-            None => return Ok(out),
-        }
-    }
 }
 
 async fn sweep(ctx: &Ctx, ns_filter: &NamespaceFilter, swept: &mut Swept) -> anyhow::Result<()> {

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use cairn_core::repo::short_id;
 use cairn_core::{Error, Exit};
 use cairn_job::config::{Need, RepoArgs};
-use cairn_core::repo::short_id;
 use cairn_job::report::{self, JobReport, Report};
 use cairn_kube::layout::{ObjectPath, Resource, resource_matches};
 use cairn_kube::list::get_object;

@@ -1,6 +1,7 @@
 //! Paginated listing of one resource (`limit` + `continue`), page by page, so that memory
 //! holds one page per concurrent list whatever the collection's size.
 
+use kube::api::{Api, ListParams, ObjectList};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -141,4 +142,52 @@ fn http_get(url: &str) -> Result<http::Request<Vec<u8>>> {
     http::Request::get(url)
         .body(Vec::new())
         .map_err(|e| Error::Invalid(format!("request {url}: {e}")))
+}
+
+/// A continue token that expired mid-list (410 Gone) restarts a typed list at most this often.
+const TYPED_LIST_RESTARTS: u32 = 3;
+
+/// Every item of a paginated list. `fetch` gets one page for the given parameters (a typed
+/// `list`, or `list_metadata`). A continue token that expired mid-list (410 Gone) restarts
+/// the list from the beginning, so the items are those of one pass.
+pub async fn list_all_with<T, F, Fut>(lp: &ListParams, what: &str, mut fetch: F) -> Result<Vec<T>>
+where
+    T: Clone,
+    F: FnMut(ListParams) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<ObjectList<T>, kube::Error>>,
+{
+    let mut restarts = 0;
+    'pass: loop {
+        let mut page_params = lp.clone();
+        let mut out = Vec::new();
+        loop {
+            match fetch(page_params.clone()).await {
+                Ok(page) => {
+                    out.extend(page.items);
+                    match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                        Some(c) => page_params = page_params.continue_token(&c),
+                        None => return Ok(out),
+                    }
+                }
+                Err(e) if status_code(&e) == Some(410) && restarts < TYPED_LIST_RESTARTS => {
+                    restarts += 1;
+                    tracing::info!(what, restarts, "list continue token expired; listing again");
+                    continue 'pass;
+                }
+                Err(e) => return Err(classify(&format!("listing {what}"), e)),
+            }
+        }
+    }
+}
+
+/// Every object of a typed list, page by page (see [`list_all_with`]).
+pub async fn list_all<K>(api: &Api<K>, lp: &ListParams, what: &str) -> Result<Vec<K>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    list_all_with(lp, what, |page| {
+        let api = api.clone();
+        async move { api.list(&page).await }
+    })
+    .await
 }

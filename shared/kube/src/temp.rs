@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
 use serde::de::DeserializeOwned;
 
-use super::classify;
+
 use cairn_core::Result;
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -124,13 +124,15 @@ where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     for api in apis {
-        let mut lp = ListParams::default().labels(&owner.component_selector()).limit(500);
-        loop {
-            let list = api
-                .list_metadata(&lp)
-                .await
-                .map_err(|e| classify(&format!("listing temporary {kind}s"), e))?;
-            for obj in &list.items {
+        let lp = ListParams::default().labels(&owner.component_selector()).limit(500);
+        let what = format!("temporary {kind}s");
+        let items = super::list::list_all_with(&lp, &what, |page| {
+            let api = api.clone();
+            async move { api.list_metadata(&page).await }
+        })
+        .await?;
+        {
+            for obj in &items {
                 let labels = obj.metadata.labels.clone().unwrap_or_default();
                 if !owner.is_leftover(&labels, instance_locked) {
                     continue;
@@ -150,10 +152,6 @@ where
                     Err(e) if super::status_code(&e) == Some(404) => {}
                     Err(e) => swept.errors.push(format!("{what}: {e}")),
                 }
-            }
-            match list.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(c) => lp = lp.continue_token(&c),
-                None => break,
             }
         }
     }
