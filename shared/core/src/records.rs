@@ -1,6 +1,6 @@
 //! What the jobs record in a snapshot's `meta` for the jobs that read it back: one type per
 //! record, shared by writer and reader, so a renamed field is a compile error rather than a
-//! check that silently stops running (FORMAT.md §11 lists the wire forms).
+//! check that silently stops running (FORMAT.md §10.1–10.3 give the wire forms).
 //!
 //! Each record is the whole `meta` object of its snapshot; [`SnapshotRecord::from_meta`]
 //! says `None` when a snapshot carries another kind and fails when one is present but
