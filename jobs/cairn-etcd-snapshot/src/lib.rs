@@ -406,6 +406,66 @@ struct StreamFacts {
     sha256: [u8; 32],
 }
 
+/// Forward etcd's snapshot stream into the backup's reader, verifying etcd's SHA-256 trailer
+/// as it passes; every failure is also sent down the channel, so the reader fails with it.
+/// `tx` drops at the end: end of stream for the reader, after a verified trailer only.
+async fn pump(
+    mut stream: etcd_client::SnapshotStreaming,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    stall: Duration,
+    endpoint: String,
+    start_revision: i64,
+) -> Result<StreamFacts, Error> {
+    let mut check = Sha256Trailer::default();
+    let mut revision = start_revision;
+    let mut remaining = None;
+    let fail = |msg: String| async {
+        let _ = tx.send(Err(std::io::Error::other(msg.clone()))).await;
+        msg
+    };
+    loop {
+        let next = match tokio::time::timeout(stall, stream.message()).await {
+            Err(_) => {
+                return Err(Error::Retryable(
+                    fail(format!("snapshot stream from {endpoint} stalled for {stall:?}")).await,
+                ));
+            }
+            Ok(Err(e)) => {
+                // The connection was accepted and the stream started: whatever breaks it
+                // now (a member going away, a cut connection) is worth a retry.
+                let e = Error::Retryable(format!("snapshot stream from {endpoint}: {e}"));
+                fail(e.to_string()).await;
+                return Err(e);
+            }
+            Ok(Ok(m)) => m,
+        };
+        let Some(msg) = next else { break };
+        if let Some(h) = msg.header()
+            && h.revision() > revision
+        {
+            revision = h.revision();
+        }
+        remaining = Some(msg.remaining_bytes());
+        check.update(msg.blob());
+        if tx.send(Ok(Bytes::copy_from_slice(msg.blob()))).await.is_err() {
+            return Err(Error::Retryable("the repository side stopped reading".into()));
+        }
+    }
+    if remaining != Some(0) {
+        let m = format!(
+            "snapshot stream from {endpoint} ended early after {} bytes ({} announced as remaining)",
+            check.total(),
+            remaining.map_or("unknown".into(), |r| r.to_string())
+        );
+        return Err(Error::Retryable(fail(m).await));
+    }
+    let bytes = check.total();
+    match check.finish() {
+        Ok(sha256) => Ok(StreamFacts { revision, bytes, sha256 }),
+        Err(m) => Err(Error::Integrity(fail(format!("snapshot from {endpoint}: {m}")).await)),
+    }
+}
+
 async fn stream_and_commit(
     cli: &Cli,
     summary: &mut Summary,
@@ -425,65 +485,14 @@ async fn stream_and_commit(
         .map_err(|e| classify(&format!("status of {}", member.endpoint), e))?
         .header()
         .map_or(0, |h| h.revision());
-    let mut stream = client
+    let stream = client
         .snapshot()
         .await
         .map_err(|e| classify(&format!("snapshot from {}", member.endpoint), e))?;
     let (tx, reader) = channel(8);
     let stall = cli.stall_timeout;
     let endpoint = member.endpoint.clone();
-    let producer = tokio::spawn(async move {
-        let mut check = Sha256Trailer::default();
-        let mut revision = start_revision;
-        let mut remaining = None;
-        let fail = |msg: String| async {
-            let _ = tx.send(Err(std::io::Error::other(msg.clone()))).await;
-            msg
-        };
-        loop {
-            let next = match tokio::time::timeout(stall, stream.message()).await {
-                Err(_) => {
-                    return Err(Error::Retryable(
-                        fail(format!("snapshot stream from {endpoint} stalled for {stall:?}"))
-                            .await,
-                    ));
-                }
-                Ok(Err(e)) => {
-                    // The connection was accepted and the stream started: whatever breaks it
-                    // now (a member going away, a cut connection) is worth a retry.
-                    let e = Error::Retryable(format!("snapshot stream from {endpoint}: {e}"));
-                    fail(e.to_string()).await;
-                    return Err(e);
-                }
-                Ok(Ok(m)) => m,
-            };
-            let Some(msg) = next else { break };
-            if let Some(h) = msg.header()
-                && h.revision() > revision
-            {
-                revision = h.revision();
-            }
-            remaining = Some(msg.remaining_bytes());
-            check.update(msg.blob());
-            if tx.send(Ok(Bytes::copy_from_slice(msg.blob()))).await.is_err() {
-                return Err(Error::Retryable("the repository side stopped reading".into()));
-            }
-        }
-        if remaining != Some(0) {
-            let m = format!(
-                "snapshot stream from {endpoint} ended early after {} bytes ({} announced as remaining)",
-                check.total(),
-                remaining.map_or("unknown".into(), |r| r.to_string())
-            );
-            return Err(Error::Retryable(fail(m).await));
-        }
-        let bytes = check.total();
-        match check.finish() {
-            Ok(sha256) => Ok(StreamFacts { revision, bytes, sha256 }),
-            Err(m) => Err(Error::Integrity(fail(format!("snapshot from {endpoint}: {m}")).await)),
-        }
-        // `tx` drops here: end of stream for the reader, after a verified trailer only.
-    });
+    let producer = tokio::spawn(pump(stream, tx, stall, endpoint, start_revision));
 
     let opts = BackupOptions {
         source: cli.source.clone(),

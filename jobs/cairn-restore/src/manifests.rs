@@ -336,42 +336,13 @@ fn plan(
             Some(ns) => format!("{} {ns}/{name}", path.resource_name()),
             None => format!("{} {name}", path.resource_name()),
         };
-        if let Some(why) = never_restored(&path, &obj) {
-            summary.objects.push(report(&path, shown, Action::Skipped, Some(why.into())));
-            continue;
-        }
-        if path.group.is_empty()
-            && path.resource == "endpoints"
-            && selector_services.contains(&(path.namespace.clone(), path.name.clone()))
-        {
-            summary.objects.push(report(
-                &path,
-                shown,
-                Action::Skipped,
-                Some("managed by the endpoints controller".into()),
-            ));
-            continue;
-        }
-        if !args.include_owned
-            && let Some((_, kind, owner, owner_uid)) = controller_of(&obj)
-            && selected_uids.contains(&owner_uid)
-        {
-            summary.objects.push(report(
-                &path,
-                shown,
-                Action::Skipped,
-                Some(format!("recreated by its controller {kind} {owner}")),
-            ));
+        let left_out = left_out(&path, &obj, &selector_services, &selected_uids, args);
+        if let Some((action, why)) = left_out {
+            summary.objects.push(report(&path, shown, action, Some(why)));
             continue;
         }
         let Some(api_version) = obj.get("apiVersion").and_then(Value::as_str).map(str::to_string)
         else {
-            summary.objects.push(report(
-                &path,
-                shown,
-                Action::Failed,
-                Some("stored object has no apiVersion".into()),
-            ));
             continue;
         };
         let version = api_version.rsplit('/').next().unwrap_or(&api_version).to_string();
@@ -382,34 +353,7 @@ fn plan(
             .and_then(Value::as_str)
             .is_some_and(|v| pvs.contains(v));
         sanitize(&mut obj, &path, opts, pv_restored);
-        // Owner references: keep those pointing into this restore (re-pointed once the owner
-        // exists), drop the rest (the garbage collector deletes objects whose owner is gone).
-        let mut owned = false;
-        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            if let Some(Value::Array(refs)) = m.get_mut("ownerReferences") {
-                refs.retain(|r| {
-                    r.get("uid").and_then(Value::as_str).is_some_and(|u| selected_uids.contains(u))
-                });
-                owned = !refs.is_empty();
-            }
-            if !owned {
-                m.remove("ownerReferences");
-            }
-            if let Some(ns) = &namespace {
-                m.insert("namespace".into(), Value::String(ns.clone()));
-            }
-            m.insert("name".into(), Value::String(name.clone()));
-        }
-        // RoleBindings name ServiceAccounts by namespace: follow the map.
-        if path.group == "rbac.authorization.k8s.io"
-            && let Some(Value::Array(subjects)) = obj.get_mut("subjects")
-        {
-            for s in subjects {
-                if let Some(Value::String(ns)) = s.get_mut("namespace") {
-                    *ns = map_ns(ns);
-                }
-            }
-        }
+        let owned = rehome(&mut obj, &path, namespace.as_deref(), &name, &selected_uids, &map_ns);
         let resource = Resource {
             group: path.group.clone(),
             version,
@@ -422,6 +366,75 @@ fn plan(
     }
     out.sort_by_key(|p| (p.owned, step(&p.resource.group, &p.resource.resource), p.from.clone()));
     out
+}
+
+/// Why a stored object is not restored, and as what, if it is not.
+fn left_out(
+    path: &ObjectPath,
+    obj: &Value,
+    selector_services: &HashSet<(Option<String>, String)>,
+    selected_uids: &HashSet<String>,
+    args: &ManifestArgs,
+) -> Option<(Action, String)> {
+    if let Some(why) = never_restored(path, obj) {
+        return Some((Action::Skipped, why.into()));
+    }
+    if path.group.is_empty()
+        && path.resource == "endpoints"
+        && selector_services.contains(&(path.namespace.clone(), path.name.clone()))
+    {
+        return Some((Action::Skipped, "managed by the endpoints controller".into()));
+    }
+    if !args.include_owned
+        && let Some((_, kind, owner, owner_uid)) = controller_of(obj)
+        && selected_uids.contains(&owner_uid)
+    {
+        return Some((Action::Skipped, format!("recreated by its controller {kind} {owner}")));
+    }
+    if obj.get("apiVersion").and_then(Value::as_str).is_none() {
+        return Some((Action::Failed, "stored object has no apiVersion".into()));
+    }
+    None
+}
+
+/// Point a stored object at its new home: keep owner references into this restore (re-pointed
+/// once the owner exists) and drop the rest (the garbage collector deletes objects whose owner
+/// is gone), set namespace and name, follow the namespace map in RoleBinding subjects.
+/// Returns whether the object keeps an owner.
+fn rehome(
+    obj: &mut Value,
+    path: &ObjectPath,
+    namespace: Option<&str>,
+    name: &str,
+    selected_uids: &HashSet<String>,
+    map_ns: &dyn Fn(&str) -> String,
+) -> bool {
+    let mut owned = false;
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(Value::Array(refs)) = m.get_mut("ownerReferences") {
+            refs.retain(|r| {
+                r.get("uid").and_then(Value::as_str).is_some_and(|u| selected_uids.contains(u))
+            });
+            owned = !refs.is_empty();
+        }
+        if !owned {
+            m.remove("ownerReferences");
+        }
+        if let Some(ns) = namespace {
+            m.insert("namespace".into(), Value::String(ns.to_string()));
+        }
+        m.insert("name".into(), Value::String(name.to_string()));
+    }
+    if path.group == "rbac.authorization.k8s.io"
+        && let Some(Value::Array(subjects)) = obj.get_mut("subjects")
+    {
+        for s in subjects {
+            if let Some(Value::String(ns)) = s.get_mut("namespace") {
+                *ns = map_ns(ns);
+            }
+        }
+    }
+    owned
 }
 
 /// What the server said to one object.

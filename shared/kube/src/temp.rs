@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
 use serde::de::DeserializeOwned;
 
-
 use cairn_core::Result;
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
