@@ -23,6 +23,7 @@ use cairn_kube::podjob::{
     WorkerVolume,
 };
 use cairn_kube::temp::{self, Swept, TempOwner, object_name};
+use cairn_kube::worker::{self, Report, Slim};
 use cairn_kube::{KubeArgs, classify, status_code, volsnap};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -38,6 +39,21 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::ingest::IngestReport;
+
+impl Slim for IngestReport {
+    fn slim(&mut self) {
+        self.failures.clear();
+        if let Some(e) = &mut self.error {
+            worker::cut(e, 1024);
+        }
+    }
+}
+
+impl Report for IngestReport {
+    fn exit_code(&self) -> u8 {
+        self.exit_code
+    }
+}
 
 /// A PVC opts in (`"true"`) or out (`"false"`) with this annotation.
 pub const ENABLED_ANNOTATION: &str = "backup.cairn.dev/enabled";
@@ -813,10 +829,10 @@ async fn backup_one_inner(
     let wait =
         WaitOptions { timeout: a.job_timeout, pending_timeout: a.pending_timeout, poll: a.poll };
     let outcome = podjob::wait(&ctx.client, &ns, &job_name, wait).await?;
-    let report = outcome
-        .message
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<IngestReport>(m.trim()).ok());
+    let report = match worker::parse_termination_message(outcome.message.as_deref()) {
+        worker::Message::Report { report, .. } => Some(report),
+        _ => None,
+    };
     match (outcome.succeeded, report) {
         (_, Some(report)) => Ok(report),
         (true, None) => {
@@ -1142,6 +1158,31 @@ fn pvc_meta(pvc: &PersistentVolumeClaim, mode: Mode) -> PvcMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ingest_report_reads_back_typed_however_the_worker_wrote_it() {
+        let report = IngestReport {
+            exit: "partial".into(),
+            exit_code: 3,
+            snapshot: Some("ab".repeat(32)),
+            source: "pvc/ns/data".into(),
+            files: 10,
+            failures: (0..500).map(|i| format!("/data/{i}: permission denied")).collect(),
+            ..Default::default()
+        };
+        // As the ingest writes it today (a JSON value), and as a typed report.
+        let as_value = serde_json::to_value(&report).unwrap();
+        for text in [worker::termination_text(&as_value), worker::termination_text(&report)] {
+            let worker::Message::Report { report: got, truncated } =
+                worker::parse_termination_message::<IngestReport>(Some(&text))
+            else {
+                panic!("not a report: {text}")
+            };
+            assert!(truncated, "500 failures do not fit");
+            assert!(got.failures.is_empty());
+            assert_eq!((got.exit_code, got.files, got.snapshot), (3, 10, report.snapshot.clone()));
+        }
+    }
 
     #[test]
     fn quantities_compare_in_bytes() {

@@ -21,6 +21,7 @@ use cairn_kube::podjob::{
     WorkerVolume, write_termination_message,
 };
 use cairn_kube::temp::{TempOwner, object_name};
+use cairn_kube::worker::{self, Report, Slim};
 use cairn_kube::{KubeArgs, classify};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -141,6 +142,21 @@ pub struct PvcSummary {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Slim for PvcSummary {
+    fn slim(&mut self) {
+        self.failures.clear();
+        if let Some(e) = &mut self.error {
+            worker::cut(e, 1024);
+        }
+    }
+}
+
+impl Report for PvcSummary {
+    fn exit_code(&self) -> u8 {
+        self.exit_code
+    }
 }
 
 pub async fn run(repo: &RepoArgs, args: &PvcArgs, json: bool) -> Exit {
@@ -320,8 +336,10 @@ async fn restore_pvc(
         tracing::warn!(job = %job_name, "could not delete the writer Job (it expires; sweep with its labels)");
     }
     let outcome = result?;
-    let report =
-        outcome.message.as_deref().and_then(|m| serde_json::from_str::<PvcSummary>(m.trim()).ok());
+    let report = match worker::parse_termination_message::<PvcSummary>(outcome.message.as_deref()) {
+        worker::Message::Report { report, .. } => Some(report),
+        _ => None,
+    };
     match report {
         Some(r) => {
             summary.exit_code = r.exit_code;
@@ -346,8 +364,8 @@ pub async fn run_writer(repo: &RepoArgs, args: &WriterArgs, json: bool) -> Exit 
     let mut summary = PvcSummary { snapshot: Some(args.snapshot.clone()), ..Default::default() };
     let result = write(repo, args, &mut summary).await;
     finish("cairn-restore pvc-writer", result, &mut summary, started);
+    write_termination_message(&args.termination_log, &summary);
     let value = serde_json::to_value(&summary).unwrap_or_default();
-    write_termination_message(&args.termination_log, &value);
     if json {
         println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     }
@@ -433,4 +451,31 @@ fn empty_volume(dir: &Path) -> anyhow::Result<()> {
         res.with_context(|| format!("emptying the volume: {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_report_reads_back_typed() {
+        let summary = PvcSummary {
+            exit: "partial".into(),
+            exit_code: 3,
+            files: 7,
+            failures: (0..500).map(|i| format!("/v/{i}: read-only")).collect(),
+            error: Some("é".repeat(3000)),
+            ..Default::default()
+        };
+        let text = worker::termination_text(&summary);
+        assert!(text.len() <= podjob::TERMINATION_MESSAGE_MAX);
+        let worker::Message::Report { report, truncated } =
+            worker::parse_termination_message::<PvcSummary>(Some(&text))
+        else {
+            panic!("not a report: {text}")
+        };
+        assert!(truncated && report.failures.is_empty());
+        assert_eq!((report.exit_code(), report.files), (3, 7));
+        assert!(report.error.is_some_and(|e| e.len() <= 1024));
+    }
 }
