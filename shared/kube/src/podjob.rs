@@ -15,6 +15,8 @@
 //!
 //! The worker reports through its termination message (`TERMINATION_LOG`): the orchestrator
 //! needs no log access to collect results.
+//!
+//! [`crate::worker::run_worker`] runs the protocol; this module has its parts.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
