@@ -17,14 +17,13 @@ use cairn_core::repo::NodeKind;
 use cairn_core::{Error, Exit};
 use cairn_job::config::{Need, RepoArgs};
 use cairn_kube::podjob::{
-    self, DEVICE_PATH, TERMINATION_LOG, VOLUME_PATH, WorkerArgs, WorkerJob, WorkerSecurity,
-    WorkerVolume, write_termination_message,
+    DEVICE_PATH, TERMINATION_LOG, VOLUME_PATH, WorkerArgs, WorkerJob, WorkerSecurity, WorkerVolume,
+    write_termination_message,
 };
 use cairn_kube::temp::{TempOwner, object_name};
-use cairn_kube::worker::{self, Report, Slim};
+use cairn_kube::worker::{self, Report, Slim, WorkerRun};
 use cairn_kube::{KubeArgs, classify};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, PostParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -286,75 +285,54 @@ async fn restore_pvc(
     } else {
         ("CAIRN_WRITER_TARGET".into(), VOLUME_PATH.into())
     });
-    let worker = WorkerJob {
-        namespace: ns.clone(),
-        name: job_name.clone(),
-        labels: owner.labels(),
-        annotations: owner.annotations(),
-        image: args.writer_image.clone(),
-        image_pull_policy: args.worker.image_pull_policy.clone(),
-        command: vec![args.writer_command.clone(), "pvc-writer".into()],
-        env,
-        env_secret: Some(job_name.clone()),
-        volume: Some(WorkerVolume { claim: name.clone(), read_only: false, block }),
-        security: WorkerSecurity::writer(),
-        resources: None,
-        service_account: args.writer_service_account.clone(),
-        node: None,
-        active_deadline: args.worker.job_timeout,
+    let run = WorkerRun {
+        job: WorkerJob {
+            namespace: ns.clone(),
+            name: job_name,
+            labels: owner.labels(),
+            annotations: owner.annotations(),
+            image: args.writer_image.clone(),
+            image_pull_policy: args.worker.image_pull_policy.clone(),
+            command: vec![args.writer_command.clone(), "pvc-writer".into()],
+            env,
+            env_secret: None,
+            volume: Some(WorkerVolume { claim: name.clone(), read_only: false, block }),
+            security: WorkerSecurity::writer(),
+            resources: None,
+            service_account: args.writer_service_account.clone(),
+            node: None,
+            active_deadline: args.worker.job_timeout,
+        },
+        secret: Some(secret_data),
+        claims: Vec::new(),
+        wait: args.worker.wait_options(),
+        cleanup_timeout: args.worker.cleanup_timeout,
     };
-    let job = worker.create(&client).await?;
-    let result = async {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(job_name.clone()),
-                namespace: Some(ns.clone()),
-                labels: Some(owner.labels()),
-                owner_references: Some(vec![podjob::owned_by(&job)?]),
-                ..Default::default()
-            },
-            string_data: Some(secret_data),
-            type_: Some("Opaque".into()),
-            ..Default::default()
-        };
-        secrets
-            .create(&PostParams::default(), &secret)
-            .await
-            .map_err(|e| classify(&format!("creating Secret {ns}/{job_name}"), e))?;
-        podjob::resume(&client, &ns, &job_name).await?;
-        tracing::info!(job = %format!("{ns}/{job_name}"), "writer Job started");
-        anyhow::Ok(podjob::wait(&client, &ns, &job_name, args.worker.wait_options()).await?)
-    }
-    .await;
-    let cleaned = tokio::time::timeout(
-        args.worker.cleanup_timeout,
-        podjob::delete_job(&client, &ns, &job_name),
-    )
-    .await;
-    if !matches!(cleaned, Ok(Ok(()))) {
-        tracing::warn!(job = %job_name, "could not delete the writer Job (it expires; sweep with its labels)");
-    }
-    let outcome = result?;
-    let report = match worker::parse_termination_message::<PvcSummary>(outcome.message.as_deref()) {
-        worker::Message::Report { report, .. } => Some(report),
-        _ => None,
+    // Cancelled (SIGTERM: this restore's own Job deleted; SIGINT: an operator's Ctrl-C), the
+    // writer Job goes too rather than write on unobserved.
+    let end = worker::run_worker_until::<PvcSummary, _>(&client, run, shutdown_signal()).await;
+    let r = end.result?.report;
+    summary.exit_code = r.exit_code;
+    summary.files = r.files;
+    summary.dirs = r.dirs;
+    summary.bytes = r.bytes;
+    summary.failures = r.failures;
+    summary.error = r.error;
+    Ok(())
+}
+
+/// SIGTERM (what Kubernetes sends a pod it stops) or SIGINT, naming which; never, when the
+/// handlers cannot be installed.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
     };
-    match report {
-        Some(r) => {
-            summary.exit_code = r.exit_code;
-            summary.files = r.files;
-            summary.dirs = r.dirs;
-            summary.bytes = r.bytes;
-            summary.failures = r.failures;
-            summary.error = r.error;
-            Ok(())
-        }
-        None => {
-            let why = outcome.reason.unwrap_or_else(|| "the writer ended without a report".into());
-            let tail = outcome.message.map(|m| format!("; log: {}", m.trim())).unwrap_or_default();
-            Err(Error::Retryable(format!("{why}{tail}")).into())
-        }
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 
@@ -468,7 +446,7 @@ mod tests {
             ..Default::default()
         };
         let text = worker::termination_text(&summary);
-        assert!(text.len() <= podjob::TERMINATION_MESSAGE_MAX);
+        assert!(text.len() <= cairn_kube::podjob::TERMINATION_MESSAGE_MAX);
         let worker::Message::Report { report, truncated } =
             worker::parse_termination_message::<PvcSummary>(Some(&text))
         else {

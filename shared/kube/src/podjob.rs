@@ -29,7 +29,7 @@ use k8s_openapi::api::core::v1::{
     SecretEnvSource, SecurityContext, Volume, VolumeDevice, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 
 use super::{classify, status_code};
 use cairn_core::{Error, Result};
@@ -296,14 +296,6 @@ impl WorkerJob {
             }),
             status: None,
         }
-    }
-
-    /// Create the Job, suspended. Returns it as created (its uid names it as an owner).
-    pub async fn create(&self, client: &kube::Client) -> Result<Job> {
-        let api: Api<Job> = Api::namespaced(client.clone(), &self.namespace);
-        api.create(&PostParams::default(), &self.build())
-            .await
-            .map_err(|e| classify(&format!("creating Job {}/{}", self.namespace, self.name), e))
     }
 }
 
