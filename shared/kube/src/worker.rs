@@ -186,16 +186,16 @@ impl std::fmt::Debug for WorkerRun {
 
 impl WorkerRun {
     /// The Job as it is created: suspended, its environment from the Secret when there is one.
-    pub fn job(&self) -> WorkerJob {
+    pub fn build_job(&self) -> Job {
         let mut job = self.job.clone();
         if self.secret.is_some() {
             job.env_secret = Some(job.name.clone());
         }
-        job
+        job.build()
     }
 
     /// The credentials Secret, owned by the Job.
-    pub fn secret(&self, owner: &OwnerReference) -> Option<Secret> {
+    pub fn build_secret(&self, owner: &OwnerReference) -> Option<Secret> {
         let data = self.secret.clone()?;
         Some(Secret {
             metadata: self.dependant_meta(self.job.name.clone(), ObjectMeta::default(), owner),
@@ -206,7 +206,7 @@ impl WorkerRun {
     }
 
     /// The claims, owned by the Job.
-    pub fn claims(&self, owner: &OwnerReference) -> Vec<PersistentVolumeClaim> {
+    pub fn build_claims(&self, owner: &OwnerReference) -> Vec<PersistentVolumeClaim> {
         self.claims
             .iter()
             .map(|c| {
@@ -329,7 +329,7 @@ impl WorkerObjects {
 /// Run a worker Job to its end: create it suspended; create the Secret and claims it
 /// needs, owned by it; resume it; wait for it ([`podjob::wait`]); read its report
 /// ([`conclude`]); delete it and its claims within the cleanup deadline, whatever happened
-/// (unless its creation was refused: then nothing exists).
+/// (unless its creation was refused: then nothing of this run exists).
 ///
 /// Dropping the future (a cancelled run) skips the cleanup: keep [`WorkerRun::objects`]
 /// and delete them then, or use [`run_worker_until`].
@@ -394,19 +394,19 @@ async fn start_and_wait<R: Report>(
     let (ns, name) = (&run.job.namespace, &run.job.name);
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     may_exist.store(true, Ordering::Relaxed);
-    let job = match jobs.create(&PostParams::default(), &run.job().build()).await {
+    let job = match jobs.create(&PostParams::default(), &run.build_job()).await {
         Ok(job) => job,
         Err(e) => {
-            // The API server answered: nothing was created. Otherwise (a lost connection,
-            // a timeout) the Job may exist.
-            if status_code(&e).is_some() {
+            // Refused (4xx, 409 included: that Job is not this run's): nothing to delete.
+            // Otherwise (a lost connection, a timeout, a 5xx) the Job may exist.
+            if status_code(&e).is_some_and(|c| (400..500).contains(&c)) {
                 may_exist.store(false, Ordering::Relaxed);
             }
             return Err(classify(&format!("creating Job {ns}/{name}"), e));
         }
     };
     let owner = podjob::owned_by(&job)?;
-    if let Some(secret) = run.secret(&owner) {
+    if let Some(secret) = run.build_secret(&owner) {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
         secrets
             .create(&PostParams::default(), &secret)
@@ -414,7 +414,7 @@ async fn start_and_wait<R: Report>(
             .map_err(|e| classify(&format!("creating Secret {ns}/{name}"), e))?;
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    for claim in run.claims(&owner) {
+    for claim in run.build_claims(&owner) {
         let what = claim_description(&claim);
         claims
             .create(&PostParams::default(), &claim)
@@ -656,7 +656,7 @@ mod tests {
     }
 
     fn created_job(run: &WorkerRun) -> Job {
-        let mut job = run.job().build();
+        let mut job = run.build_job();
         job.metadata.uid = Some("uid-1".into());
         job
     }
@@ -664,13 +664,13 @@ mod tests {
     #[test]
     fn the_job_is_suspended_and_reads_the_secret_named_after_it() {
         let run = test_run(true);
-        let job = serde_json::to_value(run.job().build()).unwrap();
+        let job = serde_json::to_value(run.build_job()).unwrap();
         assert_eq!(job["spec"]["suspend"], true);
         let c = &job["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["envFrom"][0]["secretRef"]["name"], "cairn-ingest-data-run1");
         assert_eq!(c["envFrom"][0]["secretRef"]["optional"], false);
         // Without a Secret, the Job's own env_secret stands.
-        let job = serde_json::to_value(test_run(false).job().build()).unwrap();
+        let job = serde_json::to_value(test_run(false).build_job()).unwrap();
         assert!(job["spec"]["template"]["spec"]["containers"][0].get("envFrom").is_none());
     }
 
@@ -685,7 +685,7 @@ mod tests {
         assert_eq!(owner.name, "cairn-ingest-data-run1");
         assert_eq!(owner.controller, Some(false));
         assert_eq!(owner.block_owner_deletion, None);
-        let secret = run.secret(&owner).unwrap();
+        let secret = run.build_secret(&owner).unwrap();
         let m = &secret.metadata;
         assert_eq!(m.name.as_deref(), Some("cairn-ingest-data-run1"));
         assert_eq!(m.namespace.as_deref(), Some("ns"));
@@ -694,7 +694,7 @@ mod tests {
         assert_eq!(m.owner_references.as_deref(), Some(std::slice::from_ref(&owner)));
         assert_eq!(secret.type_.as_deref(), Some("Opaque"));
         assert_eq!(secret.string_data, run.secret);
-        assert!(test_run(false).secret(&owner).is_none());
+        assert!(test_run(false).build_secret(&owner).is_none());
         // Its values stay out of logs.
         let debug = format!("{run:?}");
         assert!(debug.contains("CAIRN_REPO") && !debug.contains("s3://b/r"), "{debug}");
@@ -704,7 +704,7 @@ mod tests {
     fn claims_join_the_job_namespace_labels_and_ownership() {
         let run = test_run(true);
         let owner = podjob::owned_by(&created_job(&run)).unwrap();
-        let claims = run.claims(&owner);
+        let claims = run.build_claims(&owner);
         let m = &claims[0].metadata;
         assert_eq!(m.name.as_deref(), Some("cairn-clone-data-run1"));
         assert_eq!(m.namespace.as_deref(), Some("ns"));
@@ -731,7 +731,7 @@ mod tests {
     #[test]
     fn a_job_without_a_uid_cannot_own_anything() {
         let run = test_run(true);
-        let err = podjob::owned_by(&run.job().build()).unwrap_err();
+        let err = podjob::owned_by(&run.build_job()).unwrap_err();
         assert!(matches!(err, Error::Retryable(_)), "{err}");
     }
 
@@ -822,5 +822,253 @@ mod tests {
             (c, m.as_str()),
             ("retryable", "Job ns/x failed: BackoffLimitExceeded (exit 137); log: Killed")
         );
+    }
+
+    /// A fake API server on a local port, answering with `answer(method, path, body)` and
+    /// recording every request (method, path without the query, body).
+    struct FakeApi {
+        client: kube::Client,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>,
+    }
+
+    type Answer = dyn Fn(&str, &str, &serde_json::Value) -> (u16, serde_json::Value) + Send + Sync;
+
+    impl FakeApi {
+        fn start(
+            answer: impl Fn(&str, &str, &serde_json::Value) -> (u16, serde_json::Value)
+            + Send
+            + Sync
+            + 'static,
+        ) -> FakeApi {
+            use std::io::{BufRead, BufReader, Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let answer: std::sync::Arc<Answer> = std::sync::Arc::new(answer);
+            let log = seen.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { return };
+                    let (answer, log) = (answer.clone(), log.clone());
+                    std::thread::spawn(move || {
+                        let mut reader = BufReader::new(stream.try_clone().unwrap());
+                        let mut out = stream;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let mut parts = line.split_whitespace();
+                            let method = parts.next().unwrap_or_default().to_string();
+                            let path = parts.next().unwrap_or_default().to_string();
+                            let mut length = 0;
+                            loop {
+                                let mut header = String::new();
+                                reader.read_line(&mut header).unwrap();
+                                if header.trim().is_empty() {
+                                    break;
+                                }
+                                if let Some((k, v)) = header.split_once(':')
+                                    && k.eq_ignore_ascii_case("content-length")
+                                {
+                                    length = v.trim().parse().unwrap();
+                                }
+                            }
+                            let mut body = vec![0; length];
+                            reader.read_exact(&mut body).unwrap();
+                            let body = serde_json::from_slice(&body).unwrap_or_default();
+                            let path = path.split('?').next().unwrap_or_default().to_string();
+                            let (code, reply) = answer(&method, &path, &body);
+                            log.lock().unwrap().push((method, path, body));
+                            let reply = reply.to_string();
+                            let head = format!(
+                                "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                                reply.len()
+                            );
+                            if out
+                                .write_all(head.as_bytes())
+                                .and_then(|_| out.write_all(reply.as_bytes()))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            let mut config = kube::Config::new(url.parse().unwrap());
+            config.default_retry = false; // as KubeArgs::client has it
+            FakeApi { client: kube::Client::try_from(config).unwrap(), seen }
+        }
+
+        /// `METHOD path` of each request so far.
+        fn requests(&self) -> Vec<String> {
+            self.seen.lock().unwrap().iter().map(|(m, p, _)| format!("{m} {p}")).collect()
+        }
+
+        fn body(&self, request: &str) -> serde_json::Value {
+            let seen = self.seen.lock().unwrap();
+            let found = seen.iter().find(|(m, p, _)| format!("{m} {p}") == request);
+            found.map(|r| r.2.clone()).unwrap_or_else(|| panic!("no {request}"))
+        }
+    }
+
+    const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
+    const JOB: &str = "/apis/batch/v1/namespaces/ns/jobs/cairn-ingest-data-run1";
+    const SECRETS: &str = "/api/v1/namespaces/ns/secrets";
+    const CLAIMS: &str = "/api/v1/namespaces/ns/persistentvolumeclaims";
+    const CLAIM: &str = "/api/v1/namespaces/ns/persistentvolumeclaims/cairn-clone-data-run1";
+    const PODS: &str = "/api/v1/namespaces/ns/pods";
+
+    fn status(code: u16, reason: &str) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": if code < 300 { "Success" } else { "Failure" },
+            "message": reason, "reason": reason, "code": code,
+        });
+        (code, body)
+    }
+
+    /// An API server on which the worker runs to its end, reporting `message`; `refuse`
+    /// answers one request (`METHOD path`) with an error status instead.
+    fn cluster(message: &'static str, refuse: Option<(&'static str, u16)>) -> FakeApi {
+        FakeApi::start(move |method, path, body| {
+            if let Some((req, code)) = refuse
+                && format!("{method} {path}") == req
+            {
+                return status(code, "refused");
+            }
+            match (method, path) {
+                ("POST", JOBS) => {
+                    let mut job = body.clone();
+                    job["metadata"]["uid"] = "uid-1".into();
+                    (201, job)
+                }
+                ("POST", SECRETS | CLAIMS) => (201, body.clone()),
+                ("PATCH", JOB) => (200, serde_json::json!({"metadata": {"name": "x"}})),
+                ("GET", JOB) => (
+                    200,
+                    serde_json::json!({"metadata": {"name": "x"}, "status": {"succeeded": 1}}),
+                ),
+                ("GET", PODS) => (
+                    200,
+                    serde_json::json!({"metadata": {}, "items": [{"status": {
+                        "phase": "Succeeded",
+                        "containerStatuses": [{
+                            "name": "worker", "image": "i", "imageID": "", "ready": false,
+                            "restartCount": 0,
+                            "state": {"terminated": {"exitCode": 0, "message": message}},
+                        }],
+                    }}]}),
+                ),
+                ("DELETE", JOB | CLAIM) => status(200, "deleted"),
+                _ => status(404, "not played"),
+            }
+        })
+    }
+
+    fn fast(mut run: WorkerRun) -> WorkerRun {
+        run.wait.poll = Duration::from_millis(10);
+        run
+    }
+
+    #[tokio::test]
+    async fn a_run_creates_owned_dependants_before_resuming_and_cleans_up() {
+        let message: &'static str = termination_text(&report(1)).leak();
+        let api = cluster(message, None);
+        let end = run_worker::<TestReport>(&api.client, fast(test_run(true))).await;
+        let got = end.result.unwrap();
+        assert_eq!((got.exit_code, got.report), (3, report(1)));
+        assert!(end.cleanup_errors.is_empty(), "{:?}", end.cleanup_errors);
+        assert_eq!(
+            api.requests(),
+            [
+                format!("POST {JOBS}"),
+                format!("POST {SECRETS}"),
+                format!("POST {CLAIMS}"),
+                format!("PATCH {JOB}"),
+                format!("GET {JOB}"),
+                format!("GET {PODS}"),
+                format!("DELETE {JOB}"),
+                format!("DELETE {CLAIM}"),
+            ]
+        );
+        assert_eq!(api.body(&format!("POST {JOBS}"))["spec"]["suspend"], true);
+        for dependant in [SECRETS, CLAIMS] {
+            let owner = &api.body(&format!("POST {dependant}"))["metadata"]["ownerReferences"][0];
+            assert_eq!(
+                (owner["kind"].as_str(), owner["uid"].as_str()),
+                (Some("Job"), Some("uid-1"))
+            );
+        }
+        assert_eq!(api.body(&format!("PATCH {JOB}"))["spec"]["suspend"], false);
+        assert_eq!(api.body(&format!("DELETE {JOB}"))["propagationPolicy"], "Background");
+    }
+
+    #[tokio::test]
+    async fn a_run_that_fails_after_the_job_exists_still_deletes_it() {
+        let api = cluster("", Some(("POST /api/v1/namespaces/ns/secrets", 403)));
+        let end = run_worker::<TestReport>(&api.client, fast(test_run(true))).await;
+        assert!(matches!(end.result, Err(Error::Denied(_))), "{:?}", end.result);
+        let requests = api.requests();
+        assert!(!requests.contains(&format!("PATCH {JOB}")), "never resumed: {requests:?}");
+        assert!(requests.ends_with(&[format!("DELETE {JOB}"), format!("DELETE {CLAIM}")]));
+        // Succeeded without a report: retryable, and cleaned up.
+        let api = cluster("", None);
+        let end = run_worker::<TestReport>(&api.client, fast(test_run(true))).await;
+        assert!(matches!(&end.result, Err(Error::Retryable(m)) if m.contains("without a report")));
+        assert!(api.requests().contains(&format!("DELETE {JOB}")));
+    }
+
+    #[tokio::test]
+    async fn a_refused_job_leaves_nothing_to_delete_but_a_failed_create_might() {
+        for (code, deleted) in [(403, false), (409, false), (500, true)] {
+            let api = cluster("", Some(("POST /apis/batch/v1/namespaces/ns/jobs", code)));
+            let end = run_worker::<TestReport>(&api.client, fast(test_run(true))).await;
+            assert!(end.result.is_err());
+            assert_eq!(api.requests().contains(&format!("DELETE {JOB}")), deleted, "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn what_cleanup_cannot_delete_is_reported_not_fatal() {
+        let message: &'static str = termination_text(&report(0)).leak();
+        let api = cluster(
+            message,
+            Some(("DELETE /apis/batch/v1/namespaces/ns/jobs/cairn-ingest-data-run1", 403)),
+        );
+        let end = run_worker::<TestReport>(&api.client, fast(test_run(true))).await;
+        assert!(end.result.is_ok());
+        assert_eq!(end.cleanup_errors.len(), 1, "{:?}", end.cleanup_errors);
+        assert!(end.cleanup_errors[0].contains("deleting Job ns/cairn-ingest-data-run1"));
+        assert!(api.requests().contains(&format!("DELETE {CLAIM}")), "the claim is still tried");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_deletes_its_job() {
+        // The Job never ends.
+        let api = FakeApi::start(|method, path, body| match (method, path) {
+            ("POST", JOBS) => {
+                let mut job = body.clone();
+                job["metadata"]["uid"] = "uid-1".into();
+                (201, job)
+            }
+            ("GET", JOB) => (200, serde_json::json!({"metadata": {"name": "x"}})),
+            ("GET", PODS) => (200, serde_json::json!({"metadata": {}, "items": []})),
+            ("DELETE", _) => status(200, "deleted"),
+            _ => (201, body.clone()),
+        });
+        let cancel = tokio::time::sleep(Duration::from_millis(300));
+        let end =
+            run_worker_until::<TestReport, _>(&api.client, fast(test_run(true)), async move {
+                cancel.await;
+                "SIGTERM"
+            })
+            .await;
+        let Err(Error::Retryable(m)) = end.result else { panic!("{:?}", end.result) };
+        assert_eq!(m, "cancelled by SIGTERM; worker Job ns/cairn-ingest-data-run1 deleted");
+        let requests = api.requests();
+        assert!(requests.contains(&format!("GET {JOB}")), "it was waiting: {requests:?}");
+        assert!(requests.ends_with(&[format!("DELETE {JOB}"), format!("DELETE {CLAIM}")]));
     }
 }
