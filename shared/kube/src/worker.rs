@@ -56,7 +56,9 @@ pub trait Report: Slim + DeserializeOwned {
     fn exit_code(&self) -> u8;
 }
 
-/// For workers that still hand over their report as a JSON value: `failures` goes.
+/// Transitional, for a worker that still hands over its report as a JSON value
+/// (`cairn-pvc-ingest ingest`, which should pass its `IngestReport`): `failures` goes, as
+/// `IngestReport`'s own [`Slim`] has it. Not a [`Report`]: nothing reads a `Value` back.
 impl Slim for serde_json::Value {
     fn slim(&mut self) {
         if let Some(obj) = self.as_object_mut() {
