@@ -21,25 +21,39 @@ use cairn_core::repo::short_id;
 use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels, parse_duration};
 use cairn_kube::list::list_all;
 use cairn_kube::podjob::{
-    self, DEVICE_PATH, VOLUME_PATH, WaitOptions, WorkerArgs, WorkerJob, WorkerSecurity,
-    WorkerVolume,
+    DEVICE_PATH, VOLUME_PATH, WaitOptions, WorkerArgs, WorkerJob, WorkerSecurity, WorkerVolume,
 };
 use cairn_kube::temp::{self, Swept, TempOwner, object_name};
-use cairn_kube::{KubeArgs, classify, status_code, volsnap};
+use cairn_kube::worker::{self, Report, Slim, WorkerObjects, WorkerReport, WorkerRun};
+use cairn_kube::{KubeArgs, classify, volsnap};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    PersistentVolume, PersistentVolumeClaim, Pod, ResourceRequirements, Secret,
+    PersistentVolume, PersistentVolumeClaim, Pod, ResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::ingest::IngestReport;
+
+impl Slim for IngestReport {
+    fn slim(&mut self) {
+        self.failures.clear();
+        if let Some(e) = &mut self.error {
+            worker::cut(e, 1024);
+        }
+    }
+}
+
+impl Report for IngestReport {
+    fn exit_code(&self) -> u8 {
+        self.exit_code
+    }
+}
 
 /// A PVC opts in (`"true"`) or out (`"false"`) with this annotation.
 pub const ENABLED_ANNOTATION: &str = "backup.cairn.dev/enabled";
@@ -311,9 +325,9 @@ struct RunArgsView {
 
 #[derive(Debug, Clone, PartialEq)]
 enum TempObject {
-    Job(String, String),
+    /// A worker Job and the clone made for it.
+    Worker(WorkerObjects),
     Snapshot(String, String),
-    Claim(String, String),
     /// (version, namespace, name) of a VolumeGroupSnapshot.
     Group(String, String, String),
 }
@@ -600,7 +614,7 @@ async fn backup_one(
     let outcome = backup_one_inner(ctx, &pvc, given, &mut result, &mut mine).await;
     cleanup(ctx, &mine).await;
     match outcome {
-        Ok(report) => {
+        Ok(WorkerReport { report, truncated, .. }) => {
             result.exit_code = report.exit_code;
             result.ok = report.exit_code == Exit::Success.code()
                 || report.exit_code == Exit::Partial.code();
@@ -614,7 +628,7 @@ async fn backup_one(
                     Some(report.error.unwrap_or_else(|| format!("ingest exited {}", report.exit)));
             } else if report.partial {
                 result.error = None;
-                tracing::warn!(pvc = %key, failures = report.failures.len(), "snapshot saved, some files unreadable");
+                tracing::warn!(pvc = %key, failures = report.failures.len(), truncated, "snapshot saved, some files unreadable");
             }
         }
         Err(e) => {
@@ -635,7 +649,7 @@ async fn backup_one_inner(
     given: Option<GivenSnapshot>,
     result: &mut PvcResult,
     mine: &mut Vec<TempObject>,
-) -> anyhow::Result<IngestReport> {
+) -> anyhow::Result<WorkerReport<IngestReport>> {
     let a = &ctx.args;
     let ns = pvc.metadata.namespace.clone().unwrap_or_default();
     let name = pvc.metadata.name.clone().unwrap_or_default();
@@ -715,57 +729,13 @@ async fn backup_one_inner(
     for (k, v) in &a.tags {
         command.push(format!("--tag={k}={v}"));
     }
-    let worker = WorkerJob {
-        namespace: ns.clone(),
-        name: job_name.clone(),
-        labels: labels.clone(),
-        annotations: annotations.clone(),
-        image: a.image.clone(),
-        image_pull_policy: a.pull_policy.clone(),
-        command,
-        env,
-        env_secret: Some(job_name.clone()),
-        volume: Some(WorkerVolume {
-            claim: claim.as_ref().map_or(name.clone(), |c| c.0.clone()),
-            read_only: true,
-            block,
-        }),
-        security: a.security.clone(),
-        resources: Some(a.resources.clone()),
-        service_account: a.service_account.clone(),
-        node,
-        active_deadline: a.job_timeout,
-    };
-    track(ctx, mine, TempObject::Job(ns.clone(), job_name.clone()));
-    let job = worker.create(&ctx.client).await?;
-    let owner_ref = podjob::owned_by(&job)?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(job_name.clone()),
-            namespace: Some(ns.clone()),
-            labels: Some(labels.clone()),
-            annotations: Some(annotations.clone()),
-            owner_references: Some(vec![owner_ref.clone()]),
-            ..Default::default()
-        },
-        string_data: Some(ctx.secret_data.clone()),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    };
-    secrets
-        .create(&PostParams::default(), &secret)
-        .await
-        .map_err(|e| classify(&format!("creating Secret {ns}/{job_name}"), e))?;
-    if let Some((clone, snap, access, size)) = &claim {
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-        let body: PersistentVolumeClaim = serde_json::from_value(json!({
+    // The clone of the snapshot: the run gives it the Job's namespace, labels, annotations
+    // and ownership.
+    let claims = match &claim {
+        Some((clone, snap, access, size)) => vec![serde_json::from_value(json!({
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": {
-                "name": clone, "namespace": ns, "labels": labels, "annotations": annotations,
-                "ownerReferences": [owner_ref],
-            },
+            "metadata": { "name": clone },
             "spec": {
                 "storageClassName": spec.storage_class_name,
                 "accessModes": [access],
@@ -773,34 +743,52 @@ async fn backup_one_inner(
                 "resources": { "requests": { "storage": size } },
                 "dataSource": { "apiGroup": volsnap::GROUP, "kind": "VolumeSnapshot", "name": snap },
             },
-        }))?;
-        track(ctx, mine, TempObject::Claim(ns.clone(), clone.clone()));
-        claims
-            .create(&PostParams::default(), &body)
-            .await
-            .map_err(|e| classify(&format!("creating PVC {ns}/{clone} from the snapshot"), e))?;
+        }))?],
+        None => Vec::new(),
+    };
+    let run = WorkerRun {
+        job: WorkerJob {
+            namespace: ns.clone(),
+            name: job_name.clone(),
+            labels,
+            annotations,
+            image: a.image.clone(),
+            image_pull_policy: a.pull_policy.clone(),
+            command,
+            env,
+            env_secret: None,
+            volume: Some(WorkerVolume {
+                claim: claim.as_ref().map_or(name.clone(), |c| c.0.clone()),
+                read_only: true,
+                block,
+            }),
+            security: a.security.clone(),
+            resources: Some(a.resources.clone()),
+            service_account: a.service_account.clone(),
+            node,
+            active_deadline: a.job_timeout,
+        },
+        secret: Some(ctx.secret_data.clone()),
+        claims,
+        wait: WaitOptions {
+            timeout: a.job_timeout,
+            pending_timeout: a.pending_timeout,
+            poll: a.poll,
+        },
+        cleanup_timeout: a.cleanup_timeout,
+    };
+    // Tracked before anything exists: a cancelled run deletes it (`cleanup_all`).
+    let objects = TempObject::Worker(run.objects());
+    track(ctx, mine, objects.clone());
+    let end = worker::run_worker::<IngestReport>(&ctx.client, run).await;
+    // The run has cleaned up after itself; what it could not delete waits for `cleanup_all`.
+    mine.retain(|o| o != &objects);
+    if end.cleanup_errors.is_empty() {
+        ctx.live.lock().retain(|o| o != &objects);
+    } else {
+        ctx.cleanup_errors.lock().extend(end.cleanup_errors);
     }
-    podjob::resume(&ctx.client, &ns, &job_name).await?;
-    tracing::info!(job = %format!("{ns}/{job_name}"), "ingest Job started");
-    let wait =
-        WaitOptions { timeout: a.job_timeout, pending_timeout: a.pending_timeout, poll: a.poll };
-    let outcome = podjob::wait(&ctx.client, &ns, &job_name, wait).await?;
-    let report = outcome
-        .message
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<IngestReport>(m.trim()).ok());
-    match (outcome.succeeded, report) {
-        (_, Some(report)) => Ok(report),
-        (true, None) => {
-            Err(anyhow::anyhow!("ingest Job {ns}/{job_name} succeeded without a summary"))
-        }
-        (false, None) => {
-            let why = outcome.reason.unwrap_or_else(|| "failed".into());
-            let tail = outcome.message.map(|m| format!("; log: {}", m.trim())).unwrap_or_default();
-            let exit = outcome.exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default();
-            Err(anyhow::anyhow!("{why}{exit}{tail}"))
-        }
-    }
+    Ok(end.result?)
 }
 
 fn track(ctx: &Ctx, mine: &mut Vec<TempObject>, obj: TempObject) {
@@ -812,17 +800,21 @@ fn track(ctx: &Ctx, mine: &mut Vec<TempObject>, obj: TempObject) {
 /// (the objects carry an expiry: the next run sweeps them).
 async fn cleanup(ctx: &Ctx, objs: &[TempObject]) {
     let work = async {
-        // The Job first: its pod lets go of the clone, and it takes the Secret with it.
+        // Newest first: a worker (its Job lets go of the clone, and takes the Secret with it)
+        // before the snapshot it read.
         for obj in objs.iter().rev() {
             let res = match obj {
-                TempObject::Job(ns, n) => podjob::delete_job(&ctx.client, ns, n).await,
-                TempObject::Claim(ns, n) => delete_claim(&ctx.client, ns, n).await,
-                TempObject::Snapshot(ns, n) => volsnap::delete(&ctx.client, ns, n).await,
-                TempObject::Group(v, ns, n) => volsnap::delete_group(&ctx.client, v, ns, n).await,
+                TempObject::Worker(w) => w.delete(&ctx.client).await,
+                TempObject::Snapshot(ns, n) => {
+                    volsnap::delete(&ctx.client, ns, n).await.map_err(one)
+                }
+                TempObject::Group(v, ns, n) => {
+                    volsnap::delete_group(&ctx.client, v, ns, n).await.map_err(one)
+                }
             };
             match res {
                 Ok(()) => ctx.live.lock().retain(|o| o != obj),
-                Err(e) => ctx.cleanup_errors.lock().push(e.to_string()),
+                Err(errors) => ctx.cleanup_errors.lock().extend(errors),
             }
         }
     };
@@ -841,13 +833,8 @@ async fn cleanup_all(ctx: &Ctx) {
     }
 }
 
-async fn delete_claim(client: &kube::Client, ns: &str, name: &str) -> cairn_core::Result<()> {
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(e) if status_code(&e) == Some(404) => Ok(()),
-        Err(e) => Err(classify(&format!("deleting PVC {ns}/{name}"), e)),
-    }
+fn one(e: cairn_core::Error) -> Vec<String> {
+    vec![e.to_string()]
 }
 
 /// One unit per PVC, but PVCs of a namespace sharing a group label form one unit.
@@ -1114,6 +1101,31 @@ fn pvc_meta(pvc: &PersistentVolumeClaim, mode: Mode) -> PvcMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ingest_report_reads_back_typed_however_the_worker_wrote_it() {
+        let report = IngestReport {
+            exit: "partial".into(),
+            exit_code: 3,
+            snapshot: Some("ab".repeat(32)),
+            source: "pvc/ns/data".into(),
+            files: 10,
+            failures: (0..500).map(|i| format!("/data/{i}: permission denied")).collect(),
+            ..Default::default()
+        };
+        // As the ingest writes it today (a JSON value), and as a typed report.
+        let as_value = serde_json::to_value(&report).unwrap();
+        for text in [worker::termination_text(&as_value), worker::termination_text(&report)] {
+            let worker::Message::Report { report: got, truncated } =
+                worker::parse_termination_message::<IngestReport>(Some(&text))
+            else {
+                panic!("not a report: {text}")
+            };
+            assert!(truncated, "500 failures do not fit");
+            assert!(got.failures.is_empty());
+            assert_eq!((got.exit_code, got.files, got.snapshot), (3, 10, report.snapshot.clone()));
+        }
+    }
 
     #[test]
     fn quantities_compare_in_bytes() {

@@ -18,13 +18,13 @@ use cairn_core::repo::short_id;
 use cairn_core::{Error, Exit};
 use cairn_job::config::{Need, RepoArgs};
 use cairn_kube::podjob::{
-    self, DEVICE_PATH, TERMINATION_LOG, VOLUME_PATH, WorkerArgs, WorkerJob, WorkerSecurity,
-    WorkerVolume, write_termination_message,
+    DEVICE_PATH, TERMINATION_LOG, VOLUME_PATH, WorkerArgs, WorkerJob, WorkerSecurity, WorkerVolume,
+    write_termination_message,
 };
 use cairn_kube::temp::{TempOwner, object_name};
+use cairn_kube::worker::{self, Report, Slim, WorkerRun};
 use cairn_kube::{KubeArgs, classify};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, PostParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -142,6 +142,21 @@ pub struct PvcSummary {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Slim for PvcSummary {
+    fn slim(&mut self) {
+        self.failures.clear();
+        if let Some(e) = &mut self.error {
+            worker::cut(e, 1024);
+        }
+    }
+}
+
+impl Report for PvcSummary {
+    fn exit_code(&self) -> u8 {
+        self.exit_code
+    }
 }
 
 pub async fn run(repo: &RepoArgs, args: &PvcArgs, json: bool) -> Exit {
@@ -271,73 +286,54 @@ async fn restore_pvc(
     } else {
         ("CAIRN_WRITER_TARGET".into(), VOLUME_PATH.into())
     });
-    let worker = WorkerJob {
-        namespace: ns.clone(),
-        name: job_name.clone(),
-        labels: owner.labels(),
-        annotations: owner.annotations(),
-        image: args.writer_image.clone(),
-        image_pull_policy: args.worker.image_pull_policy.clone(),
-        command: vec![args.writer_command.clone(), "pvc-writer".into()],
-        env,
-        env_secret: Some(job_name.clone()),
-        volume: Some(WorkerVolume { claim: name.clone(), read_only: false, block }),
-        security: WorkerSecurity::writer(),
-        resources: None,
-        service_account: args.writer_service_account.clone(),
-        node: None,
-        active_deadline: args.worker.job_timeout,
+    let run = WorkerRun {
+        job: WorkerJob {
+            namespace: ns.clone(),
+            name: job_name,
+            labels: owner.labels(),
+            annotations: owner.annotations(),
+            image: args.writer_image.clone(),
+            image_pull_policy: args.worker.image_pull_policy.clone(),
+            command: vec![args.writer_command.clone(), "pvc-writer".into()],
+            env,
+            env_secret: None,
+            volume: Some(WorkerVolume { claim: name.clone(), read_only: false, block }),
+            security: WorkerSecurity::writer(),
+            resources: None,
+            service_account: args.writer_service_account.clone(),
+            node: None,
+            active_deadline: args.worker.job_timeout,
+        },
+        secret: Some(secret_data),
+        claims: Vec::new(),
+        wait: args.worker.wait_options(),
+        cleanup_timeout: args.worker.cleanup_timeout,
     };
-    let job = worker.create(&client).await?;
-    let result = async {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(job_name.clone()),
-                namespace: Some(ns.clone()),
-                labels: Some(owner.labels()),
-                owner_references: Some(vec![podjob::owned_by(&job)?]),
-                ..Default::default()
-            },
-            string_data: Some(secret_data),
-            type_: Some("Opaque".into()),
-            ..Default::default()
-        };
-        secrets
-            .create(&PostParams::default(), &secret)
-            .await
-            .map_err(|e| classify(&format!("creating Secret {ns}/{job_name}"), e))?;
-        podjob::resume(&client, &ns, &job_name).await?;
-        tracing::info!(job = %format!("{ns}/{job_name}"), "writer Job started");
-        anyhow::Ok(podjob::wait(&client, &ns, &job_name, args.worker.wait_options()).await?)
-    }
-    .await;
-    let cleaned = tokio::time::timeout(
-        args.worker.cleanup_timeout,
-        podjob::delete_job(&client, &ns, &job_name),
-    )
-    .await;
-    if !matches!(cleaned, Ok(Ok(()))) {
-        tracing::warn!(job = %job_name, "could not delete the writer Job (it expires; sweep with its labels)");
-    }
-    let outcome = result?;
-    let report =
-        outcome.message.as_deref().and_then(|m| serde_json::from_str::<PvcSummary>(m.trim()).ok());
-    match report {
-        Some(r) => {
-            summary.exit_code = r.exit_code;
-            summary.files = r.files;
-            summary.dirs = r.dirs;
-            summary.bytes = r.bytes;
-            summary.failures = r.failures;
-            summary.error = r.error;
-            Ok(())
-        }
-        None => {
-            let why = outcome.reason.unwrap_or_else(|| "the writer ended without a report".into());
-            let tail = outcome.message.map(|m| format!("; log: {}", m.trim())).unwrap_or_default();
-            Err(Error::Retryable(format!("{why}{tail}")).into())
-        }
+    // Cancelled (SIGTERM: this restore's own Job deleted; SIGINT: an operator's Ctrl-C), the
+    // writer Job goes too rather than write on unobserved.
+    let end = worker::run_worker_until::<PvcSummary, _>(&client, run, shutdown_signal()).await;
+    let r = end.result?.report;
+    summary.exit_code = r.exit_code;
+    summary.files = r.files;
+    summary.dirs = r.dirs;
+    summary.bytes = r.bytes;
+    summary.failures = r.failures;
+    summary.error = r.error;
+    Ok(())
+}
+
+/// SIGTERM (what Kubernetes sends a pod it stops) or SIGINT, naming which; never, when the
+/// handlers cannot be installed.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 
@@ -347,8 +343,8 @@ pub async fn run_writer(repo: &RepoArgs, args: &WriterArgs, json: bool) -> Exit 
     let mut summary = PvcSummary { snapshot: Some(args.snapshot.clone()), ..Default::default() };
     let result = write(repo, args, &mut summary).await;
     finish("cairn-restore pvc-writer", result, &mut summary, started);
+    write_termination_message(&args.termination_log, &summary);
     let value = serde_json::to_value(&summary).unwrap_or_default();
-    write_termination_message(&args.termination_log, &value);
     if json {
         println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     }
@@ -434,4 +430,31 @@ fn empty_volume(dir: &Path) -> anyhow::Result<()> {
         res.with_context(|| format!("emptying the volume: {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_report_reads_back_typed() {
+        let summary = PvcSummary {
+            exit: "partial".into(),
+            exit_code: 3,
+            files: 7,
+            failures: (0..500).map(|i| format!("/v/{i}: read-only")).collect(),
+            error: Some("é".repeat(3000)),
+            ..Default::default()
+        };
+        let text = worker::termination_text(&summary);
+        assert!(text.len() <= cairn_kube::podjob::TERMINATION_MESSAGE_MAX);
+        let worker::Message::Report { report, truncated } =
+            worker::parse_termination_message::<PvcSummary>(Some(&text))
+        else {
+            panic!("not a report: {text}")
+        };
+        assert!(truncated && report.failures.is_empty());
+        assert_eq!((report.exit_code(), report.files), (3, 7));
+        assert!(report.error.is_some_and(|e| e.len() <= 1024));
+    }
 }

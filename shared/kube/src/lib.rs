@@ -15,6 +15,7 @@ pub mod semdiff;
 pub mod stored;
 pub mod temp;
 pub mod volsnap;
+pub mod worker;
 
 use std::path::PathBuf;
 use std::time::Duration;

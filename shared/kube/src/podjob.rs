@@ -15,6 +15,8 @@
 //!
 //! The worker reports through its termination message (`TERMINATION_LOG`): the orchestrator
 //! needs no log access to collect results.
+//!
+//! [`crate::worker::run_worker`] runs the protocol; this module has its parts.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,10 +29,12 @@ use k8s_openapi::api::core::v1::{
     SecretEnvSource, SecurityContext, Volume, VolumeDevice, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 
 use super::{classify, status_code};
 use cairn_core::{Error, Result};
+
+pub use crate::worker::write_termination_message;
 
 /// Where a worker pod finds things.
 pub const VOLUME_PATH: &str = "/cairn/volume";
@@ -293,14 +297,6 @@ impl WorkerJob {
             status: None,
         }
     }
-
-    /// Create the Job, suspended. Returns it as created (its uid names it as an owner).
-    pub async fn create(&self, client: &kube::Client) -> Result<Job> {
-        let api: Api<Job> = Api::namespaced(client.clone(), &self.namespace);
-        api.create(&PostParams::default(), &self.build())
-            .await
-            .map_err(|e| classify(&format!("creating Job {}/{}", self.namespace, self.name), e))
-    }
 }
 
 /// An owner reference to `job`: what it owns goes when it goes.
@@ -552,27 +548,6 @@ fn judge_pod(pod: &Pod) -> PodState {
     }
 }
 
-/// Write a worker's summary where the kubelet reads the termination message, cut to what
-/// it keeps. Missing directory (running outside a pod): nothing is written.
-pub fn write_termination_message(path: &std::path::Path, json: &serde_json::Value) {
-    let mut text = json.to_string();
-    if text.len() > TERMINATION_MESSAGE_MAX {
-        // Keep the essentials; the full summary is in the log.
-        let mut slim = json.clone();
-        if let Some(obj) = slim.as_object_mut() {
-            obj.remove("failures");
-            obj.insert("truncated".into(), true.into());
-        }
-        text = slim.to_string();
-        text.truncate(TERMINATION_MESSAGE_MAX);
-    }
-    if path.parent().is_some_and(|p| p.is_dir())
-        && let Err(e) = std::fs::write(path, text)
-    {
-        tracing::warn!(path = %path.display(), "cannot write the termination message: {e}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,21 +661,5 @@ mod tests {
             "node-1"
         );
         assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["readOnly"], true);
-    }
-
-    #[test]
-    fn termination_messages_fit_the_kubelets_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t");
-        let failures: Vec<String> = (0..500).map(|i| format!("/some/long/path/{i}")).collect();
-        write_termination_message(
-            &path,
-            &serde_json::json!({"exit_code": 3, "failures": failures, "snapshot": "ab"}),
-        );
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.len() <= TERMINATION_MESSAGE_MAX);
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["exit_code"], 3);
-        assert_eq!(v["truncated"], true);
     }
 }
