@@ -339,3 +339,141 @@ async fn read_pack_blobs(repo: &Repository, master: &MasterIndex, id: &PackId) -
     }
     failures
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::testutil::{backup, memory_repo, noise, pack_of, packs};
+    use crate::repo::{Snapshot, SnapshotEntry};
+
+    const ALL: CheckOptions = CheckOptions { read_data_fraction: 1.0 };
+    const NO_DATA: CheckOptions = CheckOptions { read_data_fraction: 0.0 };
+
+    async fn three_files(name: &str) -> Arc<Repository> {
+        let repo = memory_repo(name).await;
+        let (a, b, c) = (noise(400 << 10), noise(400 << 10), noise(400 << 10));
+        backup(&repo, "src", &[("a", &a), ("b", &b), ("d/c", &c)]).await;
+        repo
+    }
+
+    fn kinds(r: &CheckReport) -> Vec<&str> {
+        r.problems.iter().map(|p| p.kind.as_str()).collect()
+    }
+
+    fn paths(r: &CheckReport) -> Vec<&str> {
+        r.affected.iter().flat_map(|a| a.paths.iter().map(String::as_str)).collect()
+    }
+
+    async fn latest(repo: &Repository) -> SnapshotEntry {
+        repo.find_snapshot("latest", None).await.unwrap()
+    }
+
+    /// Flip one byte inside a blob, leaving the pack's header (at its tail) intact.
+    async fn corrupt_blob(repo: &Repository, blob: &BlobId) {
+        let index = repo.index().await.unwrap();
+        let loc = index.get(blob).unwrap();
+        let key = pack_key(&index.pack(loc.pack).id);
+        let mut bytes = repo.store().get(&key).await.unwrap().to_vec();
+        bytes[loc.offset as usize + 20] ^= 0x55;
+        repo.store().put_overwrite(&key, bytes.into()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sound_repository_passes() {
+        let repo = three_files("check-sound").await;
+        let r = check(&repo, &ALL).await.unwrap();
+        assert!(r.ok(), "{:?}", r.problems);
+        assert_eq!(r.snapshots, 1);
+        assert_eq!(r.packs, packs(&repo).await.len());
+        assert_eq!(r.packs_read, r.packs);
+        assert!(r.index_objects >= 1);
+        // Three data blobs, the root's listing and `d`'s.
+        assert_eq!(r.blobs, 5);
+        assert!(r.unindexed_packs.is_empty() && r.affected.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_pack_names_the_files_it_held() {
+        let repo = three_files("check-missing-pack").await;
+        let key = pack_of(&repo, "a").await;
+        repo.store().delete(&key).await.unwrap();
+        let r = check(&repo, &NO_DATA).await.unwrap();
+        assert!(r.problems.contains(&problem("pack", &key, "missing")), "{:?}", r.problems);
+        assert!(kinds(&r).iter().all(|k| *k == "pack"), "{:?}", r.problems);
+        assert!(paths(&r).contains(&"/a"), "{:?}", r.affected);
+        assert_eq!(r.affected[0].snapshot, latest(&repo).await.id.to_hex());
+        assert_eq!(r.affected[0].source, "src");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_data_blob_is_found_by_reading_data_only() {
+        let repo = three_files("check-bad-blob").await;
+        let snapshot = latest(&repo).await.snapshot;
+        let c = repo.lookup(&snapshot, "d/c").await.unwrap().content[0].id.unwrap();
+        corrupt_blob(&repo, &c).await;
+        let r = check(&repo, &NO_DATA).await.unwrap();
+        assert!(r.ok(), "headers are intact: {:?}", r.problems);
+        let r = check(&repo, &ALL).await.unwrap();
+        assert_eq!(kinds(&r), ["blob"], "{:?}", r.problems);
+        assert_eq!(r.problems[0].object, format!("{} in {}", c, pack_of(&repo, "d/c").await));
+        assert_eq!(paths(&r), ["/d/c"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_tree_is_reported_once_and_marks_its_directory() {
+        let repo = three_files("check-bad-tree").await;
+        let root = latest(&repo).await.snapshot.root;
+        let dir = repo.read_dir(&root.subtree).await.unwrap();
+        let d = dir.iter().find(|n| n.name.as_bytes() == b"d").unwrap().subtree[0];
+        corrupt_blob(&repo, &d).await;
+        // A second snapshot sharing the tree: one problem, both snapshots affected.
+        let mut again = latest(&repo).await.snapshot;
+        again.source = "again".into();
+        repo.save_snapshot(&again).await.unwrap();
+        let r = check(&repo, &NO_DATA).await.unwrap();
+        assert_eq!(kinds(&r), ["tree"], "{:?}", r.problems);
+        assert_eq!(r.problems[0].object, d.to_hex());
+        assert_eq!(paths(&r), ["/d", "/d"]);
+        // Read first, the blob is damage of its pack's data; the tree is not read again.
+        let r = check(&repo, &ALL).await.unwrap();
+        assert_eq!(kinds(&r), ["blob"], "{:?}", r.problems);
+        assert_eq!(paths(&r), ["/d", "/d"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damaged_records_and_leftovers() {
+        let repo = three_files("check-records").await;
+        let store = repo.store();
+        let index_objects = store.list("index/").await.unwrap().len();
+        let junk = bytes::Bytes::from_static(b"junk");
+        let bad_index = format!("index/{}", IndexId::random());
+        store.create(&bad_index, junk.clone()).await.unwrap();
+        store.create("index/not-an-id", junk.clone()).await.unwrap();
+        let bad_snapshot = format!("snapshots/{}", SnapshotId::random());
+        store.create(&bad_snapshot, junk.clone()).await.unwrap();
+        let leftover = pack_key(&PackId::random());
+        store.create(&leftover, junk).await.unwrap();
+        let mut dangling: Snapshot = latest(&repo).await.snapshot;
+        dangling.root.subtree = vec![BlobId::random()];
+        repo.save_snapshot(&dangling).await.unwrap();
+
+        let r = check(&repo, &ALL).await.unwrap();
+        assert_eq!(r.unindexed_packs, [leftover]);
+        assert_eq!(r.index_objects, index_objects + 2);
+        assert_eq!(r.snapshots, 2);
+        let found: Vec<(&str, &str)> =
+            r.problems.iter().map(|p| (p.kind.as_str(), p.object.as_str())).collect();
+        let missing = dangling.root.subtree[0].to_hex();
+        let mut want = vec![
+            ("index", bad_index.as_str()),
+            ("missing-blob", missing.as_str()),
+            ("snapshot", bad_snapshot.as_str()),
+            ("stray-object", "index/not-an-id"),
+        ];
+        want.sort();
+        assert_eq!(found, want);
+        assert_eq!(paths(&r), ["/"]);
+    }
+}

@@ -700,3 +700,87 @@ impl PruneReport {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::check::{CheckOptions, check};
+    use crate::repo::testutil::{backup, memory_repo, noise, packs};
+
+    fn e2e_opts(dry_run: bool) -> PruneOptions {
+        let lease = Duration::from_secs(1);
+        PruneOptions {
+            grace: lease * 4,
+            unindexed_age: lease * 4,
+            max_unused: 0.0,
+            dry_run,
+            lock: LockOptions { lease, purpose: "test".into(), ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    /// The whole protocol on a memory store: a forgotten snapshot's data is marked (its
+    /// shared blob repacked first), nothing goes within the grace period, everything marked
+    /// goes after it, and what is kept still reads. Each dry run reports what the real run
+    /// beside it then does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forgotten_data_is_marked_then_deleted_after_the_grace_period() {
+        let repo = memory_repo("prune-e2e").await;
+        let shared = noise(300 << 10);
+        let (g0, g1) = (noise(300 << 10), noise(300 << 10));
+        let kept: Vec<Vec<u8>> = (0..3).map(|_| noise(300 << 10)).collect();
+        let gone = backup(&repo, "gone", &[("shared", &shared), ("g0", &g0), ("g1", &g1)]).await;
+        let keep_files: Vec<(&str, &[u8])> =
+            vec![("shared", &shared), ("k0", &kept[0]), ("k1", &kept[1]), ("k2", &kept[2])];
+        backup(&repo, "keep", &keep_files).await;
+        repo.store().delete(&format!("snapshots/{gone}")).await.unwrap();
+        let before = packs(&repo).await;
+
+        let dry = prune(repo.clone(), &e2e_opts(true)).await.unwrap();
+        let first = prune(repo.clone(), &e2e_opts(false)).await.unwrap();
+        assert!(dry.dry_run && !first.dry_run);
+        let planned = |r: &PruneReport| {
+            (
+                r.snapshots,
+                r.packs,
+                r.marked_packs,
+                r.marked_bytes,
+                r.repacked_packs,
+                r.deleted_packs,
+            )
+        };
+        assert_eq!(planned(&dry), planned(&first));
+        // The data pack of `gone` (its `shared` copied out first) and its tree pack.
+        assert_eq!((first.snapshots, first.marked_packs, first.repacked_packs), (1, 2, 1));
+        assert_eq!(first.repacked_live_bytes, 300 << 10);
+        let after_mark = packs(&repo).await;
+        assert!(before.iter().all(|p| after_mark.contains(p)), "a pack was deleted at once");
+        let marks = mark::load_marks(&repo).await.unwrap();
+        assert_eq!(marks.len(), 1);
+
+        let within = prune(repo.clone(), &e2e_opts(false)).await.unwrap();
+        assert_eq!((within.deleted_packs, within.marked_packs, within.marks_waiting), (0, 0, 1));
+
+        tokio::time::sleep(Duration::from_millis(4200)).await;
+        let dry = prune(repo.clone(), &e2e_opts(true)).await.unwrap();
+        let second = prune(repo.clone(), &e2e_opts(false)).await.unwrap();
+        assert_eq!(planned(&dry), planned(&second));
+        assert_eq!((dry.deleted_bytes, dry.marks_waiting), (second.deleted_bytes, 0));
+        assert_eq!((second.deleted_packs, second.marks_removed, second.rescued_packs), (2, 1, 0));
+        assert!(second.index_objects_after >= 1);
+        let left = packs(&repo).await;
+        for p in &marks[0].mark.packs {
+            assert!(!left.iter().any(|(k, _)| *k == pack_key(p)), "{p:?} not deleted");
+        }
+        assert!(mark::load_marks(&repo).await.unwrap().is_empty());
+
+        let report = check(&repo, &CheckOptions { read_data_fraction: 1.0 }).await.unwrap();
+        assert!(report.ok() && report.unindexed_packs.is_empty(), "{report:?}");
+        repo.load_index().await.unwrap();
+        let snapshot = repo.find_snapshot("latest", None).await.unwrap().snapshot;
+        for (path, content) in keep_files {
+            let node = repo.lookup(&snapshot, path).await.unwrap();
+            assert_eq!(repo.read_file(&node).await.unwrap(), content, "{path}");
+        }
+    }
+}
