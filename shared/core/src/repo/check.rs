@@ -19,7 +19,8 @@ use super::index::{IndexFile, MasterIndex};
 use super::pack::{
     MAGIC, PackHeader, TRAILER_LEN, header_len_from_trailer, open_header, read_header,
 };
-use super::tree::{NodeKind, TreeBlob};
+use super::snapshot::SnapshotEntry;
+use super::tree::{Node, NodeKind, TreeBlob};
 use super::{Repository, pack_key};
 use crate::{Error, Result};
 
@@ -62,26 +63,74 @@ impl CheckReport {
 }
 
 pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
-    let mut report = CheckReport::default();
-    let store = repo.store();
     // Blob reads below go through the repository's own index; a damaged index object is
     // reported by the pass that follows, so a failure to load here is not fatal.
     repo.load_index_lenient().await?;
-    let mut problems = BTreeSet::new();
-    let mut bad_blobs: HashSet<BlobId> = HashSet::new();
+    let mut found = Findings::default();
+    let indexed = check_index_objects(repo, &mut found).await?;
+    let unindexed_packs = check_packs(repo, &indexed.headers, &mut found).await?;
+    // Data is read before trees are walked, so that affected paths include data damage.
+    let packs_read = if opts.read_data_fraction > 0.0 {
+        read_data(repo, &indexed, opts.read_data_fraction, &mut found).await
+    } else {
+        0
+    };
+    for id in &found.bad_packs {
+        if let Some(h) = indexed.headers.get(id) {
+            found.bad_blobs.extend(h.entries.iter().map(|e| e.id));
+        }
+    }
+    let (snapshots, affected) = check_snapshots(repo, &indexed.master, &mut found).await?;
+    Ok(CheckReport {
+        snapshots,
+        index_objects: indexed.objects,
+        packs: indexed.headers.len(),
+        blobs: indexed.master.len(),
+        packs_read,
+        unindexed_packs,
+        problems: found.problems.into_iter().collect(),
+        affected,
+    })
+}
 
-    // 1. Index objects.
+/// What the passes found so far.
+#[derive(Debug, Default)]
+struct Findings {
+    problems: BTreeSet<Problem>,
+    /// Packs missing or unsound: every blob they hold counts as damaged.
+    bad_packs: HashSet<PackId>,
+    /// Blobs that did not open.
+    bad_blobs: HashSet<BlobId>,
+}
+
+impl Findings {
+    fn add(&mut self, kind: &str, object: &str, detail: &str) {
+        self.problems.insert(problem(kind, object, detail));
+    }
+}
+
+/// The index objects that opened, merged.
+struct Indexed {
+    /// Index objects listed, whether they opened or not.
+    objects: usize,
+    master: MasterIndex,
+    /// Each indexed pack's header as (the last) index object listing it says.
+    headers: HashMap<PackId, PackHeader>,
+}
+
+/// Pass 1: every index object opens.
+async fn check_index_objects(repo: &Repository, found: &mut Findings) -> Result<Indexed> {
+    let store = repo.store();
     let index_keys = store.list("index/").await?;
-    report.index_objects = index_keys.len();
-    let mut master = MasterIndex::default();
-    let mut headers: HashMap<PackId, PackHeader> = HashMap::new();
+    let mut indexed = Indexed {
+        objects: index_keys.len(),
+        master: MasterIndex::default(),
+        headers: HashMap::new(),
+    };
     for (key, _) in &index_keys {
-        let id = match IndexId::parse(key.trim_start_matches("index/")) {
-            Ok(id) => id,
-            Err(_) => {
-                problems.insert(problem("stray-object", key, "not a valid index name"));
-                continue;
-            }
+        let Ok(id) = IndexId::parse(key.trim_start_matches("index/")) else {
+            found.add("stray-object", key, "not a valid index name");
+            continue;
         };
         let opened = match store.get(key).await {
             Ok(b) => IndexFile::open(repo.meta_key(), &id, &b),
@@ -90,27 +139,31 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         match opened {
             Ok(file) => {
                 for (pack, header) in file.packs {
-                    master.add_pack(pack, &header);
-                    headers.insert(pack, header);
+                    indexed.master.add_pack(pack, &header);
+                    indexed.headers.insert(pack, header);
                 }
             }
-            Err(e) => {
-                problems.insert(problem("index", key, &e.to_string()));
-            }
+            Err(e) => found.add("index", key, &e.to_string()),
         }
     }
-    master.finish();
-    report.blobs = master.len();
+    indexed.master.finish();
+    Ok(indexed)
+}
 
-    // 2. Packs: present, sound header, agreeing with the index.
-    let listed: HashMap<PackId, u64> = store
+/// Pass 2: every indexed pack is present, its header opens and agrees with the index.
+/// Returns the keys of packs present but in no index (leftovers, not damage), sorted.
+async fn check_packs(
+    repo: &Repository,
+    headers: &HashMap<PackId, PackHeader>,
+    found: &mut Findings,
+) -> Result<Vec<String>> {
+    let listed: HashMap<PackId, u64> = repo
+        .store()
         .list("packs/")
         .await?
         .into_iter()
         .filter_map(|(k, size)| PackId::parse(k.rsplit('/').next()?).ok().map(|id| (id, size)))
         .collect();
-    report.packs = headers.len();
-    let mut bad_packs: HashSet<PackId> = HashSet::new();
     let results: Vec<(PackId, Option<String>)> = futures::stream::iter(headers.iter())
         .map(|(id, indexed)| {
             let size = listed.get(id).copied();
@@ -127,146 +180,160 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         .await;
     for (id, err) in results {
         if let Some(err) = err {
-            problems.insert(problem("pack", &pack_key(&id), &err));
-            bad_packs.insert(id);
+            found.add("pack", &pack_key(&id), &err);
+            found.bad_packs.insert(id);
         }
     }
-    report.unindexed_packs = listed
-        .keys()
-        .filter(|id| !headers.contains_key(id))
-        .map(pack_key)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let unindexed: BTreeSet<String> =
+        listed.keys().filter(|id| !headers.contains_key(id)).map(pack_key).collect();
+    Ok(unindexed.into_iter().collect())
+}
 
-    // 4 (before walking trees, so affected paths include data damage): read data.
-    if opts.read_data_fraction > 0.0 {
-        let mut ids: Vec<&PackId> = headers.keys().filter(|id| !bad_packs.contains(id)).collect();
-        ids.sort();
-        let take = ((ids.len() as f64) * opts.read_data_fraction.min(1.0)).ceil() as usize;
-        // A different subset each run: start at a random point of the sorted list.
-        let start = if ids.is_empty() { 0 } else { rand::random::<u64>() as usize % ids.len() };
-        let chosen: Vec<PackId> =
-            (0..take.min(ids.len())).map(|i| *ids[(start + i) % ids.len()]).collect();
-        report.packs_read = chosen.len();
-        let master_ref = &master;
-        let results: Vec<(PackId, Vec<BlobFailure>)> = futures::stream::iter(chosen)
-            .map(|id| async move { (id, read_pack_blobs(repo, master_ref, &id).await) })
-            .buffer_unordered(4)
-            .collect()
-            .await;
-        for (id, failures) in results {
-            for (blob, err) in failures {
-                match blob {
-                    Some(blob) => {
-                        problems.insert(problem(
-                            "blob",
-                            &format!("{} in {}", blob, pack_key(&id)),
-                            &err,
-                        ));
-                        bad_blobs.insert(blob);
-                    }
-                    None => {
-                        problems.insert(problem("pack", &pack_key(&id), &err));
-                        bad_packs.insert(id);
-                    }
+/// Pass 4 (read data): fetch a `fraction` of the sound packs whole and open every blob.
+/// Returns how many packs were read.
+async fn read_data(
+    repo: &Repository,
+    indexed: &Indexed,
+    fraction: f64,
+    found: &mut Findings,
+) -> usize {
+    let mut ids: Vec<PackId> =
+        indexed.headers.keys().filter(|id| !found.bad_packs.contains(id)).copied().collect();
+    ids.sort();
+    // A different subset each run: start at a random point of the sorted list.
+    let start = if ids.is_empty() { 0 } else { rand::random::<u64>() as usize % ids.len() };
+    let chosen = choose_packs(&ids, fraction, start);
+    let packs_read = chosen.len();
+    let master = &indexed.master;
+    let results: Vec<(PackId, Vec<BlobFailure>)> = futures::stream::iter(chosen)
+        .map(|id| async move { (id, read_pack_blobs(repo, master, &id).await) })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    for (id, failures) in results {
+        for (blob, err) in failures {
+            match blob {
+                Some(blob) => {
+                    found.add("blob", &format!("{} in {}", blob, pack_key(&id)), &err);
+                    found.bad_blobs.insert(blob);
+                }
+                None => {
+                    found.add("pack", &pack_key(&id), &err);
+                    found.bad_packs.insert(id);
                 }
             }
         }
     }
-    for id in &bad_packs {
-        if let Some(h) = headers.get(id) {
-            bad_blobs.extend(h.entries.iter().map(|e| e.id));
-        }
-    }
+    packs_read
+}
 
-    // 3. Snapshots and their trees (tree reads go through the repository's index, loaded
-    // leniently above).
+/// `fraction` (at most all) of `ids`, rounded up, taken from `start` on and wrapping around.
+fn choose_packs(ids: &[PackId], fraction: f64, start: usize) -> Vec<PackId> {
+    let take = ((ids.len() as f64) * fraction.min(1.0)).ceil() as usize;
+    (0..take.min(ids.len())).map(|i| ids[(start + i) % ids.len()]).collect()
+}
+
+/// Pass 3: every snapshot opens, its trees open, and every blob it references is indexed
+/// and not found damaged. Tree reads go through the repository's index (loaded leniently).
+/// Returns the number of snapshots that opened and the paths damage affects.
+async fn check_snapshots(
+    repo: &Repository,
+    master: &MasterIndex,
+    found: &mut Findings,
+) -> Result<(usize, Vec<Affected>)> {
     let (snaps, bad_snapshots) = repo.snapshots_lenient().await?;
     for (key, e) in bad_snapshots {
-        problems.insert(problem("snapshot", &key, &e.to_string()));
+        found.add("snapshot", &key, &e.to_string());
     }
-    report.snapshots = snaps.len();
-    let mut affected: BTreeMap<SnapshotId, (String, BTreeSet<String>)> = BTreeMap::new();
+    let mut affected: BTreeMap<SnapshotId, Affected> = BTreeMap::new();
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
     for entry in &snaps {
-        let mut stack = vec![(String::new(), entry.snapshot.root.clone())];
-        while let Some((path, node)) = stack.pop() {
-            let mut damaged = || {
-                affected
-                    .entry(entry.id)
-                    .or_insert_with(|| (entry.snapshot.source.clone(), BTreeSet::new()))
-                    .1
-                    .insert(if path.is_empty() { "/".to_string() } else { path.clone() });
-            };
-            match node.kind {
-                NodeKind::Dir => {
-                    for tree_id in &node.subtree {
-                        if !master.contains(tree_id) {
-                            problems.insert(problem(
-                                "missing-blob",
-                                &tree_id.to_hex(),
-                                "tree blob is in no index",
-                            ));
-                            damaged();
-                            continue;
-                        }
-                        if bad_blobs.contains(tree_id) {
-                            damaged();
-                            continue;
-                        }
-                        let first_visit = seen_trees.insert(*tree_id);
-                        match repo.read_blob(tree_id).await.and_then(|b| TreeBlob::decode(&b)) {
-                            Ok(t) => {
-                                for child in t.nodes {
-                                    let child_path = format!("{path}/{}", child.name.display());
-                                    stack.push((child_path, child));
-                                }
-                            }
-                            Err(e) => {
-                                if first_visit {
-                                    problems.insert(problem(
-                                        "tree",
-                                        &tree_id.to_hex(),
-                                        &e.to_string(),
-                                    ));
-                                }
-                                bad_blobs.insert(*tree_id);
-                                damaged();
-                            }
-                        }
-                    }
-                }
-                NodeKind::File => {
-                    for ext in &node.content {
-                        if let Some(id) = &ext.id {
-                            if !master.contains(id) {
-                                problems.insert(problem(
-                                    "missing-blob",
-                                    &id.to_hex(),
-                                    "data blob is in no index",
-                                ));
-                                damaged();
-                            } else if bad_blobs.contains(id) {
-                                damaged();
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
+        let paths = walk_snapshot(repo, entry, master, found, &mut seen_trees).await;
+        if !paths.is_empty() {
+            affected.insert(
+                entry.id,
+                Affected {
+                    snapshot: entry.id.to_hex(),
+                    source: entry.snapshot.source.clone(),
+                    paths: paths.into_iter().collect(),
+                },
+            );
         }
     }
-    report.affected = affected
-        .into_iter()
-        .map(|(id, (source, paths))| Affected {
-            snapshot: id.to_hex(),
-            source,
-            paths: paths.into_iter().collect(),
-        })
-        .collect();
-    report.problems = problems.into_iter().collect();
-    Ok(report)
+    Ok((snaps.len(), affected.into_values().collect()))
+}
+
+/// Walk one snapshot's trees. Returns the paths of directories whose listing and files
+/// whose content is missing or damaged (`/` for the root).
+async fn walk_snapshot(
+    repo: &Repository,
+    entry: &SnapshotEntry,
+    master: &MasterIndex,
+    found: &mut Findings,
+    seen_trees: &mut HashSet<BlobId>,
+) -> BTreeSet<String> {
+    let mut damaged = BTreeSet::new();
+    let mut stack = vec![(String::new(), entry.snapshot.root.clone())];
+    while let Some((path, node)) = stack.pop() {
+        let shown = || if path.is_empty() { "/".to_string() } else { path.clone() };
+        match node.kind {
+            NodeKind::Dir => {
+                for tree_id in &node.subtree {
+                    match read_tree(repo, tree_id, master, found, seen_trees).await {
+                        Some(children) => {
+                            for child in children {
+                                stack.push((format!("{path}/{}", child.name.display()), child));
+                            }
+                        }
+                        None => {
+                            damaged.insert(shown());
+                        }
+                    }
+                }
+            }
+            NodeKind::File => {
+                for id in node.content.iter().filter_map(|ext| ext.id.as_ref()) {
+                    if !master.contains(id) {
+                        found.add("missing-blob", &id.to_hex(), "data blob is in no index");
+                        damaged.insert(shown());
+                    } else if found.bad_blobs.contains(id) {
+                        damaged.insert(shown());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    damaged
+}
+
+/// The nodes of one directory listing blob; `None` if it is in no index, known damaged, or
+/// does not open (reported on its first visit, and known damaged from then on).
+async fn read_tree(
+    repo: &Repository,
+    tree_id: &BlobId,
+    master: &MasterIndex,
+    found: &mut Findings,
+    seen_trees: &mut HashSet<BlobId>,
+) -> Option<Vec<Node>> {
+    if !master.contains(tree_id) {
+        found.add("missing-blob", &tree_id.to_hex(), "tree blob is in no index");
+        return None;
+    }
+    if found.bad_blobs.contains(tree_id) {
+        return None;
+    }
+    let first_visit = seen_trees.insert(*tree_id);
+    match repo.read_blob(tree_id).await.and_then(|b| TreeBlob::decode(&b)) {
+        Ok(t) => Some(t.nodes),
+        Err(e) => {
+            if first_visit {
+                found.add("tree", &tree_id.to_hex(), &e.to_string());
+            }
+            found.bad_blobs.insert(*tree_id);
+            None
+        }
+    }
 }
 
 /// A blob that failed to open (or, with no id, the whole pack), and why.
@@ -338,4 +405,170 @@ async fn read_pack_blobs(repo: &Repository, master: &MasterIndex, id: &PackId) -
         }
     }
     failures
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::testutil::{backup, memory_repo, noise, pack_of, packs};
+    use crate::repo::{Snapshot, SnapshotEntry};
+
+    const ALL: CheckOptions = CheckOptions { read_data_fraction: 1.0 };
+    const NO_DATA: CheckOptions = CheckOptions { read_data_fraction: 0.0 };
+
+    async fn three_files(name: &str) -> Arc<Repository> {
+        let repo = memory_repo(name).await;
+        let (a, b, c) = (noise(400 << 10), noise(400 << 10), noise(400 << 10));
+        backup(&repo, "src", &[("a", &a), ("b", &b), ("d/c", &c)]).await;
+        repo
+    }
+
+    fn kinds(r: &CheckReport) -> Vec<&str> {
+        r.problems.iter().map(|p| p.kind.as_str()).collect()
+    }
+
+    fn paths(r: &CheckReport) -> Vec<&str> {
+        r.affected.iter().flat_map(|a| a.paths.iter().map(String::as_str)).collect()
+    }
+
+    async fn latest(repo: &Repository) -> SnapshotEntry {
+        repo.find_snapshot("latest", None).await.unwrap()
+    }
+
+    /// Flip one byte inside a blob, leaving the pack's header (at its tail) intact.
+    async fn corrupt_blob(repo: &Repository, blob: &BlobId) {
+        let index = repo.index().await.unwrap();
+        let loc = index.get(blob).unwrap();
+        let key = pack_key(&index.pack(loc.pack).id);
+        let mut bytes = repo.store().get(&key).await.unwrap().to_vec();
+        bytes[loc.offset as usize + 20] ^= 0x55;
+        repo.store().put_overwrite(&key, bytes.into()).await.unwrap();
+    }
+
+    #[test]
+    fn the_read_data_subset_rounds_up_and_wraps_around() {
+        let ids: Vec<PackId> = (0..5u8).map(|n| PackId([n; 32])).collect();
+        assert_eq!(choose_packs(&ids, 0.5, 3), [ids[3], ids[4], ids[0]]);
+        assert_eq!(choose_packs(&ids, 0.01, 4), [ids[4]]);
+        assert_eq!(choose_packs(&ids, 1.0, 2).len(), 5);
+        assert_eq!(choose_packs(&ids, 7.0, 0), ids);
+        assert!(choose_packs(&[], 1.0, 0).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_data_subset_reads_that_fraction_of_the_packs() {
+        let repo = three_files("check-subset").await;
+        let packs = packs(&repo).await.len();
+        assert!(packs >= 2);
+        let half = CheckOptions { read_data_fraction: 0.5 };
+        let r = check(&repo, &half).await.unwrap();
+        assert!(r.ok(), "{:?}", r.problems);
+        assert_eq!(r.packs_read, packs.div_ceil(2));
+        // A pack whose header is bad is not read again.
+        let key = pack_of(&repo, "a").await;
+        repo.store().put_overwrite(&key, bytes::Bytes::from_static(b"short")).await.unwrap();
+        let r = check(&repo, &ALL).await.unwrap();
+        assert_eq!(r.packs_read, packs - 1);
+        assert_eq!(kinds(&r), ["pack"]);
+        assert!(r.problems[0].detail.contains("truncated"), "{:?}", r.problems);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sound_repository_passes() {
+        let repo = three_files("check-sound").await;
+        let r = check(&repo, &ALL).await.unwrap();
+        assert!(r.ok(), "{:?}", r.problems);
+        assert_eq!(r.snapshots, 1);
+        assert_eq!(r.packs, packs(&repo).await.len());
+        assert_eq!(r.packs_read, r.packs);
+        assert!(r.index_objects >= 1);
+        // Three data blobs, the root's listing and `d`'s.
+        assert_eq!(r.blobs, 5);
+        assert!(r.unindexed_packs.is_empty() && r.affected.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_pack_names_the_files_it_held() {
+        let repo = three_files("check-missing-pack").await;
+        let key = pack_of(&repo, "a").await;
+        repo.store().delete(&key).await.unwrap();
+        let r = check(&repo, &NO_DATA).await.unwrap();
+        assert!(r.problems.contains(&problem("pack", &key, "missing")), "{:?}", r.problems);
+        assert!(kinds(&r).iter().all(|k| *k == "pack"), "{:?}", r.problems);
+        assert!(paths(&r).contains(&"/a"), "{:?}", r.affected);
+        assert_eq!(r.affected[0].snapshot, latest(&repo).await.id.to_hex());
+        assert_eq!(r.affected[0].source, "src");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_data_blob_is_found_by_reading_data_only() {
+        let repo = three_files("check-bad-blob").await;
+        let snapshot = latest(&repo).await.snapshot;
+        let c = repo.lookup(&snapshot, "d/c").await.unwrap().content[0].id.unwrap();
+        corrupt_blob(&repo, &c).await;
+        let r = check(&repo, &NO_DATA).await.unwrap();
+        assert!(r.ok(), "headers are intact: {:?}", r.problems);
+        let r = check(&repo, &ALL).await.unwrap();
+        assert_eq!(kinds(&r), ["blob"], "{:?}", r.problems);
+        assert_eq!(r.problems[0].object, format!("{} in {}", c, pack_of(&repo, "d/c").await));
+        assert_eq!(paths(&r), ["/d/c"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_tree_is_reported_once_and_marks_its_directory() {
+        let repo = three_files("check-bad-tree").await;
+        let root = latest(&repo).await.snapshot.root;
+        let dir = repo.read_dir(&root.subtree).await.unwrap();
+        let d = dir.iter().find(|n| n.name.as_bytes() == b"d").unwrap().subtree[0];
+        corrupt_blob(&repo, &d).await;
+        // A second snapshot sharing the tree: one problem, both snapshots affected.
+        let mut again = latest(&repo).await.snapshot;
+        again.source = "again".into();
+        repo.save_snapshot(&again).await.unwrap();
+        let r = check(&repo, &NO_DATA).await.unwrap();
+        assert_eq!(kinds(&r), ["tree"], "{:?}", r.problems);
+        assert_eq!(r.problems[0].object, d.to_hex());
+        assert_eq!(paths(&r), ["/d", "/d"]);
+        // Read first, the blob is damage of its pack's data; the tree is not read again.
+        let r = check(&repo, &ALL).await.unwrap();
+        assert_eq!(kinds(&r), ["blob"], "{:?}", r.problems);
+        assert_eq!(paths(&r), ["/d", "/d"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damaged_records_and_leftovers() {
+        let repo = three_files("check-records").await;
+        let store = repo.store();
+        let index_objects = store.list("index/").await.unwrap().len();
+        let junk = bytes::Bytes::from_static(b"junk");
+        let bad_index = format!("index/{}", IndexId::random());
+        store.create(&bad_index, junk.clone()).await.unwrap();
+        store.create("index/not-an-id", junk.clone()).await.unwrap();
+        let bad_snapshot = format!("snapshots/{}", SnapshotId::random());
+        store.create(&bad_snapshot, junk.clone()).await.unwrap();
+        let leftover = pack_key(&PackId::random());
+        store.create(&leftover, junk).await.unwrap();
+        let mut dangling: Snapshot = latest(&repo).await.snapshot;
+        dangling.root.subtree = vec![BlobId::random()];
+        repo.save_snapshot(&dangling).await.unwrap();
+
+        let r = check(&repo, &ALL).await.unwrap();
+        assert_eq!(r.unindexed_packs, [leftover]);
+        assert_eq!(r.index_objects, index_objects + 2);
+        assert_eq!(r.snapshots, 2);
+        let found: Vec<(&str, &str)> =
+            r.problems.iter().map(|p| (p.kind.as_str(), p.object.as_str())).collect();
+        let missing = dangling.root.subtree[0].to_hex();
+        let mut want = vec![
+            ("index", bad_index.as_str()),
+            ("missing-blob", missing.as_str()),
+            ("snapshot", bad_snapshot.as_str()),
+            ("stray-object", "index/not-an-id"),
+        ];
+        want.sort();
+        assert_eq!(found, want);
+        assert_eq!(paths(&r), ["/"]);
+    }
 }

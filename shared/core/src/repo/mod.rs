@@ -17,6 +17,8 @@ pub mod pack;
 pub mod prune;
 pub mod snapshot;
 pub mod storage;
+#[cfg(test)]
+mod testutil;
 pub mod tree;
 mod writer;
 

@@ -10,8 +10,15 @@
 //! Index objects are compacted on the way: the surviving packs of every index object are
 //! rewritten into a few large objects *before* the old ones and then the doomed packs are
 //! deleted, so a crash at any step leaves a repository that passes `check`.
+//!
+//! A run gathers what it decides on (`gather`: snapshots, locks, marks, index, pack
+//! listing, the store's clock), decides (`plan::plan`, a pure function, unit-tested there)
+//! and carries the plan out (`Execution`). A dry run stops after planning and reports the
+//! plan.
 
-use std::collections::{HashMap, HashSet};
+mod plan;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +30,12 @@ use super::lock::{self, Lock, LockKind, LockOptions};
 use super::mark::{self, Mark};
 use super::pack::{BlobKind, PackHeader};
 use super::snapshot::SnapshotEntry;
+use super::storage::Store;
 use super::tree::{NodeKind, TreeBlob};
 use super::{Repository, pack_key};
 use crate::{Error, Result};
+use plan::{LiveSet, PackObject, PruneInputs, PrunePlan, used_per_slot};
 
-/// More index objects than this are compacted even when no pack is deleted.
-const COMPACT_ABOVE: usize = 64;
 /// Packs per compacted index object.
 const PACKS_PER_INDEX: usize = 4096;
 /// Blob entries per compacted index object (about 25 MiB of plaintext at most).
@@ -85,42 +92,6 @@ pub struct PruneReport {
     pub repacked_packs: usize,
     pub repacked_live_bytes: u64,
     pub repack_skipped_no_identity: usize,
-}
-
-/// One live bit per blob of the merged index, by position.
-struct LiveSet(Vec<u64>);
-
-impl LiveSet {
-    fn get(&self, i: usize) -> bool {
-        self.0[i / 64] & (1 << (i % 64)) != 0
-    }
-    /// Set; returns whether it was already set.
-    fn set(&mut self, i: usize) -> bool {
-        let was = self.get(i);
-        self.0[i / 64] |= 1 << (i % 64);
-        was
-    }
-}
-
-struct Loaded {
-    /// The index objects loaded, with the packs each lists. The objects themselves are read
-    /// again when needed rather than held: memory is the merged index plus a few bits and
-    /// words per blob and pack.
-    objects: Vec<(String, Vec<PackId>)>,
-    index: Arc<MasterIndex>,
-    live: LiveSet,
-}
-
-/// Bytes of live canonical blobs per pack slot: a pack with none holds no data any listed
-/// snapshot needs (other copies serve them).
-fn used_per_slot(index: &MasterIndex, live: &LiveSet) -> Vec<u64> {
-    let mut used = vec![0u64; index.packs.len()];
-    for (i, (_, loc)) in index.iter().enumerate() {
-        if live.get(i) {
-            used[loc.pack as usize] += u64::from(loc.length);
-        }
-    }
-    used
 }
 
 /// Index objects, fetched a few at a time and decoded strictly, in arrival order.
@@ -198,14 +169,48 @@ async fn run(
     opts: &PruneOptions,
     lock: Option<&Lock>,
 ) -> Result<PruneReport> {
-    use futures::StreamExt;
-    let guard = lock.map(|l| l.guard());
-    let check = || guard.as_ref().map_or(Ok(()), |g| g.check());
-    let store = repo.store().clone();
-    let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
-    let now = if opts.dry_run { chrono::Utc::now() } else { store.now().await? };
+    let (snapshots, inputs) = gather(repo, opts).await?;
+    let plan = plan::plan(&inputs, opts);
+    for p in &plan.rescued {
+        tracing::warn!(pack = %p.short(), "a marked pack holds the only copy of referenced data: kept");
+    }
+    if opts.dry_run {
+        return Ok(plan.report(true));
+    }
+    tracing::info!(
+        to_delete = plan.delete.len(),
+        to_mark = plan.unused.len() + plan.unindexed.len(),
+        to_repack = plan.repack.len(),
+        "prune: decided"
+    );
+    let execution = Execution {
+        repo,
+        opts,
+        guard: lock.map(|l| l.guard()),
+        snapshots: &snapshots,
+        inputs: &inputs,
+        plan: &plan,
+        doomed: plan.delete.clone(),
+        retry: HashSet::new(),
+        report: PruneReport {
+            deleted_packs: 0,
+            deleted_bytes: 0,
+            marked_packs: 0,
+            marked_bytes: 0,
+            ..plan.report(false)
+        },
+    };
+    execution.run().await
+}
 
-    // ---- Load everything prune decides on. Any damage stops it: liveness must be exact.
+/// Steps 1 and 2 of FORMAT.md §15.5: load everything prune decides on. Any damage stops
+/// it: liveness must be exact.
+async fn gather(
+    repo: &Arc<Repository>,
+    opts: &PruneOptions,
+) -> Result<(Vec<SnapshotEntry>, PruneInputs)> {
+    let store = repo.store();
+    let now = if opts.dry_run { chrono::Utc::now() } else { store.now().await? };
     // Snapshots before the index: every snapshot listed has its index objects written
     // (packs → index → snapshot), so every blob it references is found. A snapshot
     // committed later is covered by the commit check and step 6 (FORMAT.md §15).
@@ -215,41 +220,14 @@ async fn run(
             "{key} does not open ({e}); prune cannot tell what it references. Run `cairn check`"
         )));
     }
-    report.snapshots = snapshots.len();
     let live_shared: HashSet<String> =
         live_shared_locks(lock::list_locks(repo).await?).into_iter().collect();
     let marks = mark::load_marks(repo).await?;
-    let marked_all = mark::marked_packs(&marks);
-    let index_keys: Vec<String> = store.list("index/").await?.into_iter().map(|(k, _)| k).collect();
-    let mut master = MasterIndex::default();
-    let mut objects_listed: Vec<(String, Vec<PackId>)> = Vec::with_capacity(index_keys.len());
-    let mut totals: HashMap<PackId, u64> = HashMap::new();
-    let mut stream = std::pin::pin!(index_objects(repo, index_keys));
-    while let Some(item) = stream.next().await {
-        let (key, file) = item?;
-        let mut packs = Vec::with_capacity(file.packs.len());
-        for (id, h) in &file.packs {
-            master.add_pack(*id, h);
-            totals
-                .entry(*id)
-                .or_insert_with(|| h.entries.iter().map(|e| u64::from(e.length)).sum());
-            packs.push(*id);
-        }
-        objects_listed.push((key, packs));
-    }
-    report.index_objects_before = objects_listed.len();
-    let mut objects: HashMap<PackId, u64> = HashMap::new();
-    let mut object_age: HashMap<PackId, Duration> = HashMap::new();
-    for info in store.list_info("packs/").await? {
-        if let Some(id) = info.key.rsplit('/').next().and_then(|n| PackId::parse(n).ok()) {
-            objects.insert(id, info.size);
-            object_age.insert(id, (now - info.modified).to_std().unwrap_or(Duration::ZERO));
-        }
-    }
-    master.set_marked(&marked_all);
+    let LoadedIndex { mut master, objects, totals } = load_index(repo).await?;
+    let pack_objects = list_packs(store).await?;
+    master.set_marked(&mark::marked_packs(&marks));
     master.finish();
     let index = repo.install_index(master);
-    report.blobs = index.len();
     tracing::info!(
         snapshots = snapshots.len(),
         blobs = index.len(),
@@ -257,253 +235,284 @@ async fn run(
         "prune: loaded; walking snapshots"
     );
     let live = walk(repo, &index, &snapshots).await?;
-    let used = used_per_slot(&index, &live);
-    let loaded = Loaded { objects: objects_listed, index, live };
+    let inputs = PruneInputs {
+        now,
+        snapshots: snapshots.len(),
+        live_shared,
+        marks,
+        index_objects: objects,
+        pack_totals: totals,
+        index,
+        live,
+        pack_objects,
+        can_read_data: repo.can_read_data(),
+    };
+    Ok((snapshots, inputs))
+}
 
-    // ---- Phase 1: which marked packs may go now.
-    let mut aged = Vec::new();
-    for m in &marks {
-        let age = (now - m.modified).to_std().unwrap_or(Duration::ZERO);
-        let waiting_on = m.mark.running_backups.iter().filter(|k| live_shared.contains(*k)).count();
-        if age >= opts.grace && waiting_on == 0 {
-            aged.push(m);
-        } else {
-            report.marks_waiting += 1;
-        }
-    }
-    let mut doomed: HashSet<PackId> = HashSet::new();
-    for m in &aged {
-        for p in &m.mark.packs {
-            if objects.contains_key(p) {
-                doomed.insert(*p);
-            }
-        }
-    }
-    let candidates: Vec<PackId> = doomed.iter().copied().collect();
-    for p in candidates {
-        if loaded.index.pack_slot(&p).is_some_and(|slot| used[slot as usize] > 0) {
-            tracing::warn!(pack = %p.short(), "a marked pack holds the only copy of referenced data: kept");
-            doomed.remove(&p);
-            report.rescued_packs += 1;
-        }
-    }
+/// Every index object, decoded strictly, merged (not finished: marks are set first).
+struct LoadedIndex {
+    master: MasterIndex,
+    /// The objects, with the packs each lists.
+    objects: Vec<(String, Vec<PackId>)>,
+    /// Bytes of the blobs of each pack, as the first object listing it says.
+    totals: HashMap<PackId, u64>,
+}
 
-    // ---- Phase 2: what is unused now.
-    let mut dead = Vec::new();
-    let mut partial = Vec::new();
-    for (slot, record) in loaded.index.packs.iter().enumerate() {
-        let pid = record.id;
-        let Some(size) = objects.get(&pid) else { continue }; // indexed but missing: check's business
-        let total = totals.get(&pid).copied().unwrap_or(0);
-        let used = used[slot].min(total);
-        report.packs += 1;
-        report.used_bytes += used;
-        report.unused_bytes += total - used;
-        if marked_all.contains(&pid) {
-            continue;
+async fn load_index(repo: &Repository) -> Result<LoadedIndex> {
+    use futures::StreamExt;
+    let keys: Vec<String> =
+        repo.store().list("index/").await?.into_iter().map(|(k, _)| k).collect();
+    let mut loaded = LoadedIndex {
+        master: MasterIndex::default(),
+        objects: Vec::with_capacity(keys.len()),
+        totals: HashMap::new(),
+    };
+    let mut stream = std::pin::pin!(index_objects(repo, keys));
+    while let Some(item) = stream.next().await {
+        let (key, file) = item?;
+        let mut packs = Vec::with_capacity(file.packs.len());
+        for (id, h) in &file.packs {
+            loaded.master.add_pack(*id, h);
+            loaded
+                .totals
+                .entry(*id)
+                .or_insert_with(|| h.entries.iter().map(|e| u64::from(e.length)).sum());
+            packs.push(*id);
         }
-        if used == 0 {
-            dead.push((pid, *size));
-        } else if used < total {
-            partial.push((slot as u32, record.kind, used, total));
-        }
+        loaded.objects.push((key, packs));
     }
-    for (pid, size) in &objects {
-        if loaded.index.pack_slot(pid).is_none()
-            && !marked_all.contains(pid)
-            && object_age.get(pid).is_some_and(|a| *a >= opts.unindexed_age)
-        {
-            dead.push((*pid, *size));
-        }
-    }
-    // Repack the most wasteful packs first until the waste is within bounds.
-    partial.sort_by(|a, b| {
-        let fa = (a.3 - a.2) as f64 / a.3 as f64;
-        let fb = (b.3 - b.2) as f64 / b.3 as f64;
-        fb.total_cmp(&fa)
-    });
-    let target = (report.used_bytes as f64 * opts.max_unused) as u64;
-    let mut waste = partial.iter().map(|p| p.3 - p.2).sum::<u64>();
-    let mut repack: Vec<u32> = Vec::new();
-    let mut budget = opts.max_repack;
-    for (slot, kind, used, total) in partial {
-        if waste <= target {
-            break;
-        }
-        if kind == BlobKind::Data && !repo.can_read_data() {
-            report.repack_skipped_no_identity += 1;
-            continue;
-        }
-        if used > budget {
-            continue;
-        }
-        budget -= used;
-        waste -= total - used;
-        repack.push(slot);
-    }
-    report.repacked_packs = repack.len();
-    let repack_ids: Vec<PackId> = repack.iter().map(|s| loaded.index.pack(*s).id).collect();
+    Ok(loaded)
+}
 
-    if opts.dry_run {
-        report.deleted_packs = doomed.len();
-        report.deleted_bytes = doomed.iter().filter_map(|p| objects.get(p)).sum();
-        report.marked_packs = dead.len() + repack.len();
-        report.marked_bytes = dead.iter().map(|d| d.1).sum::<u64>()
-            + repack_ids.iter().filter_map(|p| objects.get(p)).sum::<u64>();
-        report.index_objects_after = report.index_objects_before;
-        return Ok(report);
+/// The pack listing: size and last-modified time of every pack object.
+async fn list_packs(store: &Store) -> Result<BTreeMap<PackId, PackObject>> {
+    let mut packs = BTreeMap::new();
+    for info in store.list_info("packs/").await? {
+        if let Some(id) = info.key.rsplit('/').next().and_then(|n| PackId::parse(n).ok()) {
+            packs.insert(id, PackObject { size: info.size, modified: info.modified });
+        }
+    }
+    Ok(packs)
+}
+
+/// Carrying a plan out (FORMAT.md §15.5 steps 4 to 8), checking the lease before every
+/// write and delete. What it finds on the way only narrows the delete set.
+struct Execution<'a> {
+    repo: &'a Arc<Repository>,
+    opts: &'a PruneOptions,
+    guard: Option<lock::LeaseGuard>,
+    /// The snapshots listed in step 1.
+    snapshots: &'a [SnapshotEntry],
+    inputs: &'a PruneInputs,
+    plan: &'a PrunePlan,
+    /// The packs still to delete, with their sizes.
+    doomed: BTreeMap<PackId, u64>,
+    /// Packs whose deletion must be tried again: their marks stay.
+    retry: HashSet<PackId>,
+    report: PruneReport,
+}
+
+impl Execution<'_> {
+    fn check(&self) -> Result<()> {
+        self.guard.as_ref().map_or(Ok(()), |g| g.check())
     }
 
-    tracing::info!(
-        to_delete = doomed.len(),
-        to_mark = dead.len(),
-        to_repack = repack.len(),
-        "prune: decided"
-    );
-    if !repack.is_empty() {
-        report.repacked_live_bytes = copy_live_blobs(repo, &loaded, &repack, guard.clone()).await?;
+    async fn run(mut self) -> Result<PruneReport> {
+        self.mark().await?;
+        let appeared = if self.plan.compact { self.compact().await? } else { Vec::new() };
+        if !self.doomed.is_empty() {
+            self.rescue_late(&appeared).await?;
+        }
+        self.delete_packs().await?;
+        self.remove_marks().await?;
+        Ok(self.report)
     }
-    let mut condemned: Vec<PackId> = dead.iter().map(|d| d.0).collect();
-    condemned.extend(repack_ids.iter().copied());
-    if !condemned.is_empty() {
-        check()?;
+
+    /// Step 4: copy the live blobs of the packs to repack, then write the one new mark.
+    async fn mark(&mut self) -> Result<()> {
+        if !self.plan.repack.is_empty() {
+            let slots: Vec<u32> = self.plan.repack.iter().map(|r| r.slot).collect();
+            self.report.repacked_live_bytes =
+                copy_live_blobs(self.repo, self.inputs, &slots, self.guard.clone()).await?;
+        }
+        let condemned = self.plan.condemned();
+        if condemned.is_empty() {
+            return Ok(());
+        }
+        self.check()?;
         // Listed now, just before the mark is written, so that few backups can start
         // between the listing and the mark (those that do see the mark, or are caught by
         // their commit check).
-        let running = live_shared_locks(lock::list_locks(repo).await?);
+        let running = live_shared_locks(lock::list_locks(self.repo).await?);
         let m = Mark {
             version: mark::MARK_VERSION,
             created: super::now_rfc3339(),
-            packs: condemned.clone(),
+            packs: condemned,
             running_backups: running,
         };
-        let key = mark::save_mark(repo, &m).await?;
-        report.marked_packs = condemned.len();
-        report.marked_bytes = condemned.iter().filter_map(|p| objects.get(p)).sum();
-        tracing::info!(mark = %key, packs = condemned.len(), "marked unused packs");
+        let key = mark::save_mark(self.repo, &m).await?;
+        self.report.marked_packs = m.packs.len();
+        self.report.marked_bytes = self.plan.condemned_bytes();
+        tracing::info!(mark = %key, packs = m.packs.len(), "marked unused packs");
+        Ok(())
     }
 
-    // ---- Compact the index (new objects first, then the old ones go), then delete.
-    let compact = !doomed.is_empty() || loaded.objects.len() > COMPACT_ABOVE;
-    let mut new_keys = HashSet::new();
-    let mut appeared_files: Vec<(String, IndexFile)> = Vec::new();
-    // Packs whose deletion must be tried again: their mark stays.
-    let mut retry: HashSet<PackId> = HashSet::new();
-    if compact {
-        let old_keys: Vec<String> = loaded.objects.iter().map(|(k, _)| k.clone()).collect();
+    /// Step 5: new index objects first, then the doomed packs listed by index objects that
+    /// appeared meanwhile are spared, then the loaded objects go. Returns those that appeared.
+    async fn compact(&mut self) -> Result<Vec<(String, IndexFile)>> {
+        let new_keys = self.write_compacted().await?;
+        let appeared = self.spare_appeared(&new_keys).await?;
+        self.delete_loaded_objects().await?;
+        self.report.index_objects_after = self.repo.store().list("index/").await?.len();
+        Ok(appeared)
+    }
+
+    /// The packs of the loaded index objects that are not doomed, into new index objects.
+    /// Returns their keys.
+    async fn write_compacted(&self) -> Result<HashSet<String>> {
+        use futures::StreamExt;
+        let old_keys: Vec<String> =
+            self.inputs.index_objects.iter().map(|(k, _)| k.clone()).collect();
+        let mut new_keys = HashSet::new();
         let mut seen = HashSet::new();
         let mut chunk: Vec<(PackId, PackHeader)> = Vec::new();
         let mut chunk_entries = 0usize;
-        let mut stream = std::pin::pin!(index_objects(repo, old_keys.clone()));
+        let mut stream = std::pin::pin!(index_objects(self.repo, old_keys));
         while let Some(item) = stream.next().await {
             let (_, file) = item?;
             for (id, h) in file.packs {
-                if doomed.contains(&id) || !seen.insert(id) {
+                if self.doomed.contains_key(&id) || !seen.insert(id) {
                     continue;
                 }
                 chunk_entries += h.entries.len();
                 chunk.push((id, h));
                 if chunk.len() >= PACKS_PER_INDEX || chunk_entries >= ENTRIES_PER_INDEX {
-                    check()?;
-                    new_keys.insert(write_index_object(repo, std::mem::take(&mut chunk)).await?);
+                    self.check()?;
+                    new_keys
+                        .insert(write_index_object(self.repo, std::mem::take(&mut chunk)).await?);
                     chunk_entries = 0;
                 }
             }
         }
         if !chunk.is_empty() {
-            check()?;
-            new_keys.insert(write_index_object(repo, chunk).await?);
+            self.check()?;
+            new_keys.insert(write_index_object(self.repo, chunk).await?);
         }
-        // Index objects that appeared since loading (writers, or a prune whose lock we
-        // wrongly think expired): any doomed pack they list must stay.
-        let loaded_keys: HashSet<&String> = old_keys.iter().collect();
-        let appeared: Vec<String> = store
+        Ok(new_keys)
+    }
+
+    /// Index objects that appeared since loading (writers, or a prune whose lock we wrongly
+    /// think expired): any doomed pack they list must stay.
+    async fn spare_appeared(
+        &mut self,
+        new_keys: &HashSet<String>,
+    ) -> Result<Vec<(String, IndexFile)>> {
+        let inputs = self.inputs;
+        let loaded_keys: HashSet<&String> = inputs.index_objects.iter().map(|(k, _)| k).collect();
+        let appeared: Vec<String> = self
+            .repo
+            .store()
             .list("index/")
             .await?
             .into_iter()
             .map(|(k, _)| k)
             .filter(|k| !loaded_keys.contains(k) && !new_keys.contains(k))
             .collect();
-        for (key, sealed) in repo.get_index_objects(appeared).await? {
+        let mut files = Vec::new();
+        for (key, sealed) in self.repo.get_index_objects(appeared).await? {
             let id = IndexId::parse(key.trim_start_matches("index/"))?;
-            let file = IndexFile::open(repo.meta_key(), &id, &sealed)?;
+            let file = IndexFile::open(self.repo.meta_key(), &id, &sealed)?;
             for (p, _) in &file.packs {
-                if doomed.remove(p) {
-                    report.rescued_packs += 1;
+                if self.doomed.remove(p).is_some() {
+                    self.report.rescued_packs += 1;
                 }
             }
-            appeared_files.push((key, file));
+            files.push((key, file));
         }
-        for (key, packs) in &loaded.objects {
-            check()?;
-            if let Err(e) = store.delete(key).await {
-                // The old object still lists its packs: none of them may go.
+        Ok(files)
+    }
+
+    /// Delete the loaded index objects. One that cannot be deleted still lists its packs:
+    /// none of them may go this run.
+    async fn delete_loaded_objects(&mut self) -> Result<()> {
+        let inputs = self.inputs;
+        for (key, packs) in &inputs.index_objects {
+            self.check()?;
+            if let Err(e) = self.repo.store().delete(key).await {
                 tracing::warn!(object = %key, error = %e, "cannot delete index object; its packs stay");
                 for p in packs {
-                    if doomed.remove(p) {
-                        report.deferred_deletes += 1;
-                        retry.insert(*p);
+                    if self.doomed.remove(p).is_some() {
+                        self.report.deferred_deletes += 1;
+                        self.retry.insert(*p);
                     }
                 }
             }
         }
-        report.index_objects_after = store.list("index/").await?.len();
-    } else {
-        report.index_objects_after = report.index_objects_before;
+        Ok(())
     }
-    if !doomed.is_empty() {
+
+    /// Step 6: doomed packs that snapshots committed since step 1 use are kept. Their index
+    /// entries went with the old index objects: they are indexed again, from the headers in
+    /// the packs themselves.
+    async fn rescue_late(&mut self, appeared: &[(String, IndexFile)]) -> Result<()> {
         let rescued = rescue_for_new_snapshots(
-            repo,
-            opts,
-            &snapshots,
-            &loaded,
-            &appeared_files,
-            &marked_all,
-            &doomed,
+            self.repo,
+            self.opts,
+            self.snapshots,
+            self.inputs,
+            appeared,
+            &self.doomed,
         )
         .await?;
-        if !rescued.is_empty() {
-            // Their index entries went with the old index objects: index them again, from
-            // the headers in the packs themselves.
-            let mut packs = Vec::new();
-            for p in &rescued {
-                if let Some(size) = objects.get(p) {
-                    packs.push((*p, super::check::read_pack_header(repo, p, *size).await?));
+        if rescued.is_empty() {
+            return Ok(());
+        }
+        let mut packs = Vec::new();
+        for p in &rescued {
+            if let Some(object) = self.inputs.pack_objects.get(p) {
+                packs.push((*p, super::check::read_pack_header(self.repo, p, object.size).await?));
+            }
+        }
+        self.check()?;
+        write_index_object(self.repo, packs).await?;
+        for p in &rescued {
+            self.doomed.remove(p);
+        }
+        self.report.rescued_packs += rescued.len();
+        Ok(())
+    }
+
+    /// Step 7: delete the doomed packs. A refused delete is tried again by a later run.
+    async fn delete_packs(&mut self) -> Result<()> {
+        for (p, size) in std::mem::take(&mut self.doomed) {
+            self.check()?;
+            match self.repo.store().delete(&pack_key(&p)).await {
+                Ok(()) => {
+                    self.report.deleted_packs += 1;
+                    self.report.deleted_bytes += size;
+                }
+                Err(e) => {
+                    // Object Lock retention, or a policy without delete: try again next run.
+                    tracing::warn!(pack = %p.short(), error = %e, "pack delete refused; deferred");
+                    self.report.deferred_deletes += 1;
+                    self.retry.insert(p);
                 }
             }
-            check()?;
-            write_index_object(repo, packs).await?;
-            for p in &rescued {
-                doomed.remove(p);
-            }
-            report.rescued_packs += rescued.len();
         }
+        Ok(())
     }
-    for p in &doomed {
-        check()?;
-        match store.delete(&pack_key(p)).await {
-            Ok(()) => {
-                report.deleted_packs += 1;
-                report.deleted_bytes += objects.get(p).copied().unwrap_or(0);
-            }
-            Err(e) => {
-                // Object Lock retention, or a policy without delete: try again next run.
-                tracing::warn!(pack = %p.short(), error = %e, "pack delete refused; deferred");
-                report.deferred_deletes += 1;
-                retry.insert(*p);
+
+    /// Step 7, last: remove the ripe marks none of whose packs is to be tried again.
+    async fn remove_marks(&mut self) -> Result<()> {
+        for m in self.plan.marks_to_remove(&self.retry) {
+            self.check()?;
+            if self.repo.store().delete(&m.key).await.is_ok() {
+                self.report.marks_removed += 1;
             }
         }
+        Ok(())
     }
-    for m in aged {
-        if m.mark.packs.iter().any(|p| retry.contains(p)) {
-            continue;
-        }
-        check()?;
-        if store.delete(&m.key).await.is_ok() {
-            report.marks_removed += 1;
-        }
-    }
-    Ok(report)
 }
 
 /// How long prune waits, after removing doomed packs from the index, before looking for
@@ -516,15 +525,13 @@ fn settle(opts: &PruneOptions) -> Duration {
 /// Snapshots committed since prune listed them may use doomed packs (their writers checked
 /// before the index changed). Walk them against everything indexed, old and new; return the
 /// doomed packs holding the only copy of data they use. If they cannot be walked, keep all.
-#[allow(clippy::too_many_arguments)]
 async fn rescue_for_new_snapshots(
     repo: &Arc<Repository>,
     opts: &PruneOptions,
     listed: &[SnapshotEntry],
-    loaded: &Loaded,
+    loaded: &PruneInputs,
     appeared: &[(String, IndexFile)],
-    marked: &HashSet<PackId>,
-    doomed: &HashSet<PackId>,
+    doomed: &BTreeMap<PackId, u64>,
 ) -> Result<Vec<PackId>> {
     tokio::time::sleep(settle(opts)).await;
     let known: HashSet<_> = listed.iter().map(|s| s.id).collect();
@@ -539,19 +546,19 @@ async fn rescue_for_new_snapshots(
             master.add_pack(*id, h);
         }
     }
-    master.set_marked(marked);
+    master.set_marked(&mark::marked_packs(&loaded.marks));
     master.finish();
     let index = repo.install_index(master);
     let live = match (bad.is_empty(), walk(repo, &index, &fresh).await) {
         (true, Ok(live)) => live,
         (_, result) => {
             tracing::warn!(error = ?result.err(), "snapshots committed meanwhile cannot be walked: no pack deleted this run");
-            return Ok(doomed.iter().copied().collect());
+            return Ok(doomed.keys().copied().collect());
         }
     };
     let used = used_per_slot(&index, &live);
     let rescued: Vec<PackId> = doomed
-        .iter()
+        .keys()
         .copied()
         .filter(|p| index.pack_slot(p).is_some_and(|slot| used[slot as usize] > 0))
         .collect();
@@ -567,7 +574,7 @@ async fn walk(
     index: &MasterIndex,
     snapshots: &[SnapshotEntry],
 ) -> Result<LiveSet> {
-    let mut live = LiveSet(vec![0; index.len().div_ceil(64)]);
+    let mut live = LiveSet::new(index.len());
     let started = std::time::Instant::now();
     let mut last_report = started;
     let mut trees_read = 0u64;
@@ -629,7 +636,7 @@ async fn walk(
 /// objects). Returns bytes copied.
 async fn copy_live_blobs(
     repo: &Arc<Repository>,
-    loaded: &Loaded,
+    loaded: &PruneInputs,
     slots: &[u32],
     guard: Option<lock::LeaseGuard>,
 ) -> Result<u64> {
@@ -698,5 +705,89 @@ impl PruneReport {
             self.index_objects_before,
             self.index_objects_after,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::check::{CheckOptions, check};
+    use crate::repo::testutil::{backup, memory_repo, noise, packs};
+
+    fn e2e_opts(dry_run: bool) -> PruneOptions {
+        let lease = Duration::from_secs(1);
+        PruneOptions {
+            grace: lease * 4,
+            unindexed_age: lease * 4,
+            max_unused: 0.0,
+            dry_run,
+            lock: LockOptions { lease, purpose: "test".into(), ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    /// The whole protocol on a memory store: a forgotten snapshot's data is marked (its
+    /// shared blob repacked first), nothing goes within the grace period, everything marked
+    /// goes after it, and what is kept still reads. Each dry run reports what the real run
+    /// beside it then does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forgotten_data_is_marked_then_deleted_after_the_grace_period() {
+        let repo = memory_repo("prune-e2e").await;
+        let shared = noise(300 << 10);
+        let (g0, g1) = (noise(300 << 10), noise(300 << 10));
+        let kept: Vec<Vec<u8>> = (0..3).map(|_| noise(300 << 10)).collect();
+        let gone = backup(&repo, "gone", &[("shared", &shared), ("g0", &g0), ("g1", &g1)]).await;
+        let keep_files: Vec<(&str, &[u8])> =
+            vec![("shared", &shared), ("k0", &kept[0]), ("k1", &kept[1]), ("k2", &kept[2])];
+        backup(&repo, "keep", &keep_files).await;
+        repo.store().delete(&format!("snapshots/{gone}")).await.unwrap();
+        let before = packs(&repo).await;
+
+        let dry = prune(repo.clone(), &e2e_opts(true)).await.unwrap();
+        let first = prune(repo.clone(), &e2e_opts(false)).await.unwrap();
+        assert!(dry.dry_run && !first.dry_run);
+        let planned = |r: &PruneReport| {
+            (
+                r.snapshots,
+                r.packs,
+                r.marked_packs,
+                r.marked_bytes,
+                r.repacked_packs,
+                r.deleted_packs,
+            )
+        };
+        assert_eq!(planned(&dry), planned(&first));
+        // The data pack of `gone` (its `shared` copied out first) and its tree pack.
+        assert_eq!((first.snapshots, first.marked_packs, first.repacked_packs), (1, 2, 1));
+        assert_eq!(first.repacked_live_bytes, 300 << 10);
+        let after_mark = packs(&repo).await;
+        assert!(before.iter().all(|p| after_mark.contains(p)), "a pack was deleted at once");
+        let marks = mark::load_marks(&repo).await.unwrap();
+        assert_eq!(marks.len(), 1);
+
+        let within = prune(repo.clone(), &e2e_opts(false)).await.unwrap();
+        assert_eq!((within.deleted_packs, within.marked_packs, within.marks_waiting), (0, 0, 1));
+
+        tokio::time::sleep(Duration::from_millis(4200)).await;
+        let dry = prune(repo.clone(), &e2e_opts(true)).await.unwrap();
+        let second = prune(repo.clone(), &e2e_opts(false)).await.unwrap();
+        assert_eq!(planned(&dry), planned(&second));
+        assert_eq!((dry.deleted_bytes, dry.marks_waiting), (second.deleted_bytes, 0));
+        assert_eq!((second.deleted_packs, second.marks_removed, second.rescued_packs), (2, 1, 0));
+        assert!(second.index_objects_after >= 1);
+        let left = packs(&repo).await;
+        for p in &marks[0].mark.packs {
+            assert!(!left.iter().any(|(k, _)| *k == pack_key(p)), "{p:?} not deleted");
+        }
+        assert!(mark::load_marks(&repo).await.unwrap().is_empty());
+
+        let report = check(&repo, &CheckOptions { read_data_fraction: 1.0 }).await.unwrap();
+        assert!(report.ok() && report.unindexed_packs.is_empty(), "{report:?}");
+        repo.load_index().await.unwrap();
+        let snapshot = repo.find_snapshot("latest", None).await.unwrap().snapshot;
+        for (path, content) in keep_files {
+            let node = repo.lookup(&snapshot, path).await.unwrap();
+            assert_eq!(repo.read_file(&node).await.unwrap(), content, "{path}");
+        }
     }
 }
