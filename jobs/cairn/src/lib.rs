@@ -9,15 +9,21 @@ use anyhow::{Context, Result, bail};
 use cairn_core::exit::{Exit, ExitError, usage};
 use cairn_core::fs::{BackupOptions, RestoreOptions};
 use cairn_core::progress::human_bytes;
-use cairn_core::repo::check::{CheckOptions, check};
 use cairn_core::repo::lock::{BackupLocks, LeaseGuard};
-use cairn_core::repo::{InitOptions, KeyRecipient, NodeKind, Repository, SnapshotEntry};
-use cairn_core::repo::{forget, prune};
-use cairn_job::config::{KeepArgs, LockArgs, Need, PruneArgs, RepoArgs};
+use cairn_core::repo::{NodeKind, Repository, SnapshotEntry};
+use cairn_job::config::{LockArgs, Need, RepoArgs};
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
 
+mod cmd;
 mod ui;
+
+pub use cmd::check::CheckArgs;
+pub use cmd::forget::ForgetArgs;
+pub use cmd::init::InitArgs;
+pub use cmd::key::KeyCommand;
+pub use cmd::locks::UnlockArgs;
+pub use cmd::prune::PruneCmdArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,26 +51,7 @@ pub enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
     /// Create a repository; prints the write key's location.
-    Init {
-        /// age (age1…) or SSH public key that can open the repository. Repeatable.
-        #[arg(long = "recipient", env = "CAIRN_RECIPIENTS", value_delimiter = ',')]
-        recipients: Vec<String>,
-        /// File with one recipient per line (# comments allowed).
-        #[arg(long)]
-        recipient_file: Vec<PathBuf>,
-        /// Where to write the write credential for backup jobs.
-        #[arg(long, env = "CAIRN_WRITE_KEY_OUT")]
-        write_key_out: PathBuf,
-        /// zstd level for blobs (1-22).
-        #[arg(long, default_value_t = 3)]
-        compression: i32,
-        /// Target pack size in MiB.
-        #[arg(long, default_value_t = 16)]
-        pack_size_mib: u32,
-        /// Create the repository even if the store ignores If-None-Match (single writer only).
-        #[arg(long)]
-        unsafe_no_conditional_writes: bool,
-    },
+    Init(InitArgs),
     /// Back up a directory (or one file).
     Backup {
         /// A directory or file, or an object-store URL (s3://bucket/prefix, gs://, az://):
@@ -93,36 +80,15 @@ pub enum Command {
         lock: LockArgs,
     },
     /// Delete snapshot records a retention policy does not keep (prune reclaims the space).
-    Forget {
-        #[command(flatten)]
-        keep: KeepArgs,
-        /// Only snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-        /// Show what would be removed and why the rest is kept; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Forget(ForgetArgs),
     /// Reclaim space: delete packs marked by an earlier prune once their grace period has
     /// passed, mark newly unused packs, repack wasteful ones, compact the index.
-    Prune {
-        #[command(flatten)]
-        prune: PruneArgs,
-        #[command(flatten)]
-        lock: LockArgs,
-        /// Report what would be done; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Prune(PruneCmdArgs),
     /// List lock objects, with holders and lease state (judged on the store's clock).
     Locks,
     /// Remove lock objects whose lease has run out (holders that died). Live locks are
     /// never removed; expired ones are also removed by whoever finds them.
-    Unlock {
-        /// Remove expired locks (required: there is no way to remove a live one).
-        #[arg(long, required = true)]
-        stale: bool,
-    },
+    Unlock(UnlockArgs),
     /// List snapshots.
     Snapshots {
         /// Only snapshots of this source.
@@ -198,13 +164,7 @@ pub enum Command {
         kube: cairn_kube::KubeArgs,
     },
     /// Verify the repository; with --read-data also every blob's content.
-    Check {
-        #[arg(long, conflicts_with = "read_data_subset")]
-        read_data: bool,
-        /// Read this share of packs, e.g. 10%.
-        #[arg(long)]
-        read_data_subset: Option<String>,
-    },
+    Check(CheckArgs),
     /// Browse the repository in a web browser: snapshots on a timeline per source, manifest
     /// snapshots as the cluster at that time (nodes, workloads, pods, PVCs, each object's YAML,
     /// the same object earlier and later, diffs between two times), file and PVC snapshots as
@@ -218,15 +178,6 @@ pub enum Command {
     },
     /// Print version information as JSON.
     Version,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeyCommand {
-    /// Generate an age X25519 identity; prints its public key (the recipient).
-    Generate {
-        #[arg(long)]
-        out: PathBuf,
-    },
 }
 
 impl Cli {
@@ -248,12 +199,7 @@ fn split_target(s: &str) -> (&str, &str) {
     s.split_once(':').unwrap_or((s, ""))
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
-}
+use cmd::print_json;
 
 pub(crate) fn snapshot_json(s: &SnapshotEntry) -> serde_json::Value {
     serde_json::json!({
@@ -272,79 +218,14 @@ pub(crate) fn snapshot_json(s: &SnapshotEntry) -> serde_json::Value {
 }
 
 async fn dispatch(cli: Cli) -> Result<Exit> {
+    let mode = cmd::Mode::new(cli.output.json);
     let json = cli.output.json;
     let args = cli.repo;
     match cli.command {
         Command::Ui { listen } => ui::serve(&args, listen).await,
-        Command::Version => {
-            println!(
-                "{}",
-                serde_json::json!({"name": "cairn", "version": env!("CARGO_PKG_VERSION"), "format": cairn_core::repo::FORMAT_VERSION})
-            );
-            Ok(Exit::Success)
-        }
-        Command::Key(KeyCommand::Generate { out }) => key_generate(&out),
-        Command::Init {
-            recipients,
-            recipient_file,
-            write_key_out,
-            compression,
-            pack_size_mib,
-            unsafe_no_conditional_writes,
-        } => {
-            let mut parsed = Vec::new();
-            for r in &recipients {
-                parsed.push(KeyRecipient::parse(r)?);
-            }
-            for f in &recipient_file {
-                let text = std::fs::read_to_string(f)
-                    .with_context(|| format!("recipient file {}", f.display()))?;
-                for line in
-                    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
-                {
-                    parsed.push(KeyRecipient::parse(line)?);
-                }
-            }
-            if let Ok(p) = std::env::var("CAIRN_PASSPHRASE")
-                && !p.is_empty()
-            {
-                parsed.push(KeyRecipient::Passphrase(p.into()));
-            }
-            if parsed.is_empty() {
-                return Err(usage("init needs --recipient, --recipient-file or CAIRN_PASSPHRASE"));
-            }
-            if write_key_out.exists() {
-                return Err(usage(format!(
-                    "{} exists; refusing to overwrite a write key",
-                    write_key_out.display()
-                )));
-            }
-            let store = args.store()?;
-            let opts = InitOptions {
-                compression,
-                pack_size: pack_size_mib << 20,
-                unsafe_no_conditional_writes,
-                ..Default::default()
-            };
-            let repo = Repository::init(store, &parsed, opts).await.context("init")?;
-            write_secret_file(&write_key_out, &repo.write_key().to_text())?;
-            if json {
-                print_json(
-                    &serde_json::json!({"id": repo.config().id.to_hex(), "write_key": write_key_out}),
-                )?;
-            } else {
-                println!(
-                    "created repository {} at {}",
-                    repo.config().id.short(),
-                    repo.store().url()
-                );
-                println!(
-                    "write key (for backup jobs; cannot decrypt data): {}",
-                    write_key_out.display()
-                );
-            }
-            Ok(Exit::Success)
-        }
+        Command::Version => cmd::version::run(),
+        Command::Key(c) => cmd::key::run(c),
+        Command::Init(a) => cmd::init::run(a, &args, mode).await,
         Command::Backup { path, source, tags, parent, exclude, use_inode, cluster, lock } => {
             let repo = Arc::new(args.open(Need::Write).await?);
             let locks = BackupLocks::acquire(&repo, &source, &lock.options("backup"))
@@ -357,61 +238,11 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             released.context("releasing locks")?;
             Ok(exit)
         }
-        Command::Forget { keep, source, dry_run } => {
-            let repo = args.open(Need::Write).await?;
-            let report =
-                forget::forget(&repo, &keep.policy(), keep.group_by, source.as_deref(), dry_run)
-                    .await?;
-            if json {
-                print_json(&report)?;
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(Exit::Success)
-        }
-        Command::Prune { prune: p, lock, dry_run } => {
-            // The identity, when given, lets prune repack data packs too.
-            let repo = Arc::new(args.open(Need::Write).await?);
-            let opts = p.options(lock.options("prune"), dry_run)?;
-            let report = prune::prune(repo, &opts).await.context("prune")?;
-            if json {
-                print_json(&report)?;
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(Exit::Success)
-        }
-        Command::Locks => {
-            let repo = args.open(Need::Write).await?;
-            let locks = cairn_core::repo::lock::list_locks(&repo).await?;
-            if json {
-                let v: Vec<_> = locks
-                    .iter()
-                    .map(|l| serde_json::json!({"key": l.key, "record": l.record, "age_secs": l.age.as_secs(), "expired": l.expired}))
-                    .collect();
-                print_json(&v)?;
-            } else {
-                for l in &locks {
-                    let state = if l.expired { " (expired)" } else { "" };
-                    println!("{}{state}  {}", l.key, l.describe());
-                }
-                println!("{} locks", locks.len());
-            }
-            Ok(Exit::Success)
-        }
-        Command::Unlock { stale: _ } => {
-            let repo = args.open(Need::Write).await?;
-            let removed = cairn_core::repo::lock::remove_stale(&repo).await?;
-            if json {
-                print_json(&removed.iter().map(|l| &l.key).collect::<Vec<_>>())?;
-            } else {
-                for l in &removed {
-                    println!("removed {}  {}", l.key, l.describe());
-                }
-                println!("{} expired locks removed", removed.len());
-            }
-            Ok(Exit::Success)
-        }
+        Command::Forget(a) => cmd::forget::run(a, &args, mode).await,
+        Command::Prune(a) => cmd::prune::run(a, &args, mode).await,
+        Command::Locks => cmd::locks::list(&args, mode).await,
+        Command::Unlock(a) => cmd::locks::unlock(a, &args, mode).await,
+        Command::Check(a) => cmd::check::run(a, &args, mode).await,
         Command::Snapshots { source, cluster } => {
             let repo = args.open(Need::Write).await?;
             let filter = cairn_core::repo::SnapshotFilter {
@@ -625,51 +456,6 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             }
             Ok(Exit::Success)
         }
-        Command::Check { read_data, read_data_subset } => {
-            let fraction = if read_data {
-                1.0
-            } else if let Some(s) = &read_data_subset {
-                parse_fraction(s)?
-            } else {
-                0.0
-            };
-            let repo = args.open(if fraction > 0.0 { Need::Read } else { Need::Write }).await?;
-            let report = check(&repo, &CheckOptions { read_data_fraction: fraction }).await?;
-            if json {
-                print_json(&report)?;
-            } else {
-                println!(
-                    "checked {} snapshots, {} index objects, {} packs, {} blobs; read data of {} packs",
-                    report.snapshots,
-                    report.index_objects,
-                    report.packs,
-                    report.blobs,
-                    report.packs_read
-                );
-                if !report.unindexed_packs.is_empty() {
-                    println!(
-                        "{} unindexed packs (left by interrupted backups; prune removes them)",
-                        report.unindexed_packs.len()
-                    );
-                }
-                for p in &report.problems {
-                    println!("PROBLEM {} {}: {}", p.kind, p.object, p.detail);
-                }
-                for a in &report.affected {
-                    println!(
-                        "AFFECTED snapshot {} ({}): {}",
-                        &a.snapshot[..8],
-                        a.source,
-                        a.paths.join(", ")
-                    );
-                }
-                println!(
-                    "{}",
-                    if report.ok() { "no problems found" } else { "the repository is damaged" }
-                );
-            }
-            if report.ok() { Ok(Exit::Success) } else { Ok(Exit::Integrity) }
-        }
     }
 }
 
@@ -735,45 +521,6 @@ async fn backup_cmd(
         }
     }
     Ok(if out.snapshot.partial { Exit::Partial } else { Exit::Success })
-}
-
-fn parse_fraction(s: &str) -> Result<f64> {
-    cairn_core::parse::percentage(s, 100.0, false)
-        .map_err(|e| usage(format!("--read-data-subset: {e}")))
-}
-
-fn key_generate(out: &PathBuf) -> Result<Exit> {
-    use age::secrecy::ExposeSecret;
-    if out.exists() {
-        return Err(usage(format!("{} exists; refusing to overwrite an identity", out.display())));
-    }
-    let id = age::x25519::Identity::generate();
-    let public = id.to_public().to_string();
-    let created = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    write_secret_file(
-        out,
-        &format!(
-            "# created: {created}\n# public key: {public}\n{}\n",
-            id.to_string().expose_secret()
-        ),
-    )?;
-    println!("{public}");
-    Ok(Exit::Success)
-}
-
-/// Create a file readable by its owner only.
-fn write_secret_file(path: &PathBuf, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 /// Stdout cannot seek; holes are written as zeros there, so the seek is never called.
@@ -903,4 +650,15 @@ async fn manifest_diff(
         count(ObjectChange::Added)
     );
     Ok(Some(Exit::Success))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        // Duplicate ids or group names, bad defaults, conflicts naming unknown args.
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -1,0 +1,71 @@
+//! One module per command. Each `run` takes the command's parsed flags, the repository flags
+//! and the output mode; it computes a result value and hands it to [`emit`], which prints it
+//! as text for people or as JSON for scripts (`--json`).
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+pub(crate) mod check;
+pub(crate) mod forget;
+pub(crate) mod init;
+pub(crate) mod key;
+pub(crate) mod locks;
+pub(crate) mod prune;
+pub(crate) mod version;
+
+/// How a command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// For people.
+    Text,
+    /// Pretty-printed JSON on stdout (`--json`).
+    Json,
+}
+
+impl Mode {
+    pub(crate) fn new(json: bool) -> Mode {
+        if json { Mode::Json } else { Mode::Text }
+    }
+}
+
+/// A command's result, printable either way.
+pub(crate) trait Render {
+    /// What `--json` prints.
+    fn json(&self) -> impl serde::Serialize;
+    /// What a person reads, on stdout.
+    fn print_text(&self);
+}
+
+/// Print `result` the way `mode` asks.
+pub(crate) fn emit(mode: Mode, result: &impl Render) -> Result<()> {
+    match mode {
+        Mode::Json => print_json(&result.json()),
+        Mode::Text => {
+            result.print_text();
+            Ok(())
+        }
+    }
+}
+
+/// `v` as pretty-printed JSON and a newline on stdout.
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Create a file readable by its owner only.
+pub(crate) fn write_secret_file(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
