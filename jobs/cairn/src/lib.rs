@@ -1,23 +1,23 @@
 //! The operator CLI: keys, repositories, snapshots, browsing, restore and check.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use cairn_core::exit::{Exit, ExitError, usage};
-use cairn_core::fs::{BackupOptions, RestoreOptions};
+use cairn_core::fs::RestoreOptions;
 use cairn_core::progress::human_bytes;
-use cairn_core::repo::lock::{BackupLocks, LeaseGuard};
-use cairn_core::repo::{NodeKind, Repository, SnapshotEntry};
-use cairn_job::config::{LockArgs, Need, RepoArgs};
+use cairn_core::repo::{NodeKind, SnapshotEntry};
+use cairn_job::config::{Need, RepoArgs};
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod store_url;
 mod ui;
 
+pub use cmd::backup::BackupArgs;
 pub use cmd::check::CheckArgs;
 pub use cmd::forget::ForgetArgs;
 pub use cmd::init::InitArgs;
@@ -53,32 +53,7 @@ pub enum Command {
     /// Create a repository; prints the write key's location.
     Init(InitArgs),
     /// Back up a directory (or one file).
-    Backup {
-        /// A directory or file, or an object-store URL (s3://bucket/prefix, gs://, az://):
-        /// every object below it becomes a file at its key; unchanged objects (key, size,
-        /// ETag) are reused from the parent without being fetched.
-        path: PathBuf,
-        /// Source name recorded in the snapshot (e.g. pvc/ns/name).
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: String,
-        /// Tag as key=value. Repeatable.
-        #[arg(long = "tag", value_parser = cairn_job::config::parse_key_value)]
-        tags: Vec<(String, String)>,
-        /// Parent for incremental reuse: auto (latest of the same source), none, or an id.
-        #[arg(long, default_value = "auto")]
-        parent: String,
-        /// Glob of relative paths to leave out. Repeatable.
-        #[arg(long)]
-        exclude: Vec<String>,
-        /// Also require unchanged inode and ctime to reuse a file.
-        #[arg(long)]
-        use_inode: bool,
-        /// Cluster name recorded in the snapshot.
-        #[arg(long, env = "CAIRN_CLUSTER")]
-        cluster: Option<String>,
-        #[command(flatten)]
-        lock: LockArgs,
-    },
+    Backup(BackupArgs),
     /// Delete snapshot records a retention policy does not keep (prune reclaims the space).
     Forget(ForgetArgs),
     /// Reclaim space: delete packs marked by an earlier prune once their grace period has
@@ -226,18 +201,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Version => cmd::version::run(),
         Command::Key(c) => cmd::key::run(c),
         Command::Init(a) => cmd::init::run(a, &args, mode).await,
-        Command::Backup { path, source, tags, parent, exclude, use_inode, cluster, lock } => {
-            let repo = Arc::new(args.open(Need::Write).await?);
-            let locks = BackupLocks::acquire(&repo, &source, &lock.options("backup"))
-                .await
-                .with_context(|| format!("locking source {source}"))?;
-            let req = BackupRequest { path, source, tags, parent, exclude, use_inode, cluster };
-            let result = backup_cmd(repo, req, locks.guard(), json).await;
-            let released = locks.release().await;
-            let exit = result?;
-            released.context("releasing locks")?;
-            Ok(exit)
-        }
+        Command::Backup(a) => cmd::backup::run(a, &args, mode).await,
         Command::Forget(a) => cmd::forget::run(a, &args, mode).await,
         Command::Prune(a) => cmd::prune::run(a, &args, mode).await,
         Command::Locks => cmd::locks::list(&args, mode).await,
@@ -339,7 +303,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             let node = repo.lookup(&snap.snapshot, path).await?;
             let format = match format.as_str() {
                 "auto" if target == "-" => "tar",
-                "auto" if target.contains("://") => "objects",
+                "auto" if store_url::is_store_url(&target) => "objects",
                 "auto" => "dir",
                 f @ ("dir" | "objects" | "tar") => f,
                 other => bail!(usage(format!("--format {other:?}: auto, dir, objects or tar"))),
@@ -358,9 +322,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
                     cairn_core::fs::export::export_tar(repo, node, selection, out).await?
                 } else {
                     let store = cairn_core::repo::Store::open(&target)?;
-                    let metadata = ["s3://", "s3a://", "gs://", "az://", "azure://", "memory://"]
-                        .iter()
-                        .any(|p| target.starts_with(p));
+                    let metadata = store_url::keeps_object_metadata(&target);
                     cairn_core::fs::export::export_objects(
                         repo,
                         node,
@@ -457,70 +419,6 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             Ok(Exit::Success)
         }
     }
-}
-
-/// What `cairn backup` was asked to do.
-struct BackupRequest {
-    path: PathBuf,
-    source: String,
-    tags: Vec<(String, String)>,
-    parent: String,
-    exclude: Vec<String>,
-    use_inode: bool,
-    cluster: Option<String>,
-}
-
-async fn backup_cmd(
-    repo: Arc<Repository>,
-    req: BackupRequest,
-    guard: LeaseGuard,
-    json: bool,
-) -> Result<Exit> {
-    let BackupRequest { path, source, tags, parent, exclude, use_inode, cluster } = req;
-    let parent = parent.parse::<cairn_core::repo::ParentSpec>()?;
-    let opts = BackupOptions {
-        source,
-        tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
-        cluster,
-        parent,
-        use_inode,
-        exclude,
-        guard: Some(guard),
-        ..Default::default()
-    };
-    let out = match path.to_str().filter(|p| p.contains("://")) {
-        // A bucket prefix: objects as files, incremental by key, size and ETag.
-        Some(url) => cairn_core::fs::objects::backup_objects(repo, url, opts)
-            .await
-            .with_context(|| format!("backup of {url}"))?,
-        None => cairn_core::fs::backup_dir(repo, &path, opts)
-            .await
-            .with_context(|| format!("backup of {}", path.display()))?,
-    };
-    let s = &out.snapshot.summary;
-    if json {
-        print_json(&snapshot_json(&SnapshotEntry { id: out.id, snapshot: out.snapshot.clone() }))?;
-    } else {
-        let secs = s.duration_ms as f64 / 1000.0;
-        println!("snapshot {} saved ({})", out.id.short(), out.snapshot.source);
-        println!("  files {}  dirs {}  size {}", s.files, s.dirs, human_bytes(s.bytes));
-        println!(
-            "  read {} files, {}; reused {} files from parent",
-            s.files_read,
-            human_bytes(s.bytes_read),
-            s.files - s.files_read
-        );
-        println!("  added {} in {} blobs", human_bytes(s.new_bytes), s.new_blobs);
-        println!(
-            "  {:.1}s, {}/s",
-            secs,
-            human_bytes((s.bytes_read as f64 / secs.max(0.001)) as u64)
-        );
-        for f in &out.snapshot.failures {
-            println!("  FAILED {}: {}", f.path, f.error);
-        }
-    }
-    Ok(if out.snapshot.partial { Exit::Partial } else { Exit::Success })
 }
 
 /// Stdout cannot seek; holes are written as zeros there, so the seek is never called.

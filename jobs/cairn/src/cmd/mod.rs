@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod forget;
 pub(crate) mod init;
