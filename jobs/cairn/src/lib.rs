@@ -1,6 +1,5 @@
 //! The operator CLI: keys, repositories, snapshots, browsing, restore and check.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -8,7 +7,6 @@ use anyhow::{Context, Result, bail};
 use cairn_core::exit::{Exit, ExitError, usage};
 use cairn_core::fs::RestoreOptions;
 use cairn_core::progress::human_bytes;
-use cairn_core::repo::{NodeKind, SnapshotEntry};
 use cairn_job::config::{Need, RepoArgs};
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
@@ -17,13 +15,19 @@ mod cmd;
 mod store_url;
 mod ui;
 
+pub use cmd::SnapshotSelect;
 pub use cmd::backup::BackupArgs;
+pub use cmd::cat::CatArgs;
 pub use cmd::check::CheckArgs;
 pub use cmd::forget::ForgetArgs;
 pub use cmd::init::InitArgs;
 pub use cmd::key::KeyCommand;
 pub use cmd::locks::UnlockArgs;
+pub use cmd::ls::LsArgs;
 pub use cmd::prune::PruneCmdArgs;
+pub use cmd::snapshots::SnapshotsArgs;
+
+pub(crate) use cmd::snapshots::snapshot_json;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,28 +69,11 @@ pub enum Command {
     /// never removed; expired ones are also removed by whoever finds them.
     Unlock(UnlockArgs),
     /// List snapshots.
-    Snapshots {
-        /// Only snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-        /// Only snapshots of this cluster.
-        #[arg(long)]
-        cluster: Option<String>,
-    },
+    Snapshots(SnapshotsArgs),
     /// List a directory of a snapshot: SNAP[:PATH].
-    Ls {
-        target: String,
-        /// Resolve `latest` and id prefixes among snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-    },
+    Ls(LsArgs),
     /// Write one file of a snapshot to stdout: SNAP:PATH.
-    Cat {
-        target: String,
-        /// Resolve `latest` and id prefixes among snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-    },
+    Cat(CatArgs),
     /// Restore a snapshot, a subtree or one file: SNAP[:PATH].
     Restore {
         target_spec: String,
@@ -176,22 +163,6 @@ fn split_target(s: &str) -> (&str, &str) {
 
 use cmd::print_json;
 
-pub(crate) fn snapshot_json(s: &SnapshotEntry) -> serde_json::Value {
-    serde_json::json!({
-        "id": s.id.to_hex(),
-        "short_id": s.id.short(),
-        "time": s.snapshot.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "host": s.snapshot.host,
-        "source": s.snapshot.source,
-        "cluster": s.snapshot.cluster,
-        "tags": s.snapshot.tags,
-        "parent": s.snapshot.parent.map(|p| p.to_hex()),
-        "partial": s.snapshot.partial,
-        "failures": s.snapshot.failures,
-        "summary": s.snapshot.summary,
-    })
-}
-
 async fn dispatch(cli: Cli) -> Result<Exit> {
     let mode = cmd::Mode::new(cli.output.json);
     let json = cli.output.json;
@@ -207,94 +178,9 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Locks => cmd::locks::list(&args, mode).await,
         Command::Unlock(a) => cmd::locks::unlock(a, &args, mode).await,
         Command::Check(a) => cmd::check::run(a, &args, mode).await,
-        Command::Snapshots { source, cluster } => {
-            let repo = args.open(Need::Write).await?;
-            let filter = cairn_core::repo::SnapshotFilter {
-                source: source.as_deref(),
-                cluster: cluster.as_deref(),
-            };
-            let snaps: Vec<SnapshotEntry> = repo
-                .snapshots()
-                .await?
-                .into_iter()
-                .filter(|s| filter.matches(&s.snapshot))
-                .collect();
-            if json {
-                print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>())?;
-            } else {
-                println!(
-                    "{:<10} {:<20} {:<14} {:<28} {:>10} {:>8}  tags",
-                    "id", "time", "cluster", "source", "size", "files"
-                );
-                for s in &snaps {
-                    let t = s
-                        .snapshot
-                        .time
-                        .format(&time::macros::format_description!(
-                            "[year]-[month]-[day] [hour]:[minute]:[second]"
-                        ))
-                        .unwrap_or_default();
-                    let tags: Vec<String> =
-                        s.snapshot.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!(
-                        "{:<10} {:<20} {:<14} {:<28} {:>10} {:>8}  {}{}",
-                        s.id.short(),
-                        t,
-                        s.snapshot.cluster.as_deref().unwrap_or("-"),
-                        s.snapshot.source,
-                        human_bytes(s.snapshot.summary.bytes),
-                        s.snapshot.summary.files,
-                        tags.join(","),
-                        if s.snapshot.partial { " PARTIAL" } else { "" }
-                    );
-                }
-                println!("{} snapshots", snaps.len());
-            }
-            Ok(Exit::Success)
-        }
-        Command::Ls { target, source } => {
-            let repo = args.open(Need::Write).await?;
-            repo.load_index().await?;
-            let (snap, path) = split_target(&target);
-            let snap = repo.find_snapshot(snap, source.as_deref()).await?;
-            let node = repo.lookup(&snap.snapshot, path).await?;
-            let nodes = if node.kind == NodeKind::Dir {
-                repo.read_dir(&node.subtree).await?
-            } else {
-                vec![node]
-            };
-            if json {
-                let v: Vec<_> = nodes.iter().map(|n| serde_json::json!({"name": n.name.display(), "kind": n.kind, "size": n.size, "mode": n.mode, "mtime_ns": n.mtime_ns.to_string()})).collect();
-                print_json(&v)?;
-            } else {
-                for n in &nodes {
-                    let suffix = if n.kind == NodeKind::Dir { "/" } else { "" };
-                    println!("{:>6o} {:>12} {}{}", n.mode, n.size, n.name.display(), suffix);
-                }
-            }
-            Ok(Exit::Success)
-        }
-        Command::Cat { target, source } => {
-            let repo = Arc::new(args.open(Need::Read).await?);
-            repo.load_index().await?;
-            let (snap, path) = split_target(&target);
-            let snap = repo.find_snapshot(snap, source.as_deref()).await?;
-            let node = repo.lookup(&snap.snapshot, path).await?;
-            if node.kind != NodeKind::File {
-                return Err(usage(format!("{path} is not a file")));
-            }
-            let handle = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                let stdout = std::io::stdout();
-                let mut out = SeekStdout(stdout.lock());
-                cairn_core::fs::write_file_to(&repo, &handle, &node, &mut out, false, |_| {})
-                    .with_context(|| format!("reading {}", node.name.display()))?;
-                out.0.flush()?;
-                Ok(())
-            })
-            .await??;
-            Ok(Exit::Success)
-        }
+        Command::Snapshots(a) => cmd::snapshots::run(a, &args, mode).await,
+        Command::Ls(a) => cmd::ls::run(a, &args, mode).await,
+        Command::Cat(a) => cmd::cat::run(a, &args).await,
         Command::Restore { target_spec, target, format, include, exclude, source, no_owner } => {
             let repo = Arc::new(args.open(Need::Read).await?);
             repo.load_index().await?;
@@ -418,24 +304,6 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             }
             Ok(Exit::Success)
         }
-    }
-}
-
-/// Stdout cannot seek; holes are written as zeros there, so the seek is never called.
-struct SeekStdout<W>(W);
-
-impl<W: Write> Write for SeekStdout<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl<W> std::io::Seek for SeekStdout<W> {
-    fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
-        Err(std::io::Error::other("stdout cannot seek"))
     }
 }
 

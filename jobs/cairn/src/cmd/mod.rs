@@ -6,14 +6,18 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use cairn_core::repo::{Node, Repository, SnapshotEntry, SnapshotFilter};
 
 pub(crate) mod backup;
+pub(crate) mod cat;
 pub(crate) mod check;
 pub(crate) mod forget;
 pub(crate) mod init;
 pub(crate) mod key;
 pub(crate) mod locks;
+pub(crate) mod ls;
 pub(crate) mod prune;
+pub(crate) mod snapshots;
 pub(crate) mod version;
 
 /// How a command prints its result.
@@ -69,4 +73,45 @@ pub(crate) fn write_secret_file(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// Which snapshots a command considers: the ones `cairn snapshots` lists, the ones `latest`
+/// and id prefixes resolve among.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SnapshotSelect {
+    /// Only snapshots of this source (e.g. pvc/ns/name); `latest` and id prefixes resolve
+    /// among these.
+    #[arg(long, env = "CAIRN_SOURCE")]
+    pub source: Option<String>,
+    /// Only snapshots of this cluster; `latest` and id prefixes resolve among these.
+    #[arg(long)]
+    pub cluster: Option<String>,
+}
+
+impl SnapshotSelect {
+    pub fn filter(&self) -> SnapshotFilter<'_> {
+        SnapshotFilter { source: self.source.as_deref(), cluster: self.cluster.as_deref() }
+    }
+
+    /// Resolve `latest`, an id or an id prefix among the selected snapshots.
+    pub(crate) async fn find(&self, repo: &Repository, spec: &str) -> Result<SnapshotEntry> {
+        Ok(repo.find_snapshot_in(spec, self.filter()).await?)
+    }
+
+    /// Resolve `SNAP[:PATH]`: the snapshot, and the node at PATH (its root without one).
+    pub(crate) async fn resolve(
+        &self,
+        repo: &Repository,
+        target: &str,
+    ) -> Result<(SnapshotEntry, Node)> {
+        let (snap, path) = split_target(target);
+        let snap = self.find(repo, snap).await?;
+        let node = repo.lookup(&snap.snapshot, path).await?;
+        Ok((snap, node))
+    }
+}
+
+/// `SNAP[:PATH]`.
+pub(crate) fn split_target(s: &str) -> (&str, &str) {
+    s.split_once(':').unwrap_or((s, ""))
 }
