@@ -1,12 +1,7 @@
 //! The operator CLI: keys, repositories, snapshots, browsing, restore and check.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use anyhow::{Context, Result, bail};
-use cairn_core::exit::{Exit, ExitError, usage};
-use cairn_core::fs::RestoreOptions;
-use cairn_core::progress::human_bytes;
+use anyhow::Result;
+use cairn_core::exit::{Exit, ExitError};
 use cairn_job::config::{Need, RepoArgs};
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
@@ -25,6 +20,7 @@ pub use cmd::key::KeyCommand;
 pub use cmd::locks::UnlockArgs;
 pub use cmd::ls::LsArgs;
 pub use cmd::prune::PruneCmdArgs;
+pub use cmd::restore::RestoreArgs;
 pub use cmd::snapshots::SnapshotsArgs;
 
 pub(crate) use cmd::snapshots::snapshot_json;
@@ -75,32 +71,7 @@ pub enum Command {
     /// Write one file of a snapshot to stdout: SNAP:PATH.
     Cat(CatArgs),
     /// Restore a snapshot, a subtree or one file: SNAP[:PATH].
-    Restore {
-        target_spec: String,
-        /// Where to: a directory (the snapshot's root lands directly in it); an object-store
-        /// URL (s3://bucket/prefix, gs://, az://, file://: each file becomes an object, its
-        /// path the key, mode/owner/mtime object metadata where the store keeps it); or `-`
-        /// for a tar stream on stdout.
-        #[arg(long)]
-        target: String,
-        /// Output format: auto (by --target), dir, objects, or tar (to stdout with `-`, else
-        /// to the file --target names).
-        #[arg(long, default_value = "auto")]
-        format: String,
-        /// Only paths matching this glob (relative to the restored node). Repeatable. Tar and
-        /// object-store targets.
-        #[arg(long = "include")]
-        include: Vec<String>,
-        /// Leave out paths matching this glob. Repeatable. Tar and object-store targets.
-        #[arg(long = "exclude")]
-        exclude: Vec<String>,
-        /// Resolve `latest` and id prefixes among snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-        /// Do not restore owners (uid/gid). By default they are restored when running as root.
-        #[arg(long)]
-        no_owner: bool,
-    },
+    Restore(RestoreArgs),
     /// Paths added, removed or changed between two snapshots. Between two manifest
     /// snapshots, or a manifest snapshot and `live` (the cluster of the current kubeconfig):
     /// objects added, removed and changed, with the fields that changed, ignoring server
@@ -181,99 +152,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Snapshots(a) => cmd::snapshots::run(a, &args, mode).await,
         Command::Ls(a) => cmd::ls::run(a, &args, mode).await,
         Command::Cat(a) => cmd::cat::run(a, &args).await,
-        Command::Restore { target_spec, target, format, include, exclude, source, no_owner } => {
-            let repo = Arc::new(args.open(Need::Read).await?);
-            repo.load_index().await?;
-            let (snap, path) = split_target(&target_spec);
-            let snap = repo.find_snapshot(snap, source.as_deref()).await?;
-            let node = repo.lookup(&snap.snapshot, path).await?;
-            let format = match format.as_str() {
-                "auto" if target == "-" => "tar",
-                "auto" if store_url::is_store_url(&target) => "objects",
-                "auto" => "dir",
-                f @ ("dir" | "objects" | "tar") => f,
-                other => bail!(usage(format!("--format {other:?}: auto, dir, objects or tar"))),
-            };
-            if format != "dir" {
-                let selection = cairn_core::fs::export::Selection::new(&include, &exclude)?;
-                let report = if format == "tar" {
-                    let out: Box<dyn std::io::Write + Send> = if target == "-" {
-                        Box::new(std::io::BufWriter::new(std::io::stdout()))
-                    } else {
-                        Box::new(std::io::BufWriter::new(
-                            std::fs::File::create(&target)
-                                .with_context(|| format!("creating {target}"))?,
-                        ))
-                    };
-                    cairn_core::fs::export::export_tar(repo, node, selection, out).await?
-                } else {
-                    let store = cairn_core::repo::Store::open(&target)?;
-                    let metadata = store_url::keeps_object_metadata(&target);
-                    cairn_core::fs::export::export_objects(
-                        repo,
-                        node,
-                        selection,
-                        store.object_store().clone(),
-                        metadata,
-                    )
-                    .await?
-                };
-                // The tar stream owns stdout: the summary goes to stderr.
-                if json && target != "-" {
-                    print_json(
-                        &serde_json::json!({"snapshot": snap.id.to_hex(), "report": report}),
-                    )?;
-                } else {
-                    eprintln!(
-                        "restored snapshot {} to {target}: {} files, {} dirs, {}{}",
-                        snap.id.short(),
-                        report.files,
-                        report.dirs,
-                        human_bytes(report.bytes),
-                        if report.skipped.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; skipped {}", report.skipped.len())
-                        }
-                    );
-                    for s in &report.skipped {
-                        eprintln!("  skipped {s}");
-                    }
-                }
-                return Ok(Exit::Success);
-            }
-            if !include.is_empty() || !exclude.is_empty() {
-                bail!(usage("--include/--exclude apply to tar and object-store targets"));
-            }
-            let target = PathBuf::from(target);
-            let mut opts = RestoreOptions::default();
-            if no_owner {
-                opts.owner = false;
-            }
-            let report = cairn_core::fs::restore(repo, node, &target, opts).await?;
-            if json {
-                print_json(&serde_json::json!({"snapshot": snap.id.to_hex(), "report": report}))?;
-            } else {
-                let secs = report.duration_ms as f64 / 1000.0;
-                println!("restored snapshot {} into {}", snap.id.short(), target.display());
-                println!(
-                    "  files {}  dirs {}  {} in {:.1}s ({}/s)",
-                    report.files,
-                    report.dirs,
-                    human_bytes(report.bytes),
-                    secs,
-                    human_bytes((report.bytes as f64 / secs.max(0.001)) as u64)
-                );
-                for (p, e) in &report.failures {
-                    println!("  FAILED {p}: {e}");
-                }
-            }
-            if report.integrity_failure {
-                let (p, e) = &report.failures[0];
-                return Err(ExitError(Exit::Integrity, format!("{p}: {e}")).into());
-            }
-            Ok(if report.failures.is_empty() { Exit::Success } else { Exit::Partial })
-        }
+        Command::Restore(a) => cmd::restore::run(a, &args, mode).await,
         Command::Diff { a, b, source, namespaces, status, all, kube } => {
             let opts = ManifestDiff { namespaces, status, all, kube };
             if let Some(exit) = manifest_diff(&args, &a, &b, source.as_deref(), &opts, json).await?

@@ -17,6 +17,7 @@ pub(crate) mod key;
 pub(crate) mod locks;
 pub(crate) mod ls;
 pub(crate) mod prune;
+pub(crate) mod restore;
 pub(crate) mod snapshots;
 pub(crate) mod version;
 
@@ -39,7 +40,7 @@ impl Mode {
 pub(crate) trait Render {
     /// What `--json` prints.
     fn json(&self) -> impl serde::Serialize;
-    /// What a person reads, on stdout.
+    /// What a person reads.
     fn print_text(&self);
 }
 
