@@ -1,8 +1,8 @@
 //! The operator CLI: keys, repositories, snapshots, browsing, restore and check.
 
 use anyhow::Result;
-use cairn_core::exit::{Exit, ExitError};
-use cairn_job::config::{Need, RepoArgs};
+use cairn_core::exit::Exit;
+use cairn_job::config::RepoArgs;
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
 
@@ -14,6 +14,7 @@ pub use cmd::SnapshotSelect;
 pub use cmd::backup::BackupArgs;
 pub use cmd::cat::CatArgs;
 pub use cmd::check::CheckArgs;
+pub use cmd::diff::DiffArgs;
 pub use cmd::forget::ForgetArgs;
 pub use cmd::init::InitArgs;
 pub use cmd::key::KeyCommand;
@@ -76,26 +77,7 @@ pub enum Command {
     /// snapshots, or a manifest snapshot and `live` (the cluster of the current kubeconfig):
     /// objects added, removed and changed, with the fields that changed, ignoring server
     /// noise (resourceVersion, managedFields, generation, timestamps, status).
-    Diff {
-        a: String,
-        /// A second snapshot, or `live`.
-        b: String,
-        /// Resolve `latest` and id prefixes among snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-        /// Manifests: only this namespace. Repeatable.
-        #[arg(long = "namespace", short = 'n')]
-        namespaces: Vec<String>,
-        /// Manifests: compare status too.
-        #[arg(long)]
-        status: bool,
-        /// Manifests: include objects the cluster manages itself (leases, endpoint slices,
-        /// objects owned by a controller).
-        #[arg(long)]
-        all: bool,
-        #[command(flatten)]
-        kube: cairn_kube::KubeArgs,
-    },
+    Diff(DiffArgs),
     /// Verify the repository; with --read-data also every blob's content.
     Check(CheckArgs),
     /// Browse the repository in a web browser: snapshots on a timeline per source, manifest
@@ -127,174 +109,27 @@ pub async fn run(cli: Cli) -> Exit {
     }
 }
 
-/// `SNAP[:PATH]`.
-fn split_target(s: &str) -> (&str, &str) {
-    s.split_once(':').unwrap_or((s, ""))
-}
-
-use cmd::print_json;
-
+/// Each command's `run` gets its flags, the repository flags and the output mode.
 async fn dispatch(cli: Cli) -> Result<Exit> {
     let mode = cmd::Mode::new(cli.output.json);
-    let json = cli.output.json;
-    let args = cli.repo;
+    let repo = &cli.repo;
     match cli.command {
-        Command::Ui { listen } => ui::serve(&args, listen).await,
-        Command::Version => cmd::version::run(),
         Command::Key(c) => cmd::key::run(c),
-        Command::Init(a) => cmd::init::run(a, &args, mode).await,
-        Command::Backup(a) => cmd::backup::run(a, &args, mode).await,
-        Command::Forget(a) => cmd::forget::run(a, &args, mode).await,
-        Command::Prune(a) => cmd::prune::run(a, &args, mode).await,
-        Command::Locks => cmd::locks::list(&args, mode).await,
-        Command::Unlock(a) => cmd::locks::unlock(a, &args, mode).await,
-        Command::Check(a) => cmd::check::run(a, &args, mode).await,
-        Command::Snapshots(a) => cmd::snapshots::run(a, &args, mode).await,
-        Command::Ls(a) => cmd::ls::run(a, &args, mode).await,
-        Command::Cat(a) => cmd::cat::run(a, &args).await,
-        Command::Restore(a) => cmd::restore::run(a, &args, mode).await,
-        Command::Diff { a, b, source, namespaces, status, all, kube } => {
-            let opts = ManifestDiff { namespaces, status, all, kube };
-            if let Some(exit) = manifest_diff(&args, &a, &b, source.as_deref(), &opts, json).await?
-            {
-                return Ok(exit);
-            }
-            let repo = args.open(Need::Write).await?;
-            repo.load_index().await?;
-            let (sa, pa) = split_target(&a);
-            let (sb, pb) = split_target(&b);
-            let sa = repo.find_snapshot(sa, source.as_deref()).await?;
-            let sb = repo.find_snapshot(sb, source.as_deref()).await?;
-            let na = repo.lookup(&sa.snapshot, pa).await?;
-            let nb = repo.lookup(&sb.snapshot, pb).await?;
-            let entries = cairn_core::repo::diff::diff_trees(&repo, &na, &nb).await?;
-            if json {
-                print_json(&entries)?;
-            } else {
-                for e in &entries {
-                    let sign = match e.change {
-                        cairn_core::repo::diff::Change::Added => "+",
-                        cairn_core::repo::diff::Change::Removed => "-",
-                        cairn_core::repo::diff::Change::Changed => "M",
-                    };
-                    println!("{sign} {}", e.path);
-                }
-                println!("{} differences", entries.len());
-            }
-            Ok(Exit::Success)
-        }
+        Command::Init(a) => cmd::init::run(a, repo, mode).await,
+        Command::Backup(a) => cmd::backup::run(a, repo, mode).await,
+        Command::Forget(a) => cmd::forget::run(a, repo, mode).await,
+        Command::Prune(a) => cmd::prune::run(a, repo, mode).await,
+        Command::Locks => cmd::locks::list(repo, mode).await,
+        Command::Unlock(a) => cmd::locks::unlock(a, repo, mode).await,
+        Command::Snapshots(a) => cmd::snapshots::run(a, repo, mode).await,
+        Command::Ls(a) => cmd::ls::run(a, repo, mode).await,
+        Command::Cat(a) => cmd::cat::run(a, repo).await,
+        Command::Restore(a) => cmd::restore::run(a, repo, mode).await,
+        Command::Diff(a) => cmd::diff::run(a, repo, mode).await,
+        Command::Check(a) => cmd::check::run(a, repo, mode).await,
+        Command::Ui { listen } => ui::serve(repo, listen).await,
+        Command::Version => cmd::version::run(),
     }
-}
-
-struct ManifestDiff {
-    namespaces: Vec<String>,
-    status: bool,
-    all: bool,
-    kube: cairn_kube::KubeArgs,
-}
-
-/// `cairn diff` on manifest snapshots (or a snapshot and `live`); `None` when the snapshots
-/// are not manifest snapshots (the file diff applies).
-async fn manifest_diff(
-    args: &RepoArgs,
-    a: &str,
-    b: &str,
-    source: Option<&str>,
-    opts: &ManifestDiff,
-    json: bool,
-) -> Result<Option<Exit>> {
-    use cairn_kube::collect::{CollectOptions, Filters};
-    use cairn_kube::compare::{CompareOptions, ObjectChange, compare, compare_with_live};
-    use cairn_kube::stored::{is_manifest_snapshot, load_changed_pair};
-
-    if a.contains(':') || (b != "live" && b.contains(':')) {
-        return Ok(None);
-    }
-    // Reading objects needs the identity: manifests are file contents.
-    let repo = args.open(Need::Read).await?;
-    repo.load_index().await?;
-    let sa = repo.find_snapshot(a, source).await?;
-    if !is_manifest_snapshot(&sa.snapshot) {
-        if b == "live" {
-            return Err(ExitError(
-                Exit::Usage,
-                format!(
-                    "snapshot {} is not a manifest snapshot: `live` compares manifests",
-                    sa.id.short()
-                ),
-            )
-            .into());
-        }
-        return Ok(None);
-    }
-    let ns = opts.namespaces.clone();
-    let keep = move |p: &cairn_kube::ObjectPath| {
-        ns.is_empty()
-            || match &p.namespace {
-                Some(n) => ns.contains(n),
-                None => p.group.is_empty() && p.resource == "namespaces" && ns.contains(&p.name),
-            }
-    };
-    let compare_opts = CompareOptions { with_status: opts.status, all: opts.all };
-    let (diffs, against) = if b == "live" {
-        // Compare with what the export would have seen: its filters, narrowed by ours.
-        let mut filters: Filters = sa
-            .snapshot
-            .meta
-            .pointer("/manifests/filters")
-            .and_then(|f| serde_json::from_value(f.clone()).ok())
-            .unwrap_or_default();
-        if !opts.namespaces.is_empty() {
-            filters.namespaces = opts.namespaces.clone();
-        }
-        let client = opts.kube.client().await?;
-        let collect_opts = CollectOptions { concurrency: 8, page_size: 500 };
-        let (diffs, collected) = compare_with_live(
-            &repo,
-            &sa.snapshot,
-            &keep,
-            &client,
-            &filters,
-            &collect_opts,
-            compare_opts,
-        )
-        .await?;
-        for d in collected.denied.iter().chain(&collected.skipped) {
-            eprintln!("cairn: live side incomplete: {d}");
-        }
-        (diffs, "the live cluster".to_string())
-    } else {
-        let sb = repo.find_snapshot(b, source).await?;
-        if !is_manifest_snapshot(&sb.snapshot) {
-            return Ok(None);
-        }
-        let (x, y) = load_changed_pair(&repo, &sa.snapshot, &sb.snapshot, &keep).await?;
-        (compare(&x, &y, compare_opts), format!("snapshot {}", sb.id.short()))
-    };
-    if json {
-        print_json(&diffs)?;
-        return Ok(Some(Exit::Success));
-    }
-    let count = |c| diffs.iter().filter(|d| d.change == c).count();
-    for d in &diffs {
-        let sign = match d.change {
-            ObjectChange::Added => "+",
-            ObjectChange::Removed => "-",
-            ObjectChange::Changed => "~",
-        };
-        println!("{sign} {}", d.object);
-        for f in &d.fields {
-            println!("    {}", f.line());
-        }
-    }
-    println!(
-        "snapshot {} → {against}: {} changed, {} removed, {} added",
-        sa.id.short(),
-        count(ObjectChange::Changed),
-        count(ObjectChange::Removed),
-        count(ObjectChange::Added)
-    );
-    Ok(Some(Exit::Success))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use cairn_core::repo::{Node, Repository, SnapshotEntry, SnapshotFilter};
 pub(crate) mod backup;
 pub(crate) mod cat;
 pub(crate) mod check;
+pub(crate) mod diff;
 pub(crate) mod forget;
 pub(crate) mod init;
 pub(crate) mod key;
