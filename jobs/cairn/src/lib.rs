@@ -141,4 +141,63 @@ mod tests {
         // Duplicate ids or group names, bad defaults, conflicts naming unknown args.
         <Cli as clap::CommandFactory>::command().debug_assert();
     }
+
+    fn parse(argv: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("cairn").chain(argv.iter().copied()))
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+    }
+
+    #[test]
+    fn the_flags_scripts_and_tests_use_parse() {
+        let wk = ["--repo", "file:///r", "--write-key", "wk"];
+        let backup = [&wk[..], &["backup", "/d", "--source", "s", "--lock-lease", "2s"]].concat();
+        let Command::Backup(b) = parse(&backup).command else { panic!("backup") };
+        assert_eq!(
+            (b.path.to_str(), b.source.as_str(), b.parent.as_str()),
+            (Some("/d"), "s", "auto")
+        );
+        parse(&["backup", "s3://b/p", "--source", "s", "--parent", "none", "--exclude", "x"]);
+        parse(&["backup", "/d", "--source", "s", "--tag", "a=b", "--cluster", "c", "--use-inode"]);
+        let restore = ["restore", "latest", "--source", "s", "--cluster", "c", "--target", "-"];
+        let Command::Restore(r) = parse(&restore).command else { panic!("restore") };
+        assert_eq!((r.target.as_str(), r.format.as_str()), ("-", "auto"));
+        assert_eq!(
+            (r.select.source.as_deref(), r.select.cluster.as_deref()),
+            (Some("s"), Some("c"))
+        );
+        parse(&[
+            "restore",
+            "x:p",
+            "--target",
+            "t",
+            "--format",
+            "tar",
+            "--include",
+            "a",
+            "--no-owner",
+        ]);
+        let cli = parse(&["diff", "a", "live", "-n", "ns", "--json", "--status", "--all"]);
+        assert!(cli.output.json);
+        let Command::Diff(d) = cli.command else { panic!("diff") };
+        assert_eq!((d.b.as_str(), d.namespaces.as_slice()), ("live", &["ns".to_string()][..]));
+        let Command::Snapshots(s) = parse(&["--json", "snapshots", "--cluster", "c"]).command
+        else {
+            panic!("snapshots")
+        };
+        assert_eq!(s.select.cluster.as_deref(), Some("c"));
+        parse(&["snapshots", "--source", "s", "--cluster", "c"]);
+        parse(&["ls", "latest:sub", "--source", "s", "--cluster", "c"]);
+        parse(&["cat", "latest:f", "--source", "s"]);
+        parse(&["forget", "--keep-last", "1", "--dry-run", "--source", "s"]);
+        parse(&["prune", "--dry-run", "--lock-wait", "1s"]);
+        parse(&["check", "--read-data-subset", "10%"]);
+        parse(&["init", "--recipient", "age1x", "--write-key-out", "/wk", "--compression", "5"]);
+        parse(&["key", "generate", "--out", "/id"]);
+        parse(&["unlock", "--stale"]);
+        assert!(Cli::try_parse_from(["cairn", "unlock"]).is_err());
+        assert!(
+            Cli::try_parse_from(["cairn", "check", "--read-data", "--read-data-subset", "1%"])
+                .is_err()
+        );
+    }
 }
