@@ -1,6 +1,7 @@
 //! One module per command. Each `run` takes the command's parsed flags, the repository flags
 //! and the output mode; it computes a result value and hands it to [`emit`], which prints it
-//! as text for people or as JSON for scripts (`--json`).
+//! as text for people or as JSON for scripts (`--json`). Three print the same either way:
+//! `cat` (the file's bytes), `key generate` (the public key), `version` (one JSON line).
 
 use std::io::Write;
 use std::path::Path;
