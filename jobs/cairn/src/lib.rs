@@ -1,23 +1,30 @@
 //! The operator CLI: keys, repositories, snapshots, browsing, restore and check.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use anyhow::{Context, Result, bail};
-use cairn_core::exit::{Exit, ExitError, usage};
-use cairn_core::fs::{BackupOptions, RestoreOptions};
-use cairn_core::progress::human_bytes;
-use cairn_core::repo::check::{CheckOptions, check};
-use cairn_core::repo::lock::{BackupLocks, LeaseGuard};
-use cairn_core::repo::{InitOptions, KeyRecipient, NodeKind, Repository, SnapshotEntry};
-use cairn_core::repo::{forget, prune};
-use cairn_job::config::{KeepArgs, LockArgs, Need, PruneArgs, RepoArgs};
+use anyhow::Result;
+use cairn_core::exit::Exit;
+use cairn_job::config::RepoArgs;
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::{Parser, Subcommand};
 
+mod cmd;
+mod store_url;
 mod ui;
+
+pub use cmd::SnapshotSelect;
+pub use cmd::backup::BackupArgs;
+pub use cmd::cat::CatArgs;
+pub use cmd::check::CheckArgs;
+pub use cmd::diff::DiffArgs;
+pub use cmd::forget::ForgetArgs;
+pub use cmd::init::InitArgs;
+pub use cmd::key::KeyCommand;
+pub use cmd::locks::UnlockArgs;
+pub use cmd::ls::LsArgs;
+pub use cmd::prune::PruneCmdArgs;
+pub use cmd::restore::RestoreArgs;
+pub use cmd::snapshots::SnapshotsArgs;
+
+pub(crate) use cmd::snapshots::snapshot_json;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,166 +52,34 @@ pub enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
     /// Create a repository; prints the write key's location.
-    Init {
-        /// age (age1…) or SSH public key that can open the repository. Repeatable.
-        #[arg(long = "recipient", env = "CAIRN_RECIPIENTS", value_delimiter = ',')]
-        recipients: Vec<String>,
-        /// File with one recipient per line (# comments allowed).
-        #[arg(long)]
-        recipient_file: Vec<PathBuf>,
-        /// Where to write the write credential for backup jobs.
-        #[arg(long, env = "CAIRN_WRITE_KEY_OUT")]
-        write_key_out: PathBuf,
-        /// zstd level for blobs (1-22).
-        #[arg(long, default_value_t = 3)]
-        compression: i32,
-        /// Target pack size in MiB.
-        #[arg(long, default_value_t = 16)]
-        pack_size_mib: u32,
-        /// Create the repository even if the store ignores If-None-Match (single writer only).
-        #[arg(long)]
-        unsafe_no_conditional_writes: bool,
-    },
+    Init(InitArgs),
     /// Back up a directory (or one file).
-    Backup {
-        /// A directory or file, or an object-store URL (s3://bucket/prefix, gs://, az://):
-        /// every object below it becomes a file at its key; unchanged objects (key, size,
-        /// ETag) are reused from the parent without being fetched.
-        path: PathBuf,
-        /// Source name recorded in the snapshot (e.g. pvc/ns/name).
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: String,
-        /// Tag as key=value. Repeatable.
-        #[arg(long = "tag", value_parser = cairn_job::config::parse_key_value)]
-        tags: Vec<(String, String)>,
-        /// Parent for incremental reuse: auto (latest of the same source), none, or an id.
-        #[arg(long, default_value = "auto")]
-        parent: String,
-        /// Glob of relative paths to leave out. Repeatable.
-        #[arg(long)]
-        exclude: Vec<String>,
-        /// Also require unchanged inode and ctime to reuse a file.
-        #[arg(long)]
-        use_inode: bool,
-        /// Cluster name recorded in the snapshot.
-        #[arg(long, env = "CAIRN_CLUSTER")]
-        cluster: Option<String>,
-        #[command(flatten)]
-        lock: LockArgs,
-    },
+    Backup(BackupArgs),
     /// Delete snapshot records a retention policy does not keep (prune reclaims the space).
-    Forget {
-        #[command(flatten)]
-        keep: KeepArgs,
-        /// Only snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-        /// Show what would be removed and why the rest is kept; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Forget(ForgetArgs),
     /// Reclaim space: delete packs marked by an earlier prune once their grace period has
     /// passed, mark newly unused packs, repack wasteful ones, compact the index.
-    Prune {
-        #[command(flatten)]
-        prune: PruneArgs,
-        #[command(flatten)]
-        lock: LockArgs,
-        /// Report what would be done; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Prune(PruneCmdArgs),
     /// List lock objects, with holders and lease state (judged on the store's clock).
     Locks,
     /// Remove lock objects whose lease has run out (holders that died). Live locks are
     /// never removed; expired ones are also removed by whoever finds them.
-    Unlock {
-        /// Remove expired locks (required: there is no way to remove a live one).
-        #[arg(long, required = true)]
-        stale: bool,
-    },
+    Unlock(UnlockArgs),
     /// List snapshots.
-    Snapshots {
-        /// Only snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-        /// Only snapshots of this cluster.
-        #[arg(long)]
-        cluster: Option<String>,
-    },
+    Snapshots(SnapshotsArgs),
     /// List a directory of a snapshot: SNAP[:PATH].
-    Ls {
-        target: String,
-        /// Resolve `latest` and id prefixes among snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-    },
+    Ls(LsArgs),
     /// Write one file of a snapshot to stdout: SNAP:PATH.
-    Cat {
-        target: String,
-        /// Resolve `latest` and id prefixes among snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-    },
+    Cat(CatArgs),
     /// Restore a snapshot, a subtree or one file: SNAP[:PATH].
-    Restore {
-        target_spec: String,
-        /// Where to: a directory (the snapshot's root lands directly in it); an object-store
-        /// URL (s3://bucket/prefix, gs://, az://, file://: each file becomes an object, its
-        /// path the key, mode/owner/mtime object metadata where the store keeps it); or `-`
-        /// for a tar stream on stdout.
-        #[arg(long)]
-        target: String,
-        /// Output format: auto (by --target), dir, objects, or tar (to stdout with `-`, else
-        /// to the file --target names).
-        #[arg(long, default_value = "auto")]
-        format: String,
-        /// Only paths matching this glob (relative to the restored node). Repeatable. Tar and
-        /// object-store targets.
-        #[arg(long = "include")]
-        include: Vec<String>,
-        /// Leave out paths matching this glob. Repeatable. Tar and object-store targets.
-        #[arg(long = "exclude")]
-        exclude: Vec<String>,
-        /// Resolve `latest` and id prefixes among snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-        /// Do not restore owners (uid/gid). By default they are restored when running as root.
-        #[arg(long)]
-        no_owner: bool,
-    },
+    Restore(RestoreArgs),
     /// Paths added, removed or changed between two snapshots. Between two manifest
     /// snapshots, or a manifest snapshot and `live` (the cluster of the current kubeconfig):
     /// objects added, removed and changed, with the fields that changed, ignoring server
     /// noise (resourceVersion, managedFields, generation, timestamps, status).
-    Diff {
-        a: String,
-        /// A second snapshot, or `live`.
-        b: String,
-        /// Resolve `latest` and id prefixes among snapshots of this source.
-        #[arg(long, env = "CAIRN_SOURCE")]
-        source: Option<String>,
-        /// Manifests: only this namespace. Repeatable.
-        #[arg(long = "namespace", short = 'n')]
-        namespaces: Vec<String>,
-        /// Manifests: compare status too.
-        #[arg(long)]
-        status: bool,
-        /// Manifests: include objects the cluster manages itself (leases, endpoint slices,
-        /// objects owned by a controller).
-        #[arg(long)]
-        all: bool,
-        #[command(flatten)]
-        kube: cairn_kube::KubeArgs,
-    },
+    Diff(DiffArgs),
     /// Verify the repository; with --read-data also every blob's content.
-    Check {
-        #[arg(long, conflicts_with = "read_data_subset")]
-        read_data: bool,
-        /// Read this share of packs, e.g. 10%.
-        #[arg(long)]
-        read_data_subset: Option<String>,
-    },
+    Check(CheckArgs),
     /// Browse the repository in a web browser: snapshots on a timeline per source, manifest
     /// snapshots as the cluster at that time (nodes, workloads, pods, PVCs, each object's YAML,
     /// the same object earlier and later, diffs between two times), file and PVC snapshots as
@@ -218,15 +93,6 @@ pub enum Command {
     },
     /// Print version information as JSON.
     Version,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeyCommand {
-    /// Generate an age X25519 identity; prints its public key (the recipient).
-    Generate {
-        #[arg(long)]
-        out: PathBuf,
-    },
 }
 
 impl Cli {
@@ -243,664 +109,95 @@ pub async fn run(cli: Cli) -> Exit {
     }
 }
 
-/// `SNAP[:PATH]`.
-fn split_target(s: &str) -> (&str, &str) {
-    s.split_once(':').unwrap_or((s, ""))
-}
-
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
-}
-
-pub(crate) fn snapshot_json(s: &SnapshotEntry) -> serde_json::Value {
-    serde_json::json!({
-        "id": s.id.to_hex(),
-        "short_id": s.id.short(),
-        "time": s.snapshot.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "host": s.snapshot.host,
-        "source": s.snapshot.source,
-        "cluster": s.snapshot.cluster,
-        "tags": s.snapshot.tags,
-        "parent": s.snapshot.parent.map(|p| p.to_hex()),
-        "partial": s.snapshot.partial,
-        "failures": s.snapshot.failures,
-        "summary": s.snapshot.summary,
-    })
-}
-
+/// Each command's `run` gets its flags, the repository flags and the output mode.
 async fn dispatch(cli: Cli) -> Result<Exit> {
-    let json = cli.output.json;
-    let args = cli.repo;
+    let mode = cmd::Mode::new(cli.output.json);
+    let repo = &cli.repo;
     match cli.command {
-        Command::Ui { listen } => ui::serve(&args, listen).await,
-        Command::Version => {
-            println!(
-                "{}",
-                serde_json::json!({"name": "cairn", "version": env!("CARGO_PKG_VERSION"), "format": cairn_core::repo::FORMAT_VERSION})
-            );
-            Ok(Exit::Success)
-        }
-        Command::Key(KeyCommand::Generate { out }) => key_generate(&out),
-        Command::Init {
-            recipients,
-            recipient_file,
-            write_key_out,
-            compression,
-            pack_size_mib,
-            unsafe_no_conditional_writes,
-        } => {
-            let mut parsed = Vec::new();
-            for r in &recipients {
-                parsed.push(KeyRecipient::parse(r)?);
-            }
-            for f in &recipient_file {
-                let text = std::fs::read_to_string(f)
-                    .with_context(|| format!("recipient file {}", f.display()))?;
-                for line in
-                    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
-                {
-                    parsed.push(KeyRecipient::parse(line)?);
-                }
-            }
-            if let Ok(p) = std::env::var("CAIRN_PASSPHRASE")
-                && !p.is_empty()
-            {
-                parsed.push(KeyRecipient::Passphrase(p.into()));
-            }
-            if parsed.is_empty() {
-                return Err(usage("init needs --recipient, --recipient-file or CAIRN_PASSPHRASE"));
-            }
-            if write_key_out.exists() {
-                return Err(usage(format!(
-                    "{} exists; refusing to overwrite a write key",
-                    write_key_out.display()
-                )));
-            }
-            let store = args.store()?;
-            let opts = InitOptions {
-                compression,
-                pack_size: pack_size_mib << 20,
-                unsafe_no_conditional_writes,
-                ..Default::default()
-            };
-            let repo = Repository::init(store, &parsed, opts).await.context("init")?;
-            write_secret_file(&write_key_out, &repo.write_key().to_text())?;
-            if json {
-                print_json(
-                    &serde_json::json!({"id": repo.config().id.to_hex(), "write_key": write_key_out}),
-                )?;
-            } else {
-                println!(
-                    "created repository {} at {}",
-                    repo.config().id.short(),
-                    repo.store().url()
-                );
-                println!(
-                    "write key (for backup jobs; cannot decrypt data): {}",
-                    write_key_out.display()
-                );
-            }
-            Ok(Exit::Success)
-        }
-        Command::Backup { path, source, tags, parent, exclude, use_inode, cluster, lock } => {
-            let repo = Arc::new(args.open(Need::Write).await?);
-            let locks = BackupLocks::acquire(&repo, &source, &lock.options("backup"))
-                .await
-                .with_context(|| format!("locking source {source}"))?;
-            let req = BackupRequest { path, source, tags, parent, exclude, use_inode, cluster };
-            let result = backup_cmd(repo, req, locks.guard(), json).await;
-            let released = locks.release().await;
-            let exit = result?;
-            released.context("releasing locks")?;
-            Ok(exit)
-        }
-        Command::Forget { keep, source, dry_run } => {
-            let repo = args.open(Need::Write).await?;
-            let report =
-                forget::forget(&repo, &keep.policy(), keep.group_by, source.as_deref(), dry_run)
-                    .await?;
-            if json {
-                print_json(&report)?;
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(Exit::Success)
-        }
-        Command::Prune { prune: p, lock, dry_run } => {
-            // The identity, when given, lets prune repack data packs too.
-            let repo = Arc::new(args.open(Need::Write).await?);
-            let opts = p.options(lock.options("prune"), dry_run)?;
-            let report = prune::prune(repo, &opts).await.context("prune")?;
-            if json {
-                print_json(&report)?;
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(Exit::Success)
-        }
-        Command::Locks => {
-            let repo = args.open(Need::Write).await?;
-            let locks = cairn_core::repo::lock::list_locks(&repo).await?;
-            if json {
-                let v: Vec<_> = locks
-                    .iter()
-                    .map(|l| serde_json::json!({"key": l.key, "record": l.record, "age_secs": l.age.as_secs(), "expired": l.expired}))
-                    .collect();
-                print_json(&v)?;
-            } else {
-                for l in &locks {
-                    let state = if l.expired { " (expired)" } else { "" };
-                    println!("{}{state}  {}", l.key, l.describe());
-                }
-                println!("{} locks", locks.len());
-            }
-            Ok(Exit::Success)
-        }
-        Command::Unlock { stale: _ } => {
-            let repo = args.open(Need::Write).await?;
-            let removed = cairn_core::repo::lock::remove_stale(&repo).await?;
-            if json {
-                print_json(&removed.iter().map(|l| &l.key).collect::<Vec<_>>())?;
-            } else {
-                for l in &removed {
-                    println!("removed {}  {}", l.key, l.describe());
-                }
-                println!("{} expired locks removed", removed.len());
-            }
-            Ok(Exit::Success)
-        }
-        Command::Snapshots { source, cluster } => {
-            let repo = args.open(Need::Write).await?;
-            let filter = cairn_core::repo::SnapshotFilter {
-                source: source.as_deref(),
-                cluster: cluster.as_deref(),
-            };
-            let snaps: Vec<SnapshotEntry> = repo
-                .snapshots()
-                .await?
-                .into_iter()
-                .filter(|s| filter.matches(&s.snapshot))
-                .collect();
-            if json {
-                print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>())?;
-            } else {
-                println!(
-                    "{:<10} {:<20} {:<14} {:<28} {:>10} {:>8}  tags",
-                    "id", "time", "cluster", "source", "size", "files"
-                );
-                for s in &snaps {
-                    let t = s
-                        .snapshot
-                        .time
-                        .format(&time::macros::format_description!(
-                            "[year]-[month]-[day] [hour]:[minute]:[second]"
-                        ))
-                        .unwrap_or_default();
-                    let tags: Vec<String> =
-                        s.snapshot.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!(
-                        "{:<10} {:<20} {:<14} {:<28} {:>10} {:>8}  {}{}",
-                        s.id.short(),
-                        t,
-                        s.snapshot.cluster.as_deref().unwrap_or("-"),
-                        s.snapshot.source,
-                        human_bytes(s.snapshot.summary.bytes),
-                        s.snapshot.summary.files,
-                        tags.join(","),
-                        if s.snapshot.partial { " PARTIAL" } else { "" }
-                    );
-                }
-                println!("{} snapshots", snaps.len());
-            }
-            Ok(Exit::Success)
-        }
-        Command::Ls { target, source } => {
-            let repo = args.open(Need::Write).await?;
-            repo.load_index().await?;
-            let (snap, path) = split_target(&target);
-            let snap = repo.find_snapshot(snap, source.as_deref()).await?;
-            let node = repo.lookup(&snap.snapshot, path).await?;
-            let nodes = if node.kind == NodeKind::Dir {
-                repo.read_dir(&node.subtree).await?
-            } else {
-                vec![node]
-            };
-            if json {
-                let v: Vec<_> = nodes.iter().map(|n| serde_json::json!({"name": n.name.display(), "kind": n.kind, "size": n.size, "mode": n.mode, "mtime_ns": n.mtime_ns.to_string()})).collect();
-                print_json(&v)?;
-            } else {
-                for n in &nodes {
-                    let suffix = if n.kind == NodeKind::Dir { "/" } else { "" };
-                    println!("{:>6o} {:>12} {}{}", n.mode, n.size, n.name.display(), suffix);
-                }
-            }
-            Ok(Exit::Success)
-        }
-        Command::Cat { target, source } => {
-            let repo = Arc::new(args.open(Need::Read).await?);
-            repo.load_index().await?;
-            let (snap, path) = split_target(&target);
-            let snap = repo.find_snapshot(snap, source.as_deref()).await?;
-            let node = repo.lookup(&snap.snapshot, path).await?;
-            if node.kind != NodeKind::File {
-                return Err(usage(format!("{path} is not a file")));
-            }
-            let handle = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                let stdout = std::io::stdout();
-                let mut out = SeekStdout(stdout.lock());
-                cairn_core::fs::write_file_to(&repo, &handle, &node, &mut out, false, |_| {})
-                    .with_context(|| format!("reading {}", node.name.display()))?;
-                out.0.flush()?;
-                Ok(())
-            })
-            .await??;
-            Ok(Exit::Success)
-        }
-        Command::Restore { target_spec, target, format, include, exclude, source, no_owner } => {
-            let repo = Arc::new(args.open(Need::Read).await?);
-            repo.load_index().await?;
-            let (snap, path) = split_target(&target_spec);
-            let snap = repo.find_snapshot(snap, source.as_deref()).await?;
-            let node = repo.lookup(&snap.snapshot, path).await?;
-            let format = match format.as_str() {
-                "auto" if target == "-" => "tar",
-                "auto" if target.contains("://") => "objects",
-                "auto" => "dir",
-                f @ ("dir" | "objects" | "tar") => f,
-                other => bail!(usage(format!("--format {other:?}: auto, dir, objects or tar"))),
-            };
-            if format != "dir" {
-                let selection = cairn_core::fs::export::Selection::new(&include, &exclude)?;
-                let report = if format == "tar" {
-                    let out: Box<dyn std::io::Write + Send> = if target == "-" {
-                        Box::new(std::io::BufWriter::new(std::io::stdout()))
-                    } else {
-                        Box::new(std::io::BufWriter::new(
-                            std::fs::File::create(&target)
-                                .with_context(|| format!("creating {target}"))?,
-                        ))
-                    };
-                    cairn_core::fs::export::export_tar(repo, node, selection, out).await?
-                } else {
-                    let store = cairn_core::repo::Store::open(&target)?;
-                    let metadata = ["s3://", "s3a://", "gs://", "az://", "azure://", "memory://"]
-                        .iter()
-                        .any(|p| target.starts_with(p));
-                    cairn_core::fs::export::export_objects(
-                        repo,
-                        node,
-                        selection,
-                        store.object_store().clone(),
-                        metadata,
-                    )
-                    .await?
-                };
-                // The tar stream owns stdout: the summary goes to stderr.
-                if json && target != "-" {
-                    print_json(
-                        &serde_json::json!({"snapshot": snap.id.to_hex(), "report": report}),
-                    )?;
-                } else {
-                    eprintln!(
-                        "restored snapshot {} to {target}: {} files, {} dirs, {}{}",
-                        snap.id.short(),
-                        report.files,
-                        report.dirs,
-                        human_bytes(report.bytes),
-                        if report.skipped.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; skipped {}", report.skipped.len())
-                        }
-                    );
-                    for s in &report.skipped {
-                        eprintln!("  skipped {s}");
-                    }
-                }
-                return Ok(Exit::Success);
-            }
-            if !include.is_empty() || !exclude.is_empty() {
-                bail!(usage("--include/--exclude apply to tar and object-store targets"));
-            }
-            let target = PathBuf::from(target);
-            let mut opts = RestoreOptions::default();
-            if no_owner {
-                opts.owner = false;
-            }
-            let report = cairn_core::fs::restore(repo, node, &target, opts).await?;
-            if json {
-                print_json(&serde_json::json!({"snapshot": snap.id.to_hex(), "report": report}))?;
-            } else {
-                let secs = report.duration_ms as f64 / 1000.0;
-                println!("restored snapshot {} into {}", snap.id.short(), target.display());
-                println!(
-                    "  files {}  dirs {}  {} in {:.1}s ({}/s)",
-                    report.files,
-                    report.dirs,
-                    human_bytes(report.bytes),
-                    secs,
-                    human_bytes((report.bytes as f64 / secs.max(0.001)) as u64)
-                );
-                for (p, e) in &report.failures {
-                    println!("  FAILED {p}: {e}");
-                }
-            }
-            if report.integrity_failure {
-                let (p, e) = &report.failures[0];
-                return Err(ExitError(Exit::Integrity, format!("{p}: {e}")).into());
-            }
-            Ok(if report.failures.is_empty() { Exit::Success } else { Exit::Partial })
-        }
-        Command::Diff { a, b, source, namespaces, status, all, kube } => {
-            let opts = ManifestDiff { namespaces, status, all, kube };
-            if let Some(exit) = manifest_diff(&args, &a, &b, source.as_deref(), &opts, json).await?
-            {
-                return Ok(exit);
-            }
-            let repo = args.open(Need::Write).await?;
-            repo.load_index().await?;
-            let (sa, pa) = split_target(&a);
-            let (sb, pb) = split_target(&b);
-            let sa = repo.find_snapshot(sa, source.as_deref()).await?;
-            let sb = repo.find_snapshot(sb, source.as_deref()).await?;
-            let na = repo.lookup(&sa.snapshot, pa).await?;
-            let nb = repo.lookup(&sb.snapshot, pb).await?;
-            let entries = cairn_core::repo::diff::diff_trees(&repo, &na, &nb).await?;
-            if json {
-                print_json(&entries)?;
-            } else {
-                for e in &entries {
-                    let sign = match e.change {
-                        cairn_core::repo::diff::Change::Added => "+",
-                        cairn_core::repo::diff::Change::Removed => "-",
-                        cairn_core::repo::diff::Change::Changed => "M",
-                    };
-                    println!("{sign} {}", e.path);
-                }
-                println!("{} differences", entries.len());
-            }
-            Ok(Exit::Success)
-        }
-        Command::Check { read_data, read_data_subset } => {
-            let fraction = if read_data {
-                1.0
-            } else if let Some(s) = &read_data_subset {
-                parse_fraction(s)?
-            } else {
-                0.0
-            };
-            let repo = args.open(if fraction > 0.0 { Need::Read } else { Need::Write }).await?;
-            let report = check(&repo, &CheckOptions { read_data_fraction: fraction }).await?;
-            if json {
-                print_json(&report)?;
-            } else {
-                println!(
-                    "checked {} snapshots, {} index objects, {} packs, {} blobs; read data of {} packs",
-                    report.snapshots,
-                    report.index_objects,
-                    report.packs,
-                    report.blobs,
-                    report.packs_read
-                );
-                if !report.unindexed_packs.is_empty() {
-                    println!(
-                        "{} unindexed packs (left by interrupted backups; prune removes them)",
-                        report.unindexed_packs.len()
-                    );
-                }
-                for p in &report.problems {
-                    println!("PROBLEM {} {}: {}", p.kind, p.object, p.detail);
-                }
-                for a in &report.affected {
-                    println!(
-                        "AFFECTED snapshot {} ({}): {}",
-                        &a.snapshot[..8],
-                        a.source,
-                        a.paths.join(", ")
-                    );
-                }
-                println!(
-                    "{}",
-                    if report.ok() { "no problems found" } else { "the repository is damaged" }
-                );
-            }
-            if report.ok() { Ok(Exit::Success) } else { Ok(Exit::Integrity) }
-        }
+        Command::Key(c) => cmd::key::run(c),
+        Command::Init(a) => cmd::init::run(a, repo, mode).await,
+        Command::Backup(a) => cmd::backup::run(a, repo, mode).await,
+        Command::Forget(a) => cmd::forget::run(a, repo, mode).await,
+        Command::Prune(a) => cmd::prune::run(a, repo, mode).await,
+        Command::Locks => cmd::locks::list(repo, mode).await,
+        Command::Unlock(a) => cmd::locks::unlock(a, repo, mode).await,
+        Command::Snapshots(a) => cmd::snapshots::run(a, repo, mode).await,
+        Command::Ls(a) => cmd::ls::run(a, repo, mode).await,
+        Command::Cat(a) => cmd::cat::run(a, repo).await,
+        Command::Restore(a) => cmd::restore::run(a, repo, mode).await,
+        Command::Diff(a) => cmd::diff::run(a, repo, mode).await,
+        Command::Check(a) => cmd::check::run(a, repo, mode).await,
+        Command::Ui { listen } => ui::serve(repo, listen).await,
+        Command::Version => cmd::version::run(),
     }
 }
 
-/// What `cairn backup` was asked to do.
-struct BackupRequest {
-    path: PathBuf,
-    source: String,
-    tags: Vec<(String, String)>,
-    parent: String,
-    exclude: Vec<String>,
-    use_inode: bool,
-    cluster: Option<String>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn backup_cmd(
-    repo: Arc<Repository>,
-    req: BackupRequest,
-    guard: LeaseGuard,
-    json: bool,
-) -> Result<Exit> {
-    let BackupRequest { path, source, tags, parent, exclude, use_inode, cluster } = req;
-    let parent = parent.parse::<cairn_core::repo::ParentSpec>()?;
-    let opts = BackupOptions {
-        source,
-        tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
-        cluster,
-        parent,
-        use_inode,
-        exclude,
-        guard: Some(guard),
-        ..Default::default()
-    };
-    let out = match path.to_str().filter(|p| p.contains("://")) {
-        // A bucket prefix: objects as files, incremental by key, size and ETag.
-        Some(url) => cairn_core::fs::objects::backup_objects(repo, url, opts)
-            .await
-            .with_context(|| format!("backup of {url}"))?,
-        None => cairn_core::fs::backup_dir(repo, &path, opts)
-            .await
-            .with_context(|| format!("backup of {}", path.display()))?,
-    };
-    let s = &out.snapshot.summary;
-    if json {
-        print_json(&snapshot_json(&SnapshotEntry { id: out.id, snapshot: out.snapshot.clone() }))?;
-    } else {
-        let secs = s.duration_ms as f64 / 1000.0;
-        println!("snapshot {} saved ({})", out.id.short(), out.snapshot.source);
-        println!("  files {}  dirs {}  size {}", s.files, s.dirs, human_bytes(s.bytes));
-        println!(
-            "  read {} files, {}; reused {} files from parent",
-            s.files_read,
-            human_bytes(s.bytes_read),
-            s.files - s.files_read
+    #[test]
+    fn cli_definition_is_consistent() {
+        // Duplicate ids or group names, bad defaults, conflicts naming unknown args.
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    fn parse(argv: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("cairn").chain(argv.iter().copied()))
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+    }
+
+    #[test]
+    fn the_flags_scripts_and_tests_use_parse() {
+        let wk = ["--repo", "file:///r", "--write-key", "wk"];
+        let backup = [&wk[..], &["backup", "/d", "--source", "s", "--lock-lease", "2s"]].concat();
+        let Command::Backup(b) = parse(&backup).command else { panic!("backup") };
+        assert_eq!(
+            (b.path.to_str(), b.source.as_str(), b.parent.as_str()),
+            (Some("/d"), "s", "auto")
         );
-        println!("  added {} in {} blobs", human_bytes(s.new_bytes), s.new_blobs);
-        println!(
-            "  {:.1}s, {}/s",
-            secs,
-            human_bytes((s.bytes_read as f64 / secs.max(0.001)) as u64)
+        parse(&["backup", "s3://b/p", "--source", "s", "--parent", "none", "--exclude", "x"]);
+        parse(&["backup", "/d", "--source", "s", "--tag", "a=b", "--cluster", "c", "--use-inode"]);
+        let restore = ["restore", "latest", "--source", "s", "--cluster", "c", "--target", "-"];
+        let Command::Restore(r) = parse(&restore).command else { panic!("restore") };
+        assert_eq!((r.target.as_str(), r.format.as_str()), ("-", "auto"));
+        assert_eq!(
+            (r.select.source.as_deref(), r.select.cluster.as_deref()),
+            (Some("s"), Some("c"))
         );
-        for f in &out.snapshot.failures {
-            println!("  FAILED {}: {}", f.path, f.error);
-        }
-    }
-    Ok(if out.snapshot.partial { Exit::Partial } else { Exit::Success })
-}
-
-fn parse_fraction(s: &str) -> Result<f64> {
-    cairn_core::parse::percentage(s, 100.0, false)
-        .map_err(|e| usage(format!("--read-data-subset: {e}")))
-}
-
-fn key_generate(out: &PathBuf) -> Result<Exit> {
-    use age::secrecy::ExposeSecret;
-    if out.exists() {
-        return Err(usage(format!("{} exists; refusing to overwrite an identity", out.display())));
-    }
-    let id = age::x25519::Identity::generate();
-    let public = id.to_public().to_string();
-    let created = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    write_secret_file(
-        out,
-        &format!(
-            "# created: {created}\n# public key: {public}\n{}\n",
-            id.to_string().expose_secret()
-        ),
-    )?;
-    println!("{public}");
-    Ok(Exit::Success)
-}
-
-/// Create a file readable by its owner only.
-fn write_secret_file(path: &PathBuf, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
-/// Stdout cannot seek; holes are written as zeros there, so the seek is never called.
-struct SeekStdout<W>(W);
-
-impl<W: Write> Write for SeekStdout<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl<W> std::io::Seek for SeekStdout<W> {
-    fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
-        Err(std::io::Error::other("stdout cannot seek"))
-    }
-}
-
-struct ManifestDiff {
-    namespaces: Vec<String>,
-    status: bool,
-    all: bool,
-    kube: cairn_kube::KubeArgs,
-}
-
-/// `cairn diff` on manifest snapshots (or a snapshot and `live`); `None` when the snapshots
-/// are not manifest snapshots (the file diff applies).
-async fn manifest_diff(
-    args: &RepoArgs,
-    a: &str,
-    b: &str,
-    source: Option<&str>,
-    opts: &ManifestDiff,
-    json: bool,
-) -> Result<Option<Exit>> {
-    use cairn_kube::collect::{CollectOptions, Filters};
-    use cairn_kube::compare::{CompareOptions, ObjectChange, compare, compare_with_live};
-    use cairn_kube::stored::{is_manifest_snapshot, load_changed_pair};
-
-    if a.contains(':') || (b != "live" && b.contains(':')) {
-        return Ok(None);
-    }
-    // Reading objects needs the identity: manifests are file contents.
-    let repo = args.open(Need::Read).await?;
-    repo.load_index().await?;
-    let sa = repo.find_snapshot(a, source).await?;
-    if !is_manifest_snapshot(&sa.snapshot) {
-        if b == "live" {
-            return Err(ExitError(
-                Exit::Usage,
-                format!(
-                    "snapshot {} is not a manifest snapshot: `live` compares manifests",
-                    sa.id.short()
-                ),
-            )
-            .into());
-        }
-        return Ok(None);
-    }
-    let ns = opts.namespaces.clone();
-    let keep = move |p: &cairn_kube::ObjectPath| {
-        ns.is_empty()
-            || match &p.namespace {
-                Some(n) => ns.contains(n),
-                None => p.group.is_empty() && p.resource == "namespaces" && ns.contains(&p.name),
-            }
-    };
-    let compare_opts = CompareOptions { with_status: opts.status, all: opts.all };
-    let (diffs, against) = if b == "live" {
-        // Compare with what the export would have seen: its filters, narrowed by ours.
-        let mut filters: Filters = sa
-            .snapshot
-            .meta
-            .pointer("/manifests/filters")
-            .and_then(|f| serde_json::from_value(f.clone()).ok())
-            .unwrap_or_default();
-        if !opts.namespaces.is_empty() {
-            filters.namespaces = opts.namespaces.clone();
-        }
-        let client = opts.kube.client().await?;
-        let collect_opts = CollectOptions { concurrency: 8, page_size: 500 };
-        let (diffs, collected) = compare_with_live(
-            &repo,
-            &sa.snapshot,
-            &keep,
-            &client,
-            &filters,
-            &collect_opts,
-            compare_opts,
-        )
-        .await?;
-        for d in collected.denied.iter().chain(&collected.skipped) {
-            eprintln!("cairn: live side incomplete: {d}");
-        }
-        (diffs, "the live cluster".to_string())
-    } else {
-        let sb = repo.find_snapshot(b, source).await?;
-        if !is_manifest_snapshot(&sb.snapshot) {
-            return Ok(None);
-        }
-        let (x, y) = load_changed_pair(&repo, &sa.snapshot, &sb.snapshot, &keep).await?;
-        (compare(&x, &y, compare_opts), format!("snapshot {}", sb.id.short()))
-    };
-    if json {
-        print_json(&diffs)?;
-        return Ok(Some(Exit::Success));
-    }
-    let count = |c| diffs.iter().filter(|d| d.change == c).count();
-    for d in &diffs {
-        let sign = match d.change {
-            ObjectChange::Added => "+",
-            ObjectChange::Removed => "-",
-            ObjectChange::Changed => "~",
+        parse(&[
+            "restore",
+            "x:p",
+            "--target",
+            "t",
+            "--format",
+            "tar",
+            "--include",
+            "a",
+            "--no-owner",
+        ]);
+        let cli = parse(&["diff", "a", "live", "-n", "ns", "--json", "--status", "--all"]);
+        assert!(cli.output.json);
+        let Command::Diff(d) = cli.command else { panic!("diff") };
+        assert_eq!((d.b.as_str(), d.namespaces.as_slice()), ("live", &["ns".to_string()][..]));
+        let Command::Snapshots(s) = parse(&["--json", "snapshots", "--cluster", "c"]).command
+        else {
+            panic!("snapshots")
         };
-        println!("{sign} {}", d.object);
-        for f in &d.fields {
-            println!("    {}", f.line());
-        }
+        assert_eq!(s.select.cluster.as_deref(), Some("c"));
+        parse(&["snapshots", "--source", "s", "--cluster", "c"]);
+        parse(&["ls", "latest:sub", "--source", "s", "--cluster", "c"]);
+        parse(&["cat", "latest:f", "--source", "s"]);
+        parse(&["forget", "--keep-last", "1", "--dry-run", "--source", "s"]);
+        parse(&["prune", "--dry-run", "--lock-wait", "1s"]);
+        parse(&["check", "--read-data-subset", "10%"]);
+        parse(&["init", "--recipient", "age1x", "--write-key-out", "/wk", "--compression", "5"]);
+        parse(&["key", "generate", "--out", "/id"]);
+        parse(&["unlock", "--stale"]);
+        assert!(Cli::try_parse_from(["cairn", "unlock"]).is_err());
+        assert!(
+            Cli::try_parse_from(["cairn", "check", "--read-data", "--read-data-subset", "1%"])
+                .is_err()
+        );
     }
-    println!(
-        "snapshot {} → {against}: {} changed, {} removed, {} added",
-        sa.id.short(),
-        count(ObjectChange::Changed),
-        count(ObjectChange::Removed),
-        count(ObjectChange::Added)
-    );
-    Ok(Some(Exit::Success))
 }
