@@ -1,22 +1,5 @@
-//! `cairn-etcd-snapshot`: parse → telemetry → run → exit code. Everything else lives in `lib.rs`.
+//! `cairn-etcd-snapshot`: the one job `main` (`cairn_job::run_main`). Everything else lives in `lib.rs`.
 
-use std::process::ExitCode;
-
-use clap::Parser;
-
-fn main() -> ExitCode {
-    let cli = cairn_etcd_snapshot::Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cairn-etcd-snapshot: cannot start the async runtime: {e}");
-            return cairn_core::Exit::Retryable.into();
-        }
-    };
-    runtime.block_on(async {
-        let telemetry = cairn_job::telemetry::init(&cli.telemetry_options());
-        let exit = cairn_etcd_snapshot::run(cli).await;
-        telemetry.shutdown();
-        exit.into()
-    })
+fn main() -> std::process::ExitCode {
+    cairn_job::run_main(cairn_etcd_snapshot::run)
 }

@@ -57,8 +57,8 @@ pub struct Cli {
     pub output: OutputArgs,
 }
 
-impl Cli {
-    pub fn telemetry_options(&self) -> TelemetryOptions {
+impl cairn_job::JobCli for Cli {
+    fn telemetry_options(&self) -> TelemetryOptions {
         self.output.telemetry("cairn-maintain")
     }
 }

@@ -88,10 +88,9 @@ pub async fn run(repo: &RepoArgs, args: &IngestArgs, json: bool) -> Exit {
     report.exit_code = exit.code();
     report.error = error;
     report.duration_ms = started.elapsed().as_millis() as u64;
-    let value = serde_json::to_value(&report).unwrap_or_default();
-    write_termination_message(&args.termination_log, &value);
+    write_termination_message(&args.termination_log, &report);
     if json {
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        cairn_job::report::print_json("cairn-pvc-ingest ingest", &report);
     } else if let Some(id) = &report.snapshot {
         let secs = report.duration_ms as f64 / 1000.0;
         println!("snapshot {} saved ({})", short_id(id), report.source);

@@ -49,8 +49,8 @@ pub enum Command {
     Ingest(Box<ingest::IngestArgs>),
 }
 
-impl Cli {
-    pub fn telemetry_options(&self) -> TelemetryOptions {
+impl cairn_job::JobCli for Cli {
+    fn telemetry_options(&self) -> TelemetryOptions {
         self.output.telemetry("cairn-pvc-ingest")
     }
 }

@@ -1,22 +1,5 @@
-//! `cairn-pvc-ingest`: parse → telemetry → run → exit code. Everything else lives in `lib.rs`.
+//! `cairn-pvc-ingest`: the one job `main` (`cairn_job::run_main`). Everything else lives in `lib.rs`.
 
-use std::process::ExitCode;
-
-use clap::Parser;
-
-fn main() -> ExitCode {
-    let cli = cairn_pvc_ingest::Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cairn-pvc-ingest: cannot start the async runtime: {e}");
-            return cairn_core::Exit::Retryable.into();
-        }
-    };
-    runtime.block_on(async {
-        let telemetry = cairn_job::telemetry::init(&cli.telemetry_options());
-        let exit = cairn_pvc_ingest::run(cli).await;
-        telemetry.shutdown();
-        exit.into()
-    })
+fn main() -> std::process::ExitCode {
+    cairn_job::run_main(cairn_pvc_ingest::run)
 }

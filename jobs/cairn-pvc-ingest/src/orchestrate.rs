@@ -643,6 +643,57 @@ async fn backup_one(
     result
 }
 
+/// Where a snapshot-mode ingest reads from: `(clone name, VolumeSnapshot, access mode,
+/// size)`. Cuts the VolumeSnapshot (unless a group snapshot gave one), waits for it, and
+/// records both in `meta`.
+async fn snapshot_clone(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    given: Option<GivenSnapshot>,
+    result: &mut PvcResult,
+    mine: &mut Vec<TempObject>,
+    meta: &mut PvcMeta,
+) -> anyhow::Result<(String, String, String, String)> {
+    let a = &ctx.args;
+    let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+    let name = pvc.metadata.name.clone().unwrap_or_default();
+    let run = &ctx.owner.run;
+    let (labels, annotations) = (ctx.owner.labels(), ctx.owner.annotations());
+    let (driver, sc) = driver_of(&ctx.client, pvc).await?;
+    let (snap, class) = match &given {
+        Some(g) => {
+            meta.volume_group_snapshot =
+                Some(VolumeGroupSnapshotRecord { name: g.group.clone(), class: g.class.clone() });
+            (g.name.clone(), g.class.clone())
+        }
+        None => {
+            let requested =
+                pvc.metadata.annotations.as_ref().and_then(|m| m.get(volsnap::CLASS_ANNOTATION));
+            let class = volsnap::choose_class(&ctx.client, &driver, requested.map(String::as_str))
+                .await
+                .with_context(|| format!("choosing a VolumeSnapshotClass for {ns}/{name}"))?;
+            let snap = object_name("cairn", &name, run, 63);
+            track(ctx, mine, TempObject::Snapshot(ns.clone(), snap.clone()));
+            volsnap::create(&ctx.client, &ns, &snap, &name, &class, &labels, &annotations).await?;
+            tracing::info!(pvc = %format!("{ns}/{name}"), snapshot = %snap, class = %class, "VolumeSnapshot created");
+            (snap, class)
+        }
+    };
+    result.volume_snapshot_class = Some(class.clone());
+    let ready = volsnap::wait_ready(&ctx.client, &ns, &snap, a.snapshot_timeout, a.poll).await?;
+    tracing::info!(snapshot = %snap, waited_ms = ready.waited.as_millis() as u64, restore_size = ?ready.restore_size, "VolumeSnapshot ready");
+    meta.volume_snapshot = Some(VolumeSnapshotRecord {
+        class: class.clone(),
+        driver: driver.clone(),
+        restore_size: ready.restore_size.clone(),
+        ready_after_ms: ready.waited.as_millis() as u64,
+    });
+    let access = clone_access_mode(pvc, sc.as_ref(), &a.clone_access_mode);
+    let size = larger_size(ready.restore_size.as_deref(), requested_size(pvc).as_deref());
+    let clone = object_name("cairn-clone", &name, run, 63);
+    Ok((clone, snap, access, size))
+}
+
 async fn backup_one_inner(
     ctx: &Ctx,
     pvc: &PersistentVolumeClaim,
@@ -662,49 +713,7 @@ async fn backup_one_inner(
 
     let (claim, node) = match a.mode {
         Mode::Snapshot => {
-            let (driver, sc) = driver_of(&ctx.client, pvc).await?;
-            let (snap, class) = match &given {
-                Some(g) => {
-                    meta.volume_group_snapshot = Some(VolumeGroupSnapshotRecord {
-                        name: g.group.clone(),
-                        class: g.class.clone(),
-                    });
-                    (g.name.clone(), g.class.clone())
-                }
-                None => {
-                    let requested = pvc
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|m| m.get(volsnap::CLASS_ANNOTATION));
-                    let class =
-                        volsnap::choose_class(&ctx.client, &driver, requested.map(String::as_str))
-                            .await
-                            .with_context(|| {
-                                format!("choosing a VolumeSnapshotClass for {ns}/{name}")
-                            })?;
-                    let snap = object_name("cairn", &name, run, 63);
-                    track(ctx, mine, TempObject::Snapshot(ns.clone(), snap.clone()));
-                    volsnap::create(&ctx.client, &ns, &snap, &name, &class, &labels, &annotations)
-                        .await?;
-                    tracing::info!(pvc = %format!("{ns}/{name}"), snapshot = %snap, class = %class, "VolumeSnapshot created");
-                    (snap, class)
-                }
-            };
-            result.volume_snapshot_class = Some(class.clone());
-            let ready =
-                volsnap::wait_ready(&ctx.client, &ns, &snap, a.snapshot_timeout, a.poll).await?;
-            tracing::info!(snapshot = %snap, waited_ms = ready.waited.as_millis() as u64, restore_size = ?ready.restore_size, "VolumeSnapshot ready");
-            meta.volume_snapshot = Some(VolumeSnapshotRecord {
-                class: class.clone(),
-                driver: driver.clone(),
-                restore_size: ready.restore_size.clone(),
-                ready_after_ms: ready.waited.as_millis() as u64,
-            });
-            let access = clone_access_mode(pvc, sc.as_ref(), &a.clone_access_mode);
-            let size = larger_size(ready.restore_size.as_deref(), requested_size(pvc).as_deref());
-            let clone = object_name("cairn-clone", &name, run, 63);
-            (Some((clone, snap, access, size)), None)
+            (Some(snapshot_clone(ctx, pvc, given, result, mine, &mut meta).await?), None)
         }
         Mode::Live => (None, consumer_node(&ctx.client, &ns, &name).await?),
     };
@@ -1113,18 +1122,16 @@ mod tests {
             failures: (0..500).map(|i| format!("/data/{i}: permission denied")).collect(),
             ..Default::default()
         };
-        // As the ingest writes it today (a JSON value), and as a typed report.
-        let as_value = serde_json::to_value(&report).unwrap();
-        for text in [worker::termination_text(&as_value), worker::termination_text(&report)] {
-            let worker::Message::Report { report: got, truncated } =
-                worker::parse_termination_message::<IngestReport>(Some(&text))
-            else {
-                panic!("not a report: {text}")
-            };
-            assert!(truncated, "500 failures do not fit");
-            assert!(got.failures.is_empty());
-            assert_eq!((got.exit_code, got.files, got.snapshot), (3, 10, report.snapshot.clone()));
-        }
+        // As the ingest writes it: the typed report, slimmed to fit.
+        let text = worker::termination_text(&report);
+        let worker::Message::Report { report: got, truncated } =
+            worker::parse_termination_message::<IngestReport>(Some(&text))
+        else {
+            panic!("not a report: {text}")
+        };
+        assert!(truncated, "500 failures do not fit");
+        assert!(got.failures.is_empty());
+        assert_eq!((got.exit_code, got.files, got.snapshot), (3, 10, report.snapshot.clone()));
     }
 
     #[test]

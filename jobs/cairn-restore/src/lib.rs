@@ -102,8 +102,8 @@ pub struct EtcdArgs {
     pub etcdutl: PathBuf,
 }
 
-impl Cli {
-    pub fn telemetry_options(&self) -> TelemetryOptions {
+impl cairn_job::JobCli for Cli {
+    fn telemetry_options(&self) -> TelemetryOptions {
         self.output.telemetry("cairn-restore")
     }
 }

@@ -31,7 +31,8 @@ use serde_json::json;
 
 /// The file a block volume's snapshot holds (as `cairn-pvc-ingest` stores it).
 pub use cairn_core::records::BLOCK_FILE;
-use cairn_core::records::{PvcMeta, SnapshotRecord};
+use cairn_core::records::{PvcMeta, PvcRecord, SnapshotRecord};
+use cairn_core::repo::SnapshotEntry;
 pub const COMPONENT: &str = "pvc-restore";
 /// Labels a restored PVC with the snapshot it came from.
 pub const RESTORED_FROM: &str = "backup.cairn.dev/restored-from";
@@ -194,6 +195,41 @@ fn finish(prog: &str, result: anyhow::Result<()>, s: &mut PvcSummary, started: I
     s.duration_ms = started.elapsed().as_millis() as u64;
 }
 
+/// The claim a restore creates when none exists: the recorded spec, with the operator's
+/// overrides (size, StorageClass), labelled with the snapshot it came from.
+fn new_claim(
+    args: &PvcArgs,
+    recorded: &PvcRecord,
+    snap: &SnapshotEntry,
+    ns: &str,
+    name: &str,
+    block: bool,
+) -> anyhow::Result<PersistentVolumeClaim> {
+    let size = args
+        .size
+        .clone()
+        .or_else(|| recorded.size.clone())
+        .or_else(|| recorded.capacity.clone())
+        .unwrap_or_else(|| format!("{}", snap.snapshot.summary.bytes.max(1 << 30)));
+    let access = recorded.access_modes.clone().unwrap_or_else(|| vec!["ReadWriteOnce".into()]);
+    let mut spec = json!({
+        "accessModes": access,
+        "volumeMode": if block { "Block" } else { "Filesystem" },
+        "resources": { "requests": { "storage": size } },
+    });
+    if let Some(class) = args.storage_class.clone().or_else(|| recorded.storage_class_name.clone())
+    {
+        spec["storageClassName"] = json!(class);
+    }
+    let mut labels = recorded.labels.clone();
+    labels.insert(RESTORED_FROM.into(), snap.id.to_hex()[..16].to_string());
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": { "name": name, "namespace": ns, "labels": labels },
+        "spec": spec,
+    }))?)
+}
+
 async fn restore_pvc(
     repo: &RepoArgs,
     args: &PvcArgs,
@@ -234,29 +270,7 @@ async fn restore_pvc(
         }
         (Some(_), _) => {}
         (None, _) => {
-            let size = args
-                .size
-                .clone()
-                .or_else(|| recorded.size.clone())
-                .or_else(|| recorded.capacity.clone())
-                .unwrap_or_else(|| format!("{}", snap.snapshot.summary.bytes.max(1 << 30)));
-            let mut spec = json!({
-                "accessModes": recorded.access_modes.clone().unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
-                "volumeMode": if block { "Block" } else { "Filesystem" },
-                "resources": { "requests": { "storage": size } },
-            });
-            if let Some(class) =
-                args.storage_class.clone().or_else(|| recorded.storage_class_name.clone())
-            {
-                spec["storageClassName"] = json!(class);
-            }
-            let mut labels = recorded.labels.clone();
-            labels.insert(RESTORED_FROM.into(), snap.id.to_hex()[..16].to_string());
-            let body: PersistentVolumeClaim = serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": { "name": name, "namespace": ns, "labels": labels },
-                "spec": spec,
-            }))?;
+            let body = new_claim(args, &recorded, &snap, &ns, &name, block)?;
             claims
                 .create(&PostParams::default(), &body)
                 .await
@@ -311,7 +325,9 @@ async fn restore_pvc(
     };
     // Cancelled (SIGTERM: this restore's own Job deleted; SIGINT: an operator's Ctrl-C), the
     // writer Job goes too rather than write on unobserved.
-    let end = worker::run_worker_until::<PvcSummary, _>(&client, run, shutdown_signal()).await;
+    let end =
+        worker::run_worker_until::<PvcSummary, _>(&client, run, cairn_job::signal::shutdown())
+            .await;
     let r = end.result?.report;
     summary.exit_code = r.exit_code;
     summary.files = r.files;
@@ -320,21 +336,6 @@ async fn restore_pvc(
     summary.failures = r.failures;
     summary.error = r.error;
     Ok(())
-}
-
-/// SIGTERM (what Kubernetes sends a pod it stops) or SIGINT, naming which; never, when the
-/// handlers cannot be installed.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
 }
 
 /// Inside the writer pod.

@@ -95,8 +95,8 @@ pub enum Command {
     Version,
 }
 
-impl Cli {
-    pub fn telemetry_options(&self) -> TelemetryOptions {
+impl cairn_job::JobCli for Cli {
+    fn telemetry_options(&self) -> TelemetryOptions {
         self.output.telemetry("cairn")
     }
 }

@@ -3,6 +3,8 @@
 //! `main`, the shutdown signal.
 
 pub mod config;
+mod entry;
+pub use entry::{JobCli, run_main};
 pub mod report;
 pub mod signal;
 pub mod telemetry;

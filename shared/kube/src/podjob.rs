@@ -169,29 +169,7 @@ pub struct WorkerJob {
 impl WorkerJob {
     /// The Job object, suspended.
     pub fn build(&self) -> Job {
-        let mut volumes = Vec::new();
-        let mut mounts = Vec::new();
-        let mut devices = Vec::new();
-        if let Some(v) = &self.volume {
-            volumes.push(Volume {
-                name: "data".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: v.claim.clone(),
-                    read_only: Some(v.read_only),
-                }),
-                ..Default::default()
-            });
-            if v.block {
-                devices.push(VolumeDevice { name: "data".into(), device_path: DEVICE_PATH.into() });
-            } else {
-                mounts.push(VolumeMount {
-                    name: "data".into(),
-                    mount_path: VOLUME_PATH.into(),
-                    read_only: Some(v.read_only),
-                    ..Default::default()
-                });
-            }
-        }
+        let (volumes, mounts, devices) = self.volume_parts();
         let sec = &self.security;
         let container = Container {
             name: "worker".into(),
@@ -219,40 +197,10 @@ impl WorkerJob {
             resources: self.resources.clone(),
             termination_message_path: Some(TERMINATION_LOG.into()),
             termination_message_policy: Some("FallbackToLogsOnError".into()),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                run_as_non_root: Some(sec.run_as_user != 0),
-                run_as_user: Some(sec.run_as_user),
-                run_as_group: Some(sec.run_as_group),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    add: (!sec.capabilities.is_empty()).then(|| sec.capabilities.clone()),
-                }),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            security_context: Some(container_security(sec)),
             ..Default::default()
         };
-        let affinity = self.node.as_ref().map(|node| Affinity {
-            node_affinity: Some(NodeAffinity {
-                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                    node_selector_terms: vec![NodeSelectorTerm {
-                        match_fields: Some(vec![NodeSelectorRequirement {
-                            key: "metadata.name".into(),
-                            operator: "In".into(),
-                            values: Some(vec![node.clone()]),
-                        }]),
-                        ..Default::default()
-                    }],
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        let affinity = self.node.as_deref().map(on_node);
         let meta = ObjectMeta {
             labels: Some(self.labels.clone()),
             annotations: Some(self.annotations.clone()),
@@ -297,6 +245,34 @@ impl WorkerJob {
             status: None,
         }
     }
+
+    /// The pod's volume, and how the container sees it (a mount, or a raw device).
+    fn volume_parts(&self) -> (Vec<Volume>, Vec<VolumeMount>, Vec<VolumeDevice>) {
+        let mut volumes = Vec::new();
+        let mut mounts = Vec::new();
+        let mut devices = Vec::new();
+        if let Some(v) = &self.volume {
+            volumes.push(Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: v.claim.clone(),
+                    read_only: Some(v.read_only),
+                }),
+                ..Default::default()
+            });
+            if v.block {
+                devices.push(VolumeDevice { name: "data".into(), device_path: DEVICE_PATH.into() });
+            } else {
+                mounts.push(VolumeMount {
+                    name: "data".into(),
+                    mount_path: VOLUME_PATH.into(),
+                    read_only: Some(v.read_only),
+                    ..Default::default()
+                });
+            }
+        }
+        (volumes, mounts, devices)
+    }
 }
 
 /// An owner reference to `job`: what it owns goes when it goes.
@@ -313,6 +289,47 @@ pub fn owned_by(job: &Job) -> Result<OwnerReference> {
         // blockOwnerDeletion would need update rights on jobs/finalizers.
         block_owner_deletion: None,
     })
+}
+
+/// The worker container's security context: no escalation, read-only root, all
+/// capabilities dropped but those asked for, the runtime's seccomp profile.
+fn container_security(sec: &WorkerSecurity) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(sec.run_as_user != 0),
+        run_as_user: Some(sec.run_as_user),
+        run_as_group: Some(sec.run_as_group),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: (!sec.capabilities.is_empty()).then(|| sec.capabilities.clone()),
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Required affinity to one node (where a live volume's consumer runs).
+fn on_node(node: &str) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.to_string()]),
+                    }]),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Let a suspended Job run.

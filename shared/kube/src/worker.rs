@@ -56,17 +56,6 @@ pub trait Report: Slim + DeserializeOwned {
     fn exit_code(&self) -> u8;
 }
 
-/// Transitional, for a worker that still hands over its report as a JSON value
-/// (`cairn-pvc-ingest ingest`, which should pass its `IngestReport`): `failures` goes, as
-/// `IngestReport`'s own [`Slim`] has it. Not a [`Report`]: nothing reads a `Value` back.
-impl Slim for serde_json::Value {
-    fn slim(&mut self) {
-        if let Some(obj) = self.as_object_mut() {
-            obj.remove("failures");
-        }
-    }
-}
-
 /// The message as written: the report's fields, and `truncated` when it was slimmed.
 #[derive(Serialize)]
 struct Written<'a, R> {
@@ -582,21 +571,6 @@ mod tests {
             parse_termination_message::<TestReport>(Some(r#"{"files": 3}"#)),
             Message::Text(_)
         ));
-    }
-
-    #[test]
-    fn a_json_value_report_is_slimmed_like_before() {
-        let failures: Vec<String> = (0..500).map(|i| format!("/some/long/path/{i}")).collect();
-        let v = serde_json::json!({"exit_code": 3, "failures": failures, "snapshot": "ab"});
-        let text = termination_text(&v);
-        assert!(text.len() <= TERMINATION_MESSAGE_MAX);
-        let Message::Report { report: got, truncated } =
-            parse_termination_message::<TestReport>(Some(&text))
-        else {
-            panic!("not a report: {text}")
-        };
-        assert!(truncated);
-        assert_eq!(got, TestReport { failures: Vec::new(), ..report(0) });
     }
 
     #[test]
