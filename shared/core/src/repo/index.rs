@@ -285,7 +285,7 @@ mod tests {
                 any::<bool>(),
                 proptest::collection::vec(any::<u8>(), 0..64),
                 proptest::collection::vec(
-                    (any::<[u8; 32]>(), any::<u8>(), any::<u32>(), any::<u32>(), any::<u32>()),
+                    (any::<[u8; 32]>(), any::<bool>(), any::<u32>(), any::<u32>(), any::<u32>()),
                     0..8,
                 ),
             )
@@ -294,9 +294,9 @@ mod tests {
                     wrapped_key: if data { key } else { Vec::new() },
                     entries: entries
                         .into_iter()
-                        .map(|(id, flags, offset, length, raw_len)| PackEntry {
+                        .map(|(id, zstd, offset, length, raw_len)| PackEntry {
                             id: BlobId(id),
-                            flags,
+                            flags: if zstd { crate::repo::pack::FLAG_ZSTD } else { 0 },
                             offset,
                             length,
                             raw_len,
