@@ -141,6 +141,8 @@ async fn a_holder_that_cannot_refresh_stops_before_its_lease_ends() {
     let lock = Lock::acquire(&holder, kind.clone(), &opts(lease, Duration::ZERO)).await.unwrap();
     let guard = lock.guard();
     assert!(guard.check().is_ok());
+    // A writer loads its index when it starts, before anything goes wrong.
+    let index = holder.index().await.unwrap();
     // The store becomes unreachable for the holder.
     gate.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let stopped = loop {
@@ -154,7 +156,6 @@ async fn a_holder_that_cannot_refresh_stops_before_its_lease_ends() {
     assert!(stopped < lease, "holder stopped after {stopped:?}, lease {lease:?}");
 
     // Its writer refuses to write from then on.
-    let index = holder.index().await.unwrap();
     let writer = holder.writer(index, tokio::runtime::Handle::current()).with_guard(Some(guard));
     let refused =
         tokio::task::spawn_blocking(move || writer.add_blob(BlobKind::Data, b"late").map(|_| ()))
