@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use cairn_core::Exit;
+use cairn_core::exit::report_failure;
 use serde::Serialize;
 
 /// A job's own report fields, and how they read as text.
@@ -90,14 +91,6 @@ pub async fn run<T>(
         error,
         job,
     }
-}
-
-/// A failure reported the one way: `prog: context: cause` on stderr. Returns the exit code
-/// and the line (for the report).
-pub fn report_failure(prog: &str, e: &anyhow::Error) -> (Exit, String) {
-    let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
-    eprintln!("{prog}: {line}");
-    (Exit::from_error(e), line)
 }
 
 #[cfg(test)]

@@ -7,8 +7,6 @@
 
 use std::str::FromStr;
 
-#[cfg(test)]
-use super::SnapshotId;
 use super::{Repository, Snapshot, SnapshotEntry};
 use crate::{Error, Result};
 
@@ -93,6 +91,7 @@ impl Repository {
 
 #[cfg(test)]
 mod tests {
+    use super::super::SnapshotId;
     use super::*;
 
     fn snap(source: &str, cluster: Option<&str>, secs: i64) -> SnapshotEntry {
