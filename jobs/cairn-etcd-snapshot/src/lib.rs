@@ -390,9 +390,10 @@ async fn snapshot(cli: &Cli, summary: &mut Summary) -> anyhow::Result<()> {
     tracing::info!(member = %member.name, endpoint = %member.endpoint, reason = %why, "snapshotting");
 
     let repo = Arc::new(cli.repo.open(Need::Write).await.context("opening the repository")?);
-    let locks = BackupLocks::acquire(&repo, &cli.source, &cli.lock.options("etcd snapshot"))
+    let lock_source = cli.labels.lock_source(&cli.source);
+    let locks = BackupLocks::acquire(&repo, &lock_source, &cli.lock.options("etcd snapshot"))
         .await
-        .with_context(|| format!("locking source {}", cli.source))?;
+        .with_context(|| format!("locking source {lock_source}"))?;
     let result = stream_and_commit(cli, summary, &repo, &locks, &member, why, &stream_opts).await;
     let released = locks.release().await;
     result?;

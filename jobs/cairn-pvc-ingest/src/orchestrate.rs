@@ -102,9 +102,10 @@ pub struct RunArgs {
     /// one run per instance at a time.
     #[arg(long, env = "CAIRN_INSTANCE", default_value = "default")]
     pub instance: String,
-    /// Image of the ingest pod (this binary's image).
+    /// Image of the ingest pods. Default, in a pod: this pod's own image (so a registry
+    /// mapping or digest pin applies to both); required outside one.
     #[arg(long, env = "CAIRN_INGEST_IMAGE")]
-    pub ingest_image: String,
+    pub ingest_image: Option<String>,
     /// The ingest binary inside that image.
     #[arg(long, env = "CAIRN_INGEST_COMMAND", default_value = "/usr/local/bin/cairn-pvc-ingest")]
     pub ingest_command: String,
@@ -371,6 +372,9 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
     }
     let ns_filter = NamespaceFilter::new(&args.namespaces, &args.exclude_namespaces)?;
     let client = args.kube.client().await.context("connecting to the cluster")?;
+    let image =
+        cairn_kube::own_pod::worker_image(&client, args.ingest_image.as_deref(), "--ingest-image")
+            .await?;
     // The ingest pods get the same repository and write key: open it here first, so a bad
     // credential fails once, not once per PVC.
     let repository = repo.open(Need::Write).await.context("opening the repository")?;
@@ -418,7 +422,7 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
             mode: args.mode,
             cluster: args.labels.cluster.clone(),
             tags: args.labels.tags.clone(),
-            image: args.ingest_image.clone(),
+            image,
             command: args.ingest_command.clone(),
             pull_policy: args.worker.image_pull_policy.clone(),
             service_account: args.ingest_service_account.clone(),

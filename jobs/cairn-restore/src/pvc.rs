@@ -86,9 +86,10 @@ pub struct PvcArgs {
     /// When the target PVC exists: fail, overwrite (empty it first) or merge.
     #[arg(long, env = "CAIRN_EXISTING", value_enum, default_value = "fail")]
     pub existing: Existing,
-    /// Image of the writer pod (this binary's image).
+    /// Image of the writer pod. Default, in a pod: this pod's own image; required outside
+    /// one.
     #[arg(long, env = "CAIRN_WRITER_IMAGE")]
-    pub writer_image: String,
+    pub writer_image: Option<String>,
     /// The restore binary inside that image.
     #[arg(long, env = "CAIRN_WRITER_COMMAND", default_value = "/usr/local/bin/cairn-restore")]
     pub writer_command: String,
@@ -257,6 +258,9 @@ async fn restore_pvc(
     }
 
     let client = args.kube.client().await.context("connecting to the cluster")?;
+    let image =
+        cairn_kube::own_pod::worker_image(&client, args.writer_image.as_deref(), "--writer-image")
+            .await?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let existing = claims
         .get_opt(&name)
@@ -306,7 +310,7 @@ async fn restore_pvc(
             name: job_name,
             labels: owner.labels(),
             annotations: owner.annotations(),
-            image: args.writer_image.clone(),
+            image,
             image_pull_policy: args.worker.image_pull_policy.clone(),
             command: vec![args.writer_command.clone(), "pvc-writer".into()],
             env,

@@ -153,10 +153,7 @@ impl SnapshotLabels {
 
     /// The lock name for `source`: per cluster when one is named.
     pub fn lock_source(&self, source: &str) -> String {
-        match &self.cluster {
-            Some(c) => format!("{source}@{c}"),
-            None => source.to_string(),
-        }
+        cairn_core::repo::lock::source_lock_name(source, self.cluster.as_deref())
     }
 }
 

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod layout;
 pub mod list;
 pub mod normalize;
+pub mod own_pod;
 pub mod podjob;
 pub mod selector;
 pub mod semdiff;

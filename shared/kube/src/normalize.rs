@@ -182,6 +182,12 @@ pub fn never_restored(path: &ObjectPath, obj: &Value) -> Option<&'static str> {
     let (g, r) = (path.group.as_str(), path.resource.as_str());
     match (g, r) {
         ("", "nodes") => return Some("nodes belong to the cluster's machines"),
+        ("storage.k8s.io", "csinodes") => {
+            return Some("CSI nodes are registered by each node's kubelet");
+        }
+        ("storage.k8s.io", "volumeattachments") => {
+            return Some("volume attachments are the attach controller's live state");
+        }
         ("", "events") | ("events.k8s.io", "events") => return Some("events are history"),
         ("networking.k8s.io", "ipaddresses") => {
             return Some("allocated by the API server for Services");
@@ -362,6 +368,10 @@ mod tests {
             never_restored(&path(Some("p"), "coordination.k8s.io", "leases", "l"), &json!({}))
                 .is_some()
         );
+        // Node-level state a real node registers (found restoring a real node's cluster).
+        for r in ["csinodes", "volumeattachments"] {
+            assert!(never_restored(&path(None, "storage.k8s.io", r, "n"), &json!({})).is_some());
+        }
     }
 
     #[test]

@@ -310,8 +310,46 @@ pub async fn wait_group_members(
         }
         tokio::time::sleep(poll).await;
     };
+    // The controller creates and binds the member VolumeSnapshots around the time the group
+    // turns ready, not before: poll until every volume of the group content has its member.
+    loop {
+        let members = group_member_map(client, ns, name, &contents, &content_name).await?;
+        if members.complete() {
+            return Ok(members.by_volume);
+        }
+        if started.elapsed() > timeout {
+            return Err(Error::Retryable(format!(
+                "VolumeGroupSnapshot {ns}/{name}: {} of {} member snapshots bound within {}",
+                members.by_volume.len(),
+                members.volumes,
+                humantime::format_duration(timeout)
+            )));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// The members found so far: volume handle → VolumeSnapshot, of how many volumes.
+struct GroupMembers {
+    by_volume: BTreeMap<String, String>,
+    volumes: usize,
+}
+
+impl GroupMembers {
+    fn complete(&self) -> bool {
+        self.volumes > 0 && self.by_volume.len() == self.volumes
+    }
+}
+
+async fn group_member_map(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    contents: &Api<DynamicObject>,
+    content_name: &str,
+) -> Result<GroupMembers> {
     let content = contents
-        .get(&content_name)
+        .get(content_name)
         .await
         .map_err(|e| classify(&format!("reading VolumeGroupSnapshotContent {content_name}"), e))?;
     // v1beta2 and v1: volumeSnapshotInfoList; v1beta1: volumeSnapshotHandlePairList.
@@ -341,7 +379,7 @@ pub async fn wait_group_members(
             "volumesnapshotcontents",
         ),
     );
-    let mut members = BTreeMap::new();
+    let mut by_volume = BTreeMap::new();
     for snap in snapshots.items {
         if snap.data["status"]["volumeGroupSnapshotName"].as_str() != Some(name) {
             continue;
@@ -361,10 +399,10 @@ pub async fn wait_group_members(
             .as_str()
             .or_else(|| c.data["spec"]["source"]["snapshotHandle"].as_str());
         if let Some(volume) = handle.and_then(|h| by_snapshot_handle.get(h)) {
-            members.insert(volume.clone(), snap_name);
+            by_volume.insert(volume.clone(), snap_name);
         }
     }
-    Ok(members)
+    Ok(GroupMembers { by_volume, volumes: by_snapshot_handle.len() })
 }
 
 /// Delete a VolumeGroupSnapshot (its member VolumeSnapshots go with it); gone is fine.

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use cairn_core::exit::Exit;
 use cairn_core::fs::BackupOptions;
 use cairn_core::progress::human_bytes;
-use cairn_core::repo::lock::{BackupLocks, LeaseGuard};
+use cairn_core::repo::lock::{self, BackupLocks, LeaseGuard};
 use cairn_core::repo::{ParentSpec, Repository, SnapshotEntry};
 use cairn_job::config::{LockArgs, Need, RepoArgs};
 
@@ -47,9 +47,10 @@ struct Saved(SnapshotEntry);
 
 pub(crate) async fn run(args: BackupArgs, repo: &RepoArgs, mode: Mode) -> Result<Exit> {
     let repo = Arc::new(repo.open(Need::Write).await?);
-    let locks = BackupLocks::acquire(&repo, &args.source, &args.lock.options("backup"))
+    let lock_source = lock::source_lock_name(&args.source, args.cluster.as_deref());
+    let locks = BackupLocks::acquire(&repo, &lock_source, &args.lock.options("backup"))
         .await
-        .with_context(|| format!("locking source {}", args.source))?;
+        .with_context(|| format!("locking source {lock_source}"))?;
     let saved = backup(repo, args, locks.guard()).await;
     let released = locks.release().await;
     let saved = saved?;

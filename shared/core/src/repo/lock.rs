@@ -495,6 +495,15 @@ pub async fn remove_stale(repo: &Repository) -> Result<Vec<LockInfo>> {
     Ok(removed)
 }
 
+/// The name of a backup's source lock: per cluster when one is named, so that clusters
+/// sharing a bucket (and source names like `etcd`) never wait for each other.
+pub fn source_lock_name(source: &str, cluster: Option<&str>) -> String {
+    match cluster {
+        Some(c) => format!("{source}@{c}"),
+        None => source.to_string(),
+    }
+}
+
 /// The locks a backup runs under: its source's (so two runs of one CronJob never overlap)
 /// and a shared one (so prune knows it is running).
 #[derive(Debug)]
