@@ -28,10 +28,16 @@ build_etcd() {
   log "etcd built in $((SECONDS - t0)) s"
 }
 
+# The control plane and the node: every binary in KUBE_BINARIES, built into one directory. A
+# binary that is missing is built alone (the Go build cache makes the rest cheap), so adding
+# one to the list does not rebuild the others.
+KUBE_BINARIES=(kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy)
 build_kube() {
   local out="$CAIRN_TESTENV_CACHE/kubernetes-$K8S_VERSION"
-  [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kubectl" ] && return 0
-  log "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION"; local t0=$SECONDS
+  local missing=() b
+  for b in "${KUBE_BINARIES[@]}"; do [ -x "$out/$b" ] || missing+=("$b"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "building ${missing[*]} $K8S_VERSION"; local t0=$SECONDS
   local w; w=$(mktemp -d); wrapper "$w"
   local staging=v0.${K8S_VERSION#v1.}
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging;
@@ -43,12 +49,12 @@ build_kube() {
     && go mod edit -require "k8s.io/kubernetes@$K8S_VERSION" \
     && go mod tidy >/dev/null 2>&1 || true)
   local ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
-  mkdir -p "$out.tmp"
+  mkdir -p "$out"
   (cd "$w" && go get "k8s.io/kubernetes@$K8S_VERSION" >/dev/null 2>&1 \
-    && go build -trimpath -ldflags "$ld" -o "$out.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver \
-    && go build -trimpath -ldflags "$ld" -o "$out.tmp/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager \
-    && go build -trimpath -ldflags "$ld" -o "$out.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl)
-  rm -rf "$out" "$w"; mv "$out.tmp" "$out"
+    && for b in "${missing[@]}"; do
+         go build -trimpath -ldflags "$ld" -o "$out/$b.tmp" "k8s.io/kubernetes/cmd/$b" && mv "$out/$b.tmp" "$out/$b" || exit 1
+       done)
+  rm -rf "$w"
   log "kubernetes built in $((SECONDS - t0)) s"
 }
 
@@ -82,12 +88,35 @@ build_go_tool() {  # name module version package
   log "$name built in $((SECONDS - t0)) s"
 }
 
+# The real CSI chain above our test driver: the external-provisioner, the snapshot-controller
+# and the csi-snapshotter sidecar, each from its own Go module.
+build_csi() {
+  build_go_tool csi-provisioner github.com/kubernetes-csi/external-provisioner/v6 "$CSI_PROVISIONER_VERSION" \
+    github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
+  build_go_tool snapshot-controller github.com/kubernetes-csi/external-snapshotter/v8 "$CSI_SNAPSHOTTER_VERSION" \
+    github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller
+  build_go_tool csi-snapshotter github.com/kubernetes-csi/external-snapshotter/v8 "$CSI_SNAPSHOTTER_VERSION" \
+    github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter
+}
+
+# Our test node's programs (test code, not product): built when their sources change.
+build_node() {
+  local out; out=$(node_bin_dir)
+  [ -x "$out/csi-hostpath" ] && [ -x "$out/pause" ] && return 0
+  log "building tests/node (csi-hostpath, pause)"; local t0=$SECONDS
+  "$here/../node/build.sh" "$out.tmp"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  log "tests/node built in $((SECONDS - t0)) s"
+}
+
 case "${1:-all}" in
   tofu) build_go_tool tofu github.com/opentofu/opentofu "$TOFU_VERSION" github.com/opentofu/opentofu/cmd/tofu ;;
   tflint) build_go_tool tflint github.com/terraform-linters/tflint "$TFLINT_VERSION" github.com/terraform-linters/tflint ;;
   etcd) build_etcd ;;
   kube) build_kube ;;
   s3) build_s3 ;;
-  all) build_etcd; build_s3; build_kube ;;
-  *) echo "usage: build.sh [etcd|kube|s3|tofu|tflint|all]" >&2; exit 2 ;;
+  csi) build_csi ;;
+  node) build_node ;;
+  all) build_etcd; build_s3; build_kube; build_csi; build_node ;;
+  *) echo "usage: build.sh [etcd|kube|s3|csi|node|tofu|tflint|all]" >&2; exit 2 ;;
 esac

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-pub mod csi;
+pub mod node;
 pub mod trees;
 
 /// Reads a variable the world exports, panicking with directions when it is absent.
@@ -495,6 +495,44 @@ pub mod manifests {
         let issuer = format!("clusterissuer/{ns}-ca");
         let class = format!("volumesnapshotclass/{ns}-snapclass");
         kubectl(kubeconfig, &["delete", "--ignore-not-found", &issuer, &class], None);
+    }
+
+    /// Render `dir` (an overlay or the restore kustomization) into namespace `ns`, with
+    /// cluster-scoped names suffixed so that parallel runs do not collide.
+    pub fn render(dir: &Path, ns: &str, suffix: &str) -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        // Kustomize takes bases only by relative path.
+        let up = "../".repeat(tmp.path().components().count() - 1);
+        let rel = format!("{up}{}", dir.display().to_string().trim_start_matches('/'));
+        let k = format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {ns}\n\
+             nameSuffix: \"{suffix}\"\nresources:\n  - {rel}\n"
+        );
+        std::fs::write(tmp.path().join("kustomization.yaml"), k).unwrap();
+        let out = kubectl(&env("KUBECONFIG"), &["kustomize", tmp.path().to_str().unwrap()], None);
+        let mut docs = Vec::new();
+        for doc in out.split("\n---\n") {
+            let mut obj = cairn_kube::from_yaml(doc.as_bytes(), "kustomize output").unwrap();
+            match obj["kind"].as_str() {
+                // The test makes the namespace itself.
+                Some("Namespace") => continue,
+                // Kustomize renames neither the namespace nor the name of binding subjects.
+                Some("ClusterRoleBinding" | "RoleBinding") => {
+                    for subject in obj["subjects"].as_array_mut().unwrap() {
+                        if subject["kind"] == "ServiceAccount" {
+                            let name = format!("{}{suffix}", subject["name"].as_str().unwrap());
+                            subject["name"] = name.into();
+                            subject["namespace"] = ns.into();
+                        }
+                    }
+                }
+                // Applied for real on a cluster with a node: tests trigger the jobs themselves.
+                Some("CronJob") => obj["spec"]["suspend"] = true.into(),
+                _ => {}
+            }
+            docs.push(cairn_kube::to_yaml(&obj).unwrap());
+        }
+        docs.join("\n---\n")
     }
 
     /// A kubeconfig holding a token of ServiceAccount `ns/name`.

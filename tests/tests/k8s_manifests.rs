@@ -5,49 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use cairn_kube::{from_yaml, to_yaml};
-use cairn_tests::manifests::{apply_app, install_crds, kubectl, token_kubeconfig};
+use cairn_tests::manifests::{apply_app, install_crds, kubectl, render, token_kubeconfig};
 use cairn_tests::{env, repos, unique};
 use clap::Parser;
 
 fn manifests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s-manifests").canonicalize().unwrap()
-}
-
-/// Render `dir` (an overlay or the restore kustomization) into namespace `ns`, with
-/// cluster-scoped names suffixed so that parallel runs do not collide.
-fn render(dir: &Path, ns: &str, suffix: &str) -> String {
-    let tmp = tempfile::tempdir().unwrap();
-    // Kustomize takes bases only by relative path.
-    let up = "../".repeat(tmp.path().components().count() - 1);
-    let rel = format!("{up}{}", dir.display().to_string().trim_start_matches('/'));
-    let k = format!(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {ns}\n\
-         nameSuffix: \"{suffix}\"\nresources:\n  - {rel}\n"
-    );
-    std::fs::write(tmp.path().join("kustomization.yaml"), k).unwrap();
-    let out = kubectl(&env("KUBECONFIG"), &["kustomize", tmp.path().to_str().unwrap()], None);
-    let mut docs = Vec::new();
-    for doc in out.split("\n---\n") {
-        let mut obj = from_yaml(doc.as_bytes(), "kustomize output").unwrap();
-        match obj["kind"].as_str() {
-            // The test makes the namespace itself.
-            Some("Namespace") => continue,
-            // Kustomize renames neither the namespace nor the name of binding subjects.
-            Some("ClusterRoleBinding" | "RoleBinding") => {
-                for subject in obj["subjects"].as_array_mut().unwrap() {
-                    if subject["kind"] == "ServiceAccount" {
-                        let name = format!("{}{suffix}", subject["name"].as_str().unwrap());
-                        subject["name"] = name.into();
-                        subject["namespace"] = ns.into();
-                    }
-                }
-            }
-            _ => {}
-        }
-        docs.push(to_yaml(&obj).unwrap());
-    }
-    docs.join("\n---\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,8 +208,8 @@ async fn shipped_rbac_grants_each_job_exactly_what_it_uses() {
 }
 
 /// The CI recipe (`k8s-manifests/restore/ci/run-restore-job.sh`): a restore Job from the
-/// shipped template, run by the test world's kubelet stand-in with the shipped restore
-/// ServiceAccount; the script's exit code is the restore's.
+/// shipped template, run on the test world's node from the `cairn-restore` image with the
+/// shipped restore ServiceAccount; the script's exit code is the restore's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_ci_restore_script_restores_a_namespace_and_exits_with_the_restores_code() {
     let kc = env("KUBECONFIG");
@@ -306,11 +269,6 @@ async fn the_ci_restore_script_restores_a_namespace_and_exits_with_the_restores_
         store.push(format!("--from-literal={var}={}", env(var)));
     }
     kubectl(&kc, &store.iter().map(String::as_str).collect::<Vec<_>>(), None);
-    let csi = cairn_tests::csi::FakeCsi::start(
-        cairn_tests::kube_world::admin().await,
-        std::slice::from_ref(&ns),
-    )
-    .await;
 
     let script = dir.join("restore/ci/run-restore-job.sh");
     let run = |args: &[&str]| {
@@ -322,7 +280,7 @@ async fn the_ci_restore_script_restores_a_namespace_and_exits_with_the_restores_
                 "-t",
                 template.to_str().unwrap(),
                 "-i",
-                "cairn-restore:test",
+                "cairn-restore:dev",
                 "-r",
                 &repo.url,
             ])
@@ -344,7 +302,6 @@ async fn the_ci_restore_script_restores_a_namespace_and_exits_with_the_restores_
     let bad = run(&["manifests", "--snapshot", "latest", "--path", &path]).output().await.unwrap();
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 
-    csi.stop().await;
     kubectl(&kc, &["delete", "--ignore-not-found", "--wait=false", "-f", "-"], Some(&rendered));
     kubectl(&kc, &["delete", "namespace", &ns, &app, "--wait=false"], None);
     cairn_tests::manifests::delete_cluster_fixtures(&kc, &app);

@@ -1,19 +1,19 @@
-//! PVC backup and restore against the real kube-apiserver and kube-controller-manager (PV
-//! binding, Job controller, garbage collector) with the CSI snapshot CRDs installed, and the
-//! real S3 server as the repository. The snapshot controller, provisioner and kubelet are
-//! played by `cairn_tests::csi::FakeCsi` (see there): the ingest and writer pods run the
-//! real binaries on the directories backing their volumes.
+//! PVC backup and restore on the test world's real node (`cairn_tests::node`): the real
+//! external-provisioner, snapshot-controller and csi-snapshotter over our hostpath CSI
+//! driver, the real scheduler, kubelet and containerd running the ingest and writer pods
+//! from cairn's images (built offline, never pulled), and the real S3 server as the
+//! repository. The orchestrator and `cairn-restore pvc` run on the host, as a CI job would
+//! run them against a cluster.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cairn_tests::csi::{FakeCsi, PodBehaviour, SnapshotBehaviour};
 use cairn_tests::manifests::{install_crds, kubectl, token_kubeconfig};
 use cairn_tests::repos::{self, TestRepo};
 use cairn_tests::trees::{self, TreeSpec};
-use cairn_tests::{env, kube_world, unique, workspace_bin};
+use cairn_tests::{env, kube_world, node, unique, workspace_bin};
 use serde_json::Value;
 
 fn s3_repo_url() -> String {
@@ -32,6 +32,10 @@ fn small_tree(seed: u64) -> TreeSpec {
     }
 }
 
+/// cairn's images as `images/build.sh oci` builds them and `tests/env/up` imports them.
+const INGEST_IMAGE: &str = "cairn-pvc-ingest:dev";
+const WRITER_IMAGE: &str = "cairn-restore:dev";
+
 /// The orchestrator as a process, as the CronJob runs it.
 fn orchestrator(
     repo: &TestRepo,
@@ -46,7 +50,11 @@ fn orchestrator(
         .args(extra)
         .env("CAIRN_REPO", &repo.url)
         .env("CAIRN_WRITE_KEY", repo.write_key.to_text())
-        .env("CAIRN_INGEST_IMAGE", "cairn-pvc-ingest:test")
+        .env("CAIRN_INGEST_IMAGE", INGEST_IMAGE)
+        // Nothing is ever pulled in the test world: an image is imported or it is missing.
+        .env("CAIRN_IMAGE_PULL_POLICY", "Never")
+        // The node has 2 CPUs: small requests let the suite's parallel runs all fit.
+        .env("CAIRN_INGEST_CPU", "50m")
         .env("CAIRN_CLUSTER", "test")
         .env("CAIRN_LOG_FORMAT", "human")
         .stdin(Stdio::null())
@@ -80,7 +88,8 @@ fn restore_pvc(
     .args(extra)
     .env("CAIRN_REPO", &repo.url)
     .env("CAIRN_IDENTITY", repo.identity_text())
-    .env("CAIRN_WRITER_IMAGE", "cairn-restore:test")
+    .env("CAIRN_WRITER_IMAGE", WRITER_IMAGE)
+    .env("CAIRN_IMAGE_PULL_POLICY", "Never")
     .kill_on_drop(true);
     cmd
 }
@@ -204,16 +213,24 @@ async fn pvcs_back_up_incrementally_with_shipped_rbac_and_restore_byte_exact() {
     for ns in [&ns_a, &ns_b] {
         kubectl(&kc, &["create", "namespace", ns], None);
     }
-    let csi = FakeCsi::start(kube_world::admin().await, &[ns_a.clone(), ns_b.clone()]).await;
+    let client = kube_world::admin().await;
     let mut dirs = BTreeMap::new();
     for (i, (ns, name)) in
         [(&ns_a, "data1"), (&ns_a, "data2"), (&ns_b, "data3")].into_iter().enumerate()
     {
-        let dir = csi.create_pvc(ns, name, &[("app", "db")], &[], false).await;
+        let dir = node::create_pvc(&client, ns, name, &[("app", "db")], &[], false).await;
         trees::generate(&dir, &small_tree(i as u64 + 11));
         dirs.insert(format!("{ns}/{name}"), dir);
     }
-    csi.create_pvc(&ns_b, "scratch", &[], &[("backup.cairn.dev/enabled", "false")], false).await;
+    node::create_pvc(
+        &client,
+        &ns_b,
+        "scratch",
+        &[],
+        &[("backup.cairn.dev/enabled", "false")],
+        false,
+    )
+    .await;
     let repo = repos::init(&s3_repo_url()).await;
     let tmp = tempfile::tempdir().unwrap();
     let sa_kc = shipped_rbac_kubeconfig(&ns_a, tmp.path());
@@ -227,15 +244,15 @@ async fn pvcs_back_up_incrementally_with_shipped_rbac_and_restore_byte_exact() {
     for (key, dir) in &dirs {
         let r = pvc_result(&s, key);
         assert_eq!(r["ok"], true, "{r:#}");
-        assert_eq!(r["volume_snapshot_class"], csi.snapshot_class.as_str());
+        assert_eq!(r["volume_snapshot_class"], node::SNAPSHOT_CLASS);
         assert!(r["files_read"].as_u64().unwrap() > 0);
         let snap = full.find_snapshot(r["snapshot"].as_str().unwrap(), None).await.unwrap();
         assert_eq!(snap.snapshot.source, format!("pvc/{key}"));
         assert_eq!(snap.snapshot.cluster.as_deref(), Some("test"));
         let meta = &snap.snapshot.meta;
-        assert_eq!(meta["pvc"]["storageClassName"], csi.storage_class.as_str(), "{meta:#}");
+        assert_eq!(meta["pvc"]["storageClassName"], node::STORAGE_CLASS, "{meta:#}");
         assert_eq!(meta["pvc"]["labels"]["app"], "db");
-        assert_eq!(meta["volumeSnapshot"]["class"], csi.snapshot_class.as_str());
+        assert_eq!(meta["volumeSnapshot"]["class"], node::SNAPSHOT_CLASS);
         assert_eq!(
             snap.snapshot.summary.files as usize,
             trees::digest(dir).values().filter(|v| v.starts_with("file")).count()
@@ -270,7 +287,7 @@ async fn pvcs_back_up_incrementally_with_shipped_rbac_and_restore_byte_exact() {
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(0), "{r:#}");
     assert_eq!(r["created_pvc"], true);
-    let restored = csi.wait_bound(&ns_a, "data1-restored").await;
+    let restored = node::wait_bound(&client, &ns_a, "data1-restored").await;
     trees::assert_same_tree(&dirs[&format!("{ns_a}/data1")], &restored);
     assert_eq!(leftovers(&ns_a).await, Vec::<String>::new());
 
@@ -313,11 +330,10 @@ async fn pvcs_back_up_incrementally_with_shipped_rbac_and_restore_byte_exact() {
     .unwrap();
     let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(out.status.code(), Some(0), "{r:#} {}", String::from_utf8_lossy(&out.stderr));
-    let restored_sub = csi.wait_bound(&ns_a, "data2-sub").await;
+    let restored_sub = node::wait_bound(&client, &ns_a, "data2-sub").await;
     trees::assert_same_tree(&src2.join(&sub), &restored_sub);
     assert_eq!(leftovers(&ns_a).await, Vec::<String>::new());
 
-    csi.stop().await;
     delete_namespaces(&[&ns_a, &ns_b]);
 }
 
@@ -327,37 +343,45 @@ async fn failing_pvcs_are_reported_and_leave_nothing_behind() {
     install_crds(&kc);
     let ns = unique("pvcf");
     kubectl(&kc, &["create", "namespace", &ns], None);
-    let csi = FakeCsi::start(kube_world::admin().await, std::slice::from_ref(&ns)).await;
-    for name in ["good", "snaperr", "never", "pullfail"] {
-        let dir = csi.create_pvc(&ns, name, &[], &[], false).await;
+    let client = kube_world::admin().await;
+    for name in ["good", "snaperr", "never", "pullfail", "nofit"] {
+        let dir = node::create_pvc(&client, &ns, name, &[("case", name)], &[], false).await;
         std::fs::write(dir.join("f"), name).unwrap();
     }
-    csi.set_snapshot_behaviour(
-        &ns,
-        "snaperr",
-        SnapshotBehaviour::Error("driver: snapshot quota exceeded".into()),
-    );
-    csi.set_snapshot_behaviour(&ns, "never", SnapshotBehaviour::Never);
-    csi.set_pod_behaviour(&ns, "pullfail", PodBehaviour::ImagePullFails);
+    // Faults produced for real: the driver refuses one snapshot and never finishes another.
+    node::fail_snapshots(&client, &ns, "snaperr", "driver: snapshot quota exceeded").await;
+    node::snapshots_never_ready(&client, &ns, "never").await;
     let repo = repos::init(&s3_repo_url()).await;
-    let extra = ["--snapshot-timeout", "4s", "--parallel", "4"];
+    let extra =
+        ["--snapshot-timeout", "8s", "--parallel", "3", "-l", "case in (good,snaperr,never)"];
     let (code, s) = run_json(orchestrator(&repo, &kc, &[&ns], &extra)).await;
     assert_eq!(code, 3, "some PVCs failed, one is saved: {s:#}");
     assert_eq!(s["succeeded"], 1);
-    assert_eq!(s["failed"], 3);
+    assert_eq!(s["failed"], 2);
     assert_eq!(pvc_result(&s, &format!("{ns}/good"))["ok"], true);
-    let err = |name: &str| {
-        pvc_result(&s, &format!("{ns}/{name}"))["error"].as_str().unwrap_or_default().to_string()
+    let err = |s: &Value, name: &str| {
+        pvc_result(s, &format!("{ns}/{name}"))["error"].as_str().unwrap_or_default().to_string()
     };
-    assert!(err("snaperr").contains("snapshot quota exceeded"), "{}", err("snaperr"));
-    assert!(err("never").contains("not ready within 4s"), "{}", err("never"));
-    assert!(err("pullfail").contains("ErrImagePull"), "{}", err("pullfail"));
+    assert!(err(&s, "snaperr").contains("snapshot quota exceeded"), "{}", err(&s, "snaperr"));
+    assert!(err(&s, "never").contains("not ready within 8s"), "{}", err(&s, "never"));
     assert_eq!(leftovers(&ns).await, Vec::<String>::new());
+
+    // An image the node does not have (and may not pull), and an ingest pod no node can
+    // fit: each fails its PVC with the kubelet's or the scheduler's reason, cleaned up.
+    let missing = ["-l", "case=pullfail", "--ingest-image", "cairn-test/no-such-image:1"];
+    let (code, s) = run_json(orchestrator(&repo, &kc, &[&ns], &missing)).await;
+    assert_ne!(code, 0, "{s:#}");
+    assert!(err(&s, "pullfail").contains("ErrImageNeverPull"), "{}", err(&s, "pullfail"));
+    let nofit = ["-l", "case=nofit", "--ingest-memory", "64Ti", "--pending-timeout", "10s"];
+    let (code, s) = run_json(orchestrator(&repo, &kc, &[&ns], &nofit)).await;
+    assert_ne!(code, 0, "{s:#}");
+    assert!(err(&s, "nofit").to_lowercase().contains("unschedulable"), "{}", err(&s, "nofit"));
+    assert_eq!(leftovers(&ns).await, Vec::<String>::new());
+
     // The failed PVCs have no snapshot; the good one has.
     let snaps = repo.open_full().await.snapshots().await.unwrap();
     let sources: Vec<&str> = snaps.iter().map(|e| e.snapshot.source.as_str()).collect();
     assert_eq!(sources, vec![format!("pvc/{ns}/good").as_str()]);
-    csi.stop().await;
     delete_namespaces(&[&ns]);
 }
 
@@ -385,10 +409,12 @@ async fn a_cancelled_or_killed_orchestrator_leaks_nothing_and_the_rerun_restores
     install_crds(&kc);
     let ns = unique("pvck");
     kubectl(&kc, &["create", "namespace", &ns], None);
-    let csi = FakeCsi::start(kube_world::admin().await, std::slice::from_ref(&ns)).await;
-    let dir = csi.create_pvc(&ns, "vol", &[], &[], false).await;
+    let client = kube_world::admin().await;
+    let dir = node::create_pvc(&client, &ns, "vol", &[], &[], false).await;
     trees::generate(&dir, &small_tree(21));
-    csi.set_pod_behaviour(&ns, "vol", PodBehaviour::RunAfter(Duration::from_secs(600)));
+    // The kubelet cannot mount volumes in this namespace until the test says so (the driver
+    // answers NodePublishVolume with Unavailable): the run is caught mid-Job.
+    node::block_publish(&ns);
     let repo = repos::init(&s3_repo_url()).await;
     let lease = ["--lock-lease", "3s", "--lock-wait", "30s"];
 
@@ -427,7 +453,7 @@ async fn a_cancelled_or_killed_orchestrator_leaks_nothing_and_the_rerun_restores
     );
 
     // ...and the next run (waiting out the dead run's lock) sweeps them and succeeds.
-    csi.set_pod_behaviour(&ns, "vol", PodBehaviour::Run);
+    node::unblock_publish(&ns);
     let (code, s) = run_json(orchestrator(&repo, &kc, &[&ns], &lease)).await;
     assert_eq!(code, 0, "{s:#}");
     let swept = s["swept"]["objects"].to_string();
@@ -438,9 +464,8 @@ async fn a_cancelled_or_killed_orchestrator_leaks_nothing_and_the_rerun_restores
     let out =
         restore_pvc(&repo, &kc, &format!("pvc/{ns}/vol"), "vol-copy", &[]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    let restored = csi.wait_bound(&ns, "vol-copy").await;
+    let restored = node::wait_bound(&client, &ns, "vol-copy").await;
     trees::assert_same_tree(&dir, &restored);
-    csi.stop().await;
     delete_namespaces(&[&ns]);
 }
 
@@ -451,8 +476,8 @@ async fn block_volumes_round_trip_and_live_mode_reads_the_live_volume() {
     install_crds(&kc);
     let ns = unique("pvcblk");
     kubectl(&kc, &["create", "namespace", &ns], None);
-    let csi = FakeCsi::start(kube_world::admin().await, std::slice::from_ref(&ns)).await;
-    let disk = csi.create_pvc(&ns, "disk", &[("kind", "block")], &[], true).await;
+    let client = kube_world::admin().await;
+    let disk = node::create_pvc(&client, &ns, "disk", &[("kind", "block")], &[], true).await;
     {
         // A raw device with data in two places and holes elsewhere.
         let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
@@ -463,7 +488,7 @@ async fn block_volumes_round_trip_and_live_mode_reads_the_live_volume() {
         f.seek(SeekFrom::Start(40 << 20)).unwrap();
         f.write_all(&data[..1 << 20]).unwrap();
     }
-    let live = csi.create_pvc(&ns, "app", &[("kind", "live")], &[], false).await;
+    let live = node::create_pvc(&client, &ns, "app", &[("kind", "live")], &[], false).await;
     trees::generate(&live, &small_tree(31));
     let repo = repos::init(&s3_repo_url()).await;
 
@@ -497,13 +522,12 @@ async fn block_volumes_round_trip_and_live_mode_reads_the_live_volume() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    let copy = csi.wait_bound(&ns, "disk-copy").await;
+    let copy = node::wait_bound(&client, &ns, "disk-copy").await;
     assert!(copy.is_file(), "a block PVC was created");
     assert!(
         std::fs::read(&copy).unwrap() == std::fs::read(&disk).unwrap(),
         "the device restores byte for byte"
     );
-    csi.stop().await;
     delete_namespaces(&[&ns]);
 }
 
@@ -513,11 +537,11 @@ async fn pvcs_of_a_group_are_cut_together_with_one_volume_group_snapshot() {
     install_crds(&kc);
     let ns = unique("pvcg");
     kubectl(&kc, &["create", "namespace", &ns], None);
-    let csi = FakeCsi::start(kube_world::admin().await, std::slice::from_ref(&ns)).await;
+    let client = kube_world::admin().await;
     let group = [("backup.cairn.dev/group", "db")];
-    let data = csi.create_pvc(&ns, "db-data", &group, &[], false).await;
-    let wal = csi.create_pvc(&ns, "db-wal", &group, &[], false).await;
-    let other = csi.create_pvc(&ns, "other", &[], &[], false).await;
+    let data = node::create_pvc(&client, &ns, "db-data", &group, &[], false).await;
+    let wal = node::create_pvc(&client, &ns, "db-wal", &group, &[], false).await;
+    let other = node::create_pvc(&client, &ns, "other", &[], &[], false).await;
     for (dir, seed) in [(&data, 41), (&wal, 42), (&other, 43)] {
         trees::generate(dir, &small_tree(seed));
     }
@@ -536,10 +560,24 @@ async fn pvcs_of_a_group_are_cut_together_with_one_volume_group_snapshot() {
     let group_of = |m: &Value| m["volumeGroupSnapshot"]["name"].as_str().map(String::from);
     assert!(group_of(&m_data).is_some(), "{m_data:#}");
     assert_eq!(group_of(&m_data), group_of(&m_wal), "both members come from one group snapshot");
-    assert_eq!(m_data["volumeGroupSnapshot"]["class"], csi.group_snapshot_class.as_str());
+    assert_eq!(m_data["volumeGroupSnapshot"]["class"], node::GROUP_SNAPSHOT_CLASS);
     assert_eq!(group_of(&m_other), None, "a PVC outside the group is cut on its own");
-    let cut = csi.events.lock().iter().filter(|e| e.contains("cut 2 volumes together")).count();
-    assert_eq!(cut, 1, "one group snapshot for the two members");
+    // What the driver was asked: one group snapshot of both volumes, no snapshot of either
+    // on its own.
+    let (h_data, h_wal) = (
+        node::volume_handle(&client, &ns, "db-data").await,
+        node::volume_handle(&client, &ns, "db-wal").await,
+    );
+    let log = node::driver_log();
+    let groups: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rpc CreateVolumeGroupSnapshot") && l.contains(&h_data))
+        .collect();
+    assert!(!groups.is_empty() && groups.iter().all(|l| l.contains(&h_wal)), "{groups:#?}");
+    let alone = log.lines().filter(|l| {
+        l.contains("rpc CreateSnapshot ") && (l.contains(&h_data) || l.contains(&h_wal))
+    });
+    assert_eq!(alone.count(), 0, "a member was cut on its own");
     assert_eq!(leftovers(&ns).await, Vec::<String>::new());
     // The members' data restores like any PVC's.
     let out = restore_pvc(&repo, &kc, &format!("pvc/{ns}/db-wal"), "wal-copy", &[])
@@ -547,8 +585,7 @@ async fn pvcs_of_a_group_are_cut_together_with_one_volume_group_snapshot() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    trees::assert_same_tree(&wal, &csi.wait_bound(&ns, "wal-copy").await);
-    csi.stop().await;
+    trees::assert_same_tree(&wal, &node::wait_bound(&client, &ns, "wal-copy").await);
     delete_namespaces(&[&ns]);
 }
 
@@ -560,7 +597,7 @@ async fn an_etcd_snapshot_restores_into_a_pvc_that_etcdutl_accepts() {
     install_crds(&kc);
     let ns = unique("pvcetcd");
     kubectl(&kc, &["create", "namespace", &ns], None);
-    let csi = FakeCsi::start(kube_world::admin().await, std::slice::from_ref(&ns)).await;
+    let client = kube_world::admin().await;
     let repo = repos::init(&s3_repo_url()).await;
     let snap = std::process::Command::new(workspace_bin("cairn-etcd-snapshot"))
         .args(["--json", "--endpoints", &env("CAIRN_TEST_KUBE_ETCD_ENDPOINTS")])
@@ -575,13 +612,13 @@ async fn an_etcd_snapshot_restores_into_a_pvc_that_etcdutl_accepts() {
         &kc,
         "etcd",
         "etcd-restore",
-        &["--target-namespace", &ns, "--storage-class", &csi.storage_class, "--size", "2Gi"],
+        &["--target-namespace", &ns, "--storage-class", node::STORAGE_CLASS, "--size", "2Gi"],
     )
     .output()
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    let dir = csi.wait_bound(&ns, "etcd-restore").await;
+    let dir = node::wait_bound(&client, &ns, "etcd-restore").await;
     let db = dir.join("snapshot.db");
     assert!(db.is_file(), "snapshot.db in the volume");
     let data_dir = tempfile::tempdir().unwrap();
@@ -597,6 +634,109 @@ async fn an_etcd_snapshot_restores_into_a_pvc_that_etcdutl_accepts() {
         "etcdutl refused the restored file: {}",
         String::from_utf8_lossy(&restored.stderr)
     );
-    csi.stop().await;
+    delete_namespaces(&[&ns]);
+}
+
+/// The worker pods' security contexts are enforced by runc on the real node, not assumed:
+/// the restore writer, run with the ingest pod's context (root limited to
+/// `DAC_READ_SEARCH`) on a volume owned by another user, cannot write a file into it; with
+/// its own context (`CHOWN`, `DAC_OVERRIDE`, `FOWNER`, ...) the same Job succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ingest_context_cannot_write_to_a_volume_and_the_writer_context_can() {
+    use cairn_kube::podjob::{VOLUME_PATH, WorkerJob, WorkerSecurity, WorkerVolume};
+    use k8s_openapi::api::batch::v1::Job;
+    use kube::api::{Api, PostParams};
+    let kc = env("KUBECONFIG");
+    let ns = unique("pvcsec");
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    let client = kube_world::admin().await;
+    let volume = node::create_pvc(&client, &ns, "owned", &[], &[], false).await;
+    std::os::unix::fs::chown(&volume, Some(4321), Some(4321)).unwrap();
+    std::fs::set_permissions(&volume, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    // A snapshot to write: one small file.
+    let repo = repos::init(&s3_repo_url()).await;
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("note.txt"), "written by the restore writer").unwrap();
+    let backup = std::process::Command::new(workspace_bin("cairn"))
+        .args(["--repo", &repo.url, "--write-key", &repo.write_key.to_text(), "--json", "backup"])
+        .arg(src.path())
+        .args(["--source", "sec"])
+        .output()
+        .unwrap();
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    let snapshot: Value = serde_json::from_slice(&backup.stdout).unwrap();
+    let id = snapshot["id"].as_str().unwrap().to_string();
+
+    let run = |name: &str, security: WorkerSecurity| {
+        let mut env_vars = vec![
+            ("CAIRN_SNAPSHOT".to_string(), id.clone()),
+            ("CAIRN_WRITER_TARGET".to_string(), VOLUME_PATH.to_string()),
+            ("CAIRN_EXISTING".to_string(), "merge".to_string()),
+            ("CAIRN_REPO".to_string(), repo.url.clone()),
+            ("CAIRN_IDENTITY".to_string(), repo.identity_text()),
+        ];
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_ALLOW_HTTP",
+        ] {
+            env_vars.push((var.to_string(), env(var)));
+        }
+        let mut job = WorkerJob {
+            namespace: ns.clone(),
+            name: name.to_string(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            image: WRITER_IMAGE.into(),
+            image_pull_policy: Some("Never".into()),
+            command: vec!["/usr/local/bin/cairn-restore".into(), "pvc-writer".into()],
+            env: env_vars,
+            env_secret: None,
+            volume: Some(WorkerVolume { claim: "owned".into(), read_only: false, block: false }),
+            security,
+            resources: None,
+            service_account: None,
+            node: None,
+            active_deadline: Duration::from_secs(300),
+        }
+        .build();
+        job.spec.as_mut().unwrap().suspend = Some(false);
+        job
+    };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let mut outcomes = Vec::new();
+    for (name, security) in
+        [("as-ingest", WorkerSecurity::reader()), ("as-writer", WorkerSecurity::writer())]
+    {
+        jobs.create(&PostParams::default(), &run(name, security)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let (exit, message) = loop {
+            let pods = kubectl(
+                &kc,
+                &["get", "pods", "-n", &ns, "-l", &format!("job-name={name}"), "-o", "json"],
+                None,
+            );
+            let pods: Value = serde_json::from_str(&pods).unwrap();
+            let term = &pods["items"][0]["status"]["containerStatuses"][0]["state"]["terminated"];
+            if let Some(code) = term["exitCode"].as_i64() {
+                break (code, term["message"].as_str().unwrap_or_default().to_string());
+            }
+            assert!(Instant::now() < deadline, "{name} did not end: {pods:#}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        eprintln!("[pvc] {name}: exit {exit}: {message}");
+        outcomes.push((exit, message, volume.join("note.txt").exists()));
+    }
+    assert_ne!(outcomes[0].0, 0, "the ingest context wrote into another user's volume");
+    assert!(outcomes[0].1.to_lowercase().contains("permission denied"), "{}", outcomes[0].1);
+    assert!(!outcomes[0].2, "nothing was written with the ingest context");
+    assert_eq!(outcomes[1].0, 0, "the writer context restores: {}", outcomes[1].1);
+    assert_eq!(
+        std::fs::read_to_string(volume.join("note.txt")).unwrap(),
+        "written by the restore writer"
+    );
     delete_namespaces(&[&ns]);
 }
