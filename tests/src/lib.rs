@@ -141,6 +141,21 @@ pub mod s3 {
     use super::env;
     use object_store::aws::{AmazonS3, AmazonS3Builder};
 
+    /// The variables that reach the world's S3 server, as `up` exports them: what a pod needs
+    /// in its environment (or a Secret) to open a repository there.
+    pub const STORE_ENV: [&str; 5] = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ALLOW_HTTP",
+    ];
+
+    /// [`STORE_ENV`] with this process's values.
+    pub fn store_env() -> Vec<(&'static str, String)> {
+        STORE_ENV.iter().map(|v| (*v, env(v))).collect()
+    }
+
     /// A client for the world's bucket. Credentials and region come from the standard
     /// AWS variables that `up` exports.
     pub fn store() -> AmazonS3 {
@@ -533,6 +548,21 @@ pub mod manifests {
             docs.push(cairn_kube::to_yaml(&obj).unwrap());
         }
         docs.join("\n---\n")
+    }
+
+    /// `kubectl create secret generic NAME -n NS`, one key per entry (values may span lines:
+    /// certificates, identities).
+    pub fn create_secret(ns: &str, name: &str, data: &[(&str, String)]) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["create".to_string(), "secret".into(), "generic".into(), name.into()];
+        args.extend(["-n".to_string(), ns.to_string()]);
+        for (key, value) in data {
+            let file = dir.path().join(key);
+            std::fs::write(&file, value).unwrap();
+            args.push(format!("--from-file={key}={}", file.display()));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kubectl(&env("KUBECONFIG"), &args, None);
     }
 
     /// A kubeconfig holding a token of ServiceAccount `ns/name`.

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use cairn_tests::manifests::{apply_app, install_crds, kubectl, render, token_kubeconfig};
+use cairn_tests::manifests::{
+    apply_app, create_secret, install_crds, kubectl, render, token_kubeconfig,
+};
 use cairn_tests::{env, repos, unique};
 use clap::Parser;
 
@@ -235,40 +237,8 @@ async fn the_ci_restore_script_restores_a_namespace_and_exits_with_the_restores_
     kubectl(&kc, &["apply", "-f", "-"], Some(&rendered));
     let template = dir.join("restore/job-manifests.yaml");
     let account = format!("cairn-restore{suffix}");
-    let tmp = tempfile::tempdir().unwrap();
-    let id_file = tmp.path().join("identity");
-    std::fs::write(&id_file, repo.identity_text()).unwrap();
-    kubectl(
-        &kc,
-        &[
-            "create",
-            "secret",
-            "generic",
-            "cairn-identity",
-            "-n",
-            &ns,
-            &format!("--from-file=identity={}", id_file.display()),
-        ],
-        None,
-    );
-    let mut store = vec![
-        "create".to_string(),
-        "secret".into(),
-        "generic".into(),
-        "cairn-store".into(),
-        "-n".into(),
-        ns.clone(),
-    ];
-    for var in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_ENDPOINT_URL",
-        "AWS_ALLOW_HTTP",
-    ] {
-        store.push(format!("--from-literal={var}={}", env(var)));
-    }
-    kubectl(&kc, &store.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    create_secret(&ns, "cairn-identity", &[("identity", repo.identity_text())]);
+    create_secret(&ns, "cairn-store", &cairn_tests::s3::store_env());
 
     let script = dir.join("restore/ci/run-restore-job.sh");
     let run = |args: &[&str]| {

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_core::repo::lock::{Lock, LockKind, LockOptions};
-use cairn_tests::manifests::{kubectl, render};
+use cairn_tests::manifests::{create_secret, kubectl, render};
 use cairn_tests::repos::{self, TestRepo};
 use cairn_tests::trees::{self, TreeSpec};
-use cairn_tests::{env, kube_world, node, unique, workspace_bin};
+use cairn_tests::{env, kube_world, node, s3, unique, workspace_bin};
 use serde_json::{Value, json};
 
 fn overlay() -> std::path::PathBuf {
@@ -42,51 +42,17 @@ async fn install(prefix: &str) -> Installed {
         &["patch", "configmap", &format!("cairn-repo{suffix}"), "-n", &ns, "-p", &patch],
         None,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("write-key");
-    std::fs::write(&key, repo.write_key.to_text()).unwrap();
-    kubectl(
-        &kc,
-        &[
-            "create",
-            "secret",
-            "generic",
-            "cairn-write-key",
-            "-n",
-            &ns,
-            &format!("--from-file=write-key={}", key.display()),
-        ],
-        None,
-    );
-    kubectl(
-        &kc,
-        &[
-            "create",
-            "secret",
-            "generic",
-            "cairn-etcd-client",
-            "-n",
-            &ns,
-            &format!("--from-file=ca.crt={}", env("CAIRN_TEST_ETCD_CACERT")),
-            &format!("--from-file=tls.crt={}", env("CAIRN_TEST_ETCD_CERT")),
-            &format!("--from-file=tls.key={}", env("CAIRN_TEST_ETCD_KEY")),
-        ],
-        None,
-    );
-    kubectl(
-        &kc,
-        &[
-            "create",
-            "secret",
-            "generic",
-            "cairn-s3-credentials",
-            "-n",
-            &ns,
-            &format!("--from-literal=AWS_ACCESS_KEY_ID={}", env("AWS_ACCESS_KEY_ID")),
-            &format!("--from-literal=AWS_SECRET_ACCESS_KEY={}", env("AWS_SECRET_ACCESS_KEY")),
-        ],
-        None,
-    );
+    create_secret(&ns, "cairn-write-key", &[("write-key", repo.write_key.to_text())]);
+    let pem = |var: &str| std::fs::read_to_string(env(var)).unwrap();
+    let etcd_client = [
+        ("ca.crt", pem("CAIRN_TEST_ETCD_CACERT")),
+        ("tls.crt", pem("CAIRN_TEST_ETCD_CERT")),
+        ("tls.key", pem("CAIRN_TEST_ETCD_KEY")),
+    ];
+    create_secret(&ns, "cairn-etcd-client", &etcd_client);
+    // The overlay's ConfigMap has the endpoint and region; the Secret the credentials.
+    let credentials = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"].map(|v| (v, env(v)));
+    create_secret(&ns, "cairn-s3-credentials", &credentials);
     Installed { ns, suffix, repo }
 }
 
@@ -367,40 +333,8 @@ async fn the_ui_deployment_serves_the_repository_through_port_forward() {
     let rendered = render(&ui, &ns, &suffix)
         .replace("ghcr.io/cairn-backup/cairn:0.1.0", "cairn:dev")
         .replace("s3://CHANGE-ME-bucket/cairn", &url);
-    let dir = tempfile::tempdir().unwrap();
-    let id = dir.path().join("identity");
-    std::fs::write(&id, repo.identity_text()).unwrap();
-    kubectl(
-        &kc,
-        &[
-            "create",
-            "secret",
-            "generic",
-            "cairn-identity",
-            "-n",
-            &ns,
-            &format!("--from-file=identity={}", id.display()),
-        ],
-        None,
-    );
-    let mut store = vec![
-        "create".to_string(),
-        "secret".into(),
-        "generic".into(),
-        "cairn-store-credentials".into(),
-        "-n".into(),
-        ns.clone(),
-    ];
-    for var in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_ENDPOINT_URL",
-        "AWS_ALLOW_HTTP",
-    ] {
-        store.push(format!("--from-literal={var}={}", env(var)));
-    }
-    kubectl(&kc, &store.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    create_secret(&ns, "cairn-identity", &[("identity", repo.identity_text())]);
+    create_secret(&ns, "cairn-store-credentials", &s3::store_env());
     kubectl(&kc, &["apply", "-f", "-"], Some(&rendered));
     let deploy = format!("deployment/cairn-ui{suffix}");
     kubectl(&kc, &["rollout", "status", &deploy, "-n", &ns, "--timeout=180s"], None);

@@ -676,15 +676,7 @@ async fn the_ingest_context_cannot_write_to_a_volume_and_the_writer_context_can(
             ("CAIRN_REPO".to_string(), repo.url.clone()),
             ("CAIRN_IDENTITY".to_string(), repo.identity_text()),
         ];
-        for var in [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_REGION",
-            "AWS_ENDPOINT_URL",
-            "AWS_ALLOW_HTTP",
-        ] {
-            env_vars.push((var.to_string(), env(var)));
-        }
+        env_vars.extend(cairn_tests::s3::store_env().into_iter().map(|(k, v)| (k.to_string(), v)));
         let mut job = WorkerJob {
             namespace: ns.clone(),
             name: name.to_string(),
