@@ -40,12 +40,15 @@ pub struct CompareOptions {
 
 /// Is this object left out of comparisons by default?
 pub fn is_noise(path: &ObjectPath, obj: &Value) -> bool {
-    // Endpoints the endpoints controller maintains carry its trigger-time annotation.
+    // Endpoints the endpoints controller maintains carry its managed-by label (1.33+) and,
+    // once a pod changed them, its trigger-time annotation; a Service whose pods have not
+    // started yet has only the label.
     let controller_endpoints = path.group.is_empty()
         && path.resource == "endpoints"
-        && obj
-            .pointer("/metadata/annotations/endpoints.kubernetes.io~1last-change-trigger-time")
-            .is_some();
+        && (obj.pointer("/metadata/labels/endpoints.kubernetes.io~1managed-by").is_some()
+            || obj
+                .pointer("/metadata/annotations/endpoints.kubernetes.io~1last-change-trigger-time")
+                .is_some());
     never_restored(path, obj).is_some() || controller_of(obj).is_some() || controller_endpoints
 }
 
@@ -185,5 +188,25 @@ mod tests {
         assert_eq!(d[1].fields[0].line(), "~ spec.replicas: 2 → 3");
         let all = compare(&a, &b, CompareOptions { all: true, ..Default::default() });
         assert_eq!(all.len(), 3);
+    }
+
+    /// A Service whose pods have not started has Endpoints with the controller's label but
+    /// no trigger-time annotation yet; pods starting between two exports changed them and
+    /// `diff` showed it (CI, 2026-11-30).
+    #[test]
+    fn controller_endpoints_are_noise_before_any_pod_started() {
+        let p = ObjectPath::new(Some("p"), "", "endpoints", "web");
+        let labelled = json!({"metadata":{"name":"web",
+            "labels":{"endpoints.kubernetes.io/managed-by":"endpoint-controller"}},
+            "subsets":[{"notReadyAddresses":[{"ip":"10.0.0.1"}]}]});
+        assert!(is_noise(&p, &labelled));
+        let mut later = labelled.clone();
+        later["subsets"][0]["notReadyAddresses"] = json!([{"ip":"10.0.0.1"},{"ip":"10.0.0.2"}]);
+        let a = BTreeMap::from([(p.clone(), labelled)]);
+        let b = BTreeMap::from([(p.clone(), later)]);
+        assert!(compare(&a, &b, CompareOptions::default()).is_empty());
+        // Endpoints someone wrote by hand (no selector, no label) are compared.
+        let manual = json!({"metadata":{"name":"web"},"subsets":[]});
+        assert!(!is_noise(&p, &manual));
     }
 }
