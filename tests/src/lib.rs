@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+pub mod faults;
 pub mod node;
 pub mod trees;
 
@@ -193,7 +194,7 @@ pub mod repos {
 
     /// Small packs so that tests exercise many of them.
     pub async fn init(url: &str) -> TestRepo {
-        init_on(Store::open(url).unwrap()).await
+        init_on(Store::open_or_create(url).unwrap()).await
     }
 
     pub async fn init_on(store: Store) -> TestRepo {
@@ -276,6 +277,11 @@ pub mod faulty {
         pub deny_deletes: AtomicBool,
         /// Past the limit, hang (never answer) instead of failing.
         pub hang: AtomicBool,
+        /// Fail every GET of a key under this prefix (listings still answer).
+        pub fail_gets_under: std::sync::Mutex<Option<String>>,
+        /// Delete this object just before serving its first GET: what a reader sees of a
+        /// `forget` that ran between its listing and its fetch.
+        pub vanish_on_get: std::sync::Mutex<Option<String>>,
     }
 
     impl Gate {
@@ -346,6 +352,20 @@ pub mod faulty {
 
         async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
             self.gate.enter("get", location).await?;
+            let failing = self.gate.fail_gets_under.lock().unwrap().clone();
+            if failing.is_some_and(|p| location.as_ref().starts_with(&p)) {
+                return Err(object_store::Error::Generic {
+                    store: "faulty",
+                    source: format!("injected read failure: {location}").into(),
+                });
+            }
+            let vanish = {
+                let mut v = self.gate.vanish_on_get.lock().unwrap();
+                if v.as_deref() == Some(location.as_ref()) { v.take() } else { None }
+            };
+            if let Some(key) = vanish {
+                object_store::ObjectStoreExt::delete(&self.inner, &Path::from(key)).await?;
+            }
             self.inner.get_opts(location, options).await
         }
 

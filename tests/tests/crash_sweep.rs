@@ -13,7 +13,7 @@ use cairn_core::repo::check::{CheckOptions, check};
 use cairn_core::repo::forget::{self, GroupBy, KeepPolicy};
 use cairn_core::repo::lock::{BackupLocks, LockOptions};
 use cairn_core::repo::prune::{PruneOptions, prune};
-use cairn_core::repo::{SnapshotId, Store};
+use cairn_core::repo::{RetryPolicy, SnapshotId, Store};
 use cairn_tests::faulty::{Faulty, clone_memory};
 use cairn_tests::repos::{self, TestRepo};
 use cairn_tests::trees::{TreeSpec, digest, generate, mutate};
@@ -168,9 +168,14 @@ async fn sweep(step: Step) {
     }
     let counting = Faulty::new(probe, u64::MAX);
     let gate = counting.gate.clone();
-    run_step(step, Store::from_object_store(Arc::new(counting), "memory://count"), &w)
-        .await
-        .unwrap_or_else(|e| panic!("{step:?} without faults: {e}"));
+    run_step(
+        step,
+        Store::from_object_store(Arc::new(counting), "memory://count")
+            .with_retry(RetryPolicy::NONE),
+        &w,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{step:?} without faults: {e}"));
     let total = gate.ops();
     eprintln!("{step:?}: {total} store operations; sweeping every crash point");
 
@@ -184,8 +189,13 @@ async fn sweep(step: Step) {
     let mut failed = 0;
     for (n, inner) in clones.iter().enumerate() {
         let faulty = Faulty::new(inner.clone(), n as u64);
-        let result =
-            run_step(step, Store::from_object_store(Arc::new(faulty), "memory://faulty"), &w).await;
+        let result = run_step(
+            step,
+            Store::from_object_store(Arc::new(faulty), "memory://faulty")
+                .with_retry(RetryPolicy::NONE),
+            &w,
+        )
+        .await;
         if result.is_err() {
             failed += 1;
         }
@@ -244,9 +254,13 @@ async fn deletes_refused_by_retention_are_deferred_and_nothing_is_lost() {
     let gate = faulty.gate.clone();
     gate.deny_deletes.store(true, std::sync::atomic::Ordering::SeqCst);
     let repo =
-        w.t.open_on(Store::from_object_store(Arc::new(faulty), "memory://locked"), true)
-            .await
-            .unwrap();
+        w.t.open_on(
+            Store::from_object_store(Arc::new(faulty), "memory://locked")
+                .with_retry(RetryPolicy::NONE),
+            true,
+        )
+        .await
+        .unwrap();
     let report = prune(repo.clone(), &prune_opts()).await.expect("prune succeeds");
     assert!(report.deferred_deletes > 0, "{report:?}");
     assert_eq!(report.deleted_packs, 0);
@@ -273,15 +287,21 @@ async fn a_store_that_hangs_mid_backup_fails_it_in_bounded_time() {
     let probe = clone_memory(&w.base).await;
     let counting = Faulty::new(probe, u64::MAX);
     let gate = counting.gate.clone();
-    run_step(Step::Backup, Store::from_object_store(Arc::new(counting), "memory://count"), &w)
-        .await
-        .unwrap();
+    run_step(
+        Step::Backup,
+        Store::from_object_store(Arc::new(counting), "memory://count")
+            .with_retry(RetryPolicy::NONE),
+        &w,
+    )
+    .await
+    .unwrap();
     let total = gate.ops();
     for n in (0..total).step_by(3) {
         let inner = clone_memory(&w.base).await;
         let faulty = Faulty::new(inner.clone(), n);
         faulty.gate.hang.store(true, std::sync::atomic::Ordering::SeqCst);
         let store = Store::from_object_store(Arc::new(faulty), "memory://hang")
+            .with_retry(RetryPolicy::NONE)
             .with_timeout(Duration::from_millis(300));
         let started = std::time::Instant::now();
         let result =

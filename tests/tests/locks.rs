@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use cairn::Cli;
 use cairn_core::repo::lock::{self, BackupLocks, Lock, LockKind, LockOptions};
-use cairn_core::repo::{BlobKind, Store};
+use cairn_core::repo::{BlobKind, RetryPolicy, Store};
 use cairn_core::{Error, Exit};
 use cairn_tests::faulty::Faulty;
 use cairn_tests::repos;
@@ -129,7 +129,11 @@ async fn a_holder_that_cannot_refresh_stops_before_its_lease_ends() {
     let gate = faulty.gate.clone();
     let t = repos::init_on(Store::from_object_store(inner.clone(), "memory://refresh")).await;
     let holder = t
-        .open_on(Store::from_object_store(Arc::new(faulty), "memory://refresh"), false)
+        .open_on(
+            Store::from_object_store(Arc::new(faulty), "memory://refresh")
+                .with_retry(RetryPolicy::NONE),
+            false,
+        )
         .await
         .unwrap();
     let other =

@@ -21,6 +21,7 @@ pub use cmd::key::KeyCommand;
 pub use cmd::locks::UnlockArgs;
 pub use cmd::ls::LsArgs;
 pub use cmd::prune::PruneCmdArgs;
+pub use cmd::repair::{RepairArgs, RepairCommand};
 pub use cmd::restore::RestoreArgs;
 pub use cmd::snapshots::SnapshotsArgs;
 
@@ -60,6 +61,10 @@ pub enum Command {
     /// Reclaim space: delete packs marked by an earlier prune once their grace period has
     /// passed, mark newly unused packs, repack wasteful ones, compact the index.
     Prune(PruneCmdArgs),
+    /// Repair a damaged repository: rebuild the index from the packs, rewrite snapshots
+    /// that lost data.
+    #[command(subcommand)]
+    Repair(RepairCommand),
     /// List lock objects, with holders and lease state (judged on the store's clock).
     Locks,
     /// Remove lock objects whose lease has run out (holders that died). Live locks are
@@ -119,6 +124,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Backup(a) => cmd::backup::run(a, repo, mode).await,
         Command::Forget(a) => cmd::forget::run(a, repo, mode).await,
         Command::Prune(a) => cmd::prune::run(a, repo, mode).await,
+        Command::Repair(c) => cmd::repair::run(c, repo, mode).await,
         Command::Locks => cmd::locks::list(repo, mode).await,
         Command::Unlock(a) => cmd::locks::unlock(a, repo, mode).await,
         Command::Snapshots(a) => cmd::snapshots::run(a, repo, mode).await,

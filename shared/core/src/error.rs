@@ -43,6 +43,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// A local I/O failure (restore target, files being backed up): a full disk or quota is
+    /// [`Error::StorageFull`], anything else a problem with the input or target.
+    pub fn local_io(e: &std::io::Error, msg: String) -> Error {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::StorageFull | K::QuotaExceeded | K::FileTooLarge => Error::StorageFull(msg),
+            _ => Error::Invalid(msg),
+        }
+    }
+
     /// The exit code a job should end with when this error is the cause.
     pub fn exit(&self) -> Exit {
         match self {

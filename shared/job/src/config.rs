@@ -46,6 +46,11 @@ impl RepoArgs {
         Store::open(self.url()?)
     }
 
+    /// The store, creating a missing local directory (`cairn init`).
+    pub fn store_or_create(&self) -> Result<Store> {
+        Store::open_or_create(self.url()?)
+    }
+
     fn passphrase(&self) -> Result<Option<String>> {
         if let Some(f) = &self.passphrase_file {
             let p = std::fs::read_to_string(f)

@@ -46,7 +46,7 @@ pub(crate) async fn run(args: InitArgs, repo: &RepoArgs, mode: Mode) -> Result<E
             args.write_key_out.display()
         )));
     }
-    let store = repo.store()?;
+    let store = repo.store_or_create()?;
     let opts = InitOptions {
         compression: args.compression,
         pack_size: args.pack_size_mib << 20,

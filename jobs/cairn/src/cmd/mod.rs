@@ -19,6 +19,7 @@ pub(crate) mod key;
 pub(crate) mod locks;
 pub(crate) mod ls;
 pub(crate) mod prune;
+pub(crate) mod repair;
 pub(crate) mod restore;
 pub(crate) mod snapshots;
 pub(crate) mod version;

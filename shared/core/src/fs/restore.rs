@@ -93,7 +93,7 @@ pub async fn restore(
             target: target.clone(),
         };
         std::fs::create_dir_all(&target)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", target.display())))?;
+            .map_err(|e| Error::local_io(&e, format!("{}: {e}", target.display())))?;
         pool.install(|| {
             if node.kind == NodeKind::Dir {
                 restore_dir_contents(&ctx, &node, &target)?;
@@ -145,7 +145,7 @@ fn restore_node(ctx: &Ctx<'_>, node: &Node, path: &Path) -> Result<()> {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |e| Error::Invalid(format!("{}: {e}", path.display()))
+    move |e| Error::local_io(&e, format!("{}: {e}", path.display()))
 }
 
 /// A name from a tree must be one plain path component: anyone holding the write key can
@@ -290,18 +290,18 @@ pub fn write_file_to<W: Write + Seek>(
                         extent.len
                     )));
                 }
-                out.write_all(&data).map_err(|e| Error::Invalid(format!("write: {e}")))?;
+                out.write_all(&data).map_err(|e| Error::local_io(&e, format!("write: {e}")))?;
             }
             None if sparse => {
                 out.seek(SeekFrom::Current(extent.len as i64))
-                    .map_err(|e| Error::Invalid(format!("seek: {e}")))?;
+                    .map_err(|e| Error::local_io(&e, format!("seek: {e}")))?;
             }
             None => {
                 let mut left = extent.len;
                 while left > 0 {
                     let n = left.min(zeros.len() as u64) as usize;
                     out.write_all(&zeros[..n])
-                        .map_err(|e| Error::Invalid(format!("write: {e}")))?;
+                        .map_err(|e| Error::local_io(&e, format!("write: {e}")))?;
                     left -= n as u64;
                 }
             }

@@ -81,6 +81,14 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         }
     }
     let (snapshots, affected) = check_snapshots(repo, &indexed.master, &mut found).await?;
+    if let Some(first) = found.unreadable.first() {
+        // Network trouble is not damage: say what could not be read and judge nothing.
+        return Err(Error::Retryable(format!(
+            "could not read {} object(s), so the check is incomplete and reports no damage \
+             (first: {first})",
+            found.unreadable.len()
+        )));
+    }
     Ok(CheckReport {
         snapshots,
         index_objects: indexed.objects,
@@ -101,11 +109,26 @@ struct Findings {
     bad_packs: HashSet<PackId>,
     /// Blobs that did not open.
     bad_blobs: HashSet<BlobId>,
+    /// Reads that failed for a reason that is not the data's (the store unreachable
+    /// after every retry): the check cannot conclude.
+    unreadable: Vec<String>,
 }
 
 impl Findings {
     fn add(&mut self, kind: &str, object: &str, detail: &str) {
         self.problems.insert(problem(kind, object, detail));
+    }
+
+    /// Record a failed read: damage, unless the store could not be reached. Returns whether
+    /// it was damage.
+    fn failed(&mut self, kind: &str, object: &str, e: &Error) -> bool {
+        if matches!(e, Error::Retryable(_)) {
+            self.unreadable.push(format!("{object}: {e}"));
+            false
+        } else {
+            self.add(kind, object, &e.to_string());
+            true
+        }
     }
 }
 
@@ -143,7 +166,9 @@ async fn check_index_objects(repo: &Repository, found: &mut Findings) -> Result<
                     indexed.headers.insert(pack, header);
                 }
             }
-            Err(e) => found.add("index", key, &e.to_string()),
+            Err(e) => {
+                found.failed("index", key, &e);
+            }
         }
     }
     indexed.master.finish();
@@ -164,23 +189,28 @@ async fn check_packs(
         .into_iter()
         .filter_map(|(k, size)| PackId::parse(k.rsplit('/').next()?).ok().map(|id| (id, size)))
         .collect();
-    let results: Vec<(PackId, Option<String>)> = futures::stream::iter(headers.iter())
+    // Per pack: `None` when it is not in the store at all, else what reading its header gave.
+    let results: Vec<(PackId, Option<Result<()>>)> = futures::stream::iter(headers.iter())
         .map(|(id, indexed)| {
             let size = listed.get(id).copied();
             async move {
-                let Some(size) = size else { return (*id, Some("missing".to_string())) };
-                match verify_pack_header(repo, id, size, indexed).await {
-                    Ok(()) => (*id, None),
-                    Err(e) => (*id, Some(e.to_string())),
-                }
+                let Some(size) = size else { return (*id, None) };
+                (*id, Some(verify_pack_header(repo, id, size, indexed).await))
             }
         })
         .buffer_unordered(16)
         .collect()
         .await;
-    for (id, err) in results {
-        if let Some(err) = err {
-            found.add("pack", &pack_key(&id), &err);
+    for (id, result) in results {
+        let damaged = match result {
+            None => {
+                found.add("pack", &pack_key(&id), "missing");
+                true
+            }
+            Some(Ok(())) => false,
+            Some(Err(e)) => found.failed("pack", &pack_key(&id), &e),
+        };
+        if damaged {
             found.bad_packs.insert(id);
         }
     }
@@ -214,12 +244,14 @@ async fn read_data(
         for (blob, err) in failures {
             match blob {
                 Some(blob) => {
-                    found.add("blob", &format!("{} in {}", blob, pack_key(&id)), &err);
-                    found.bad_blobs.insert(blob);
+                    if found.failed("blob", &format!("{} in {}", blob, pack_key(&id)), &err) {
+                        found.bad_blobs.insert(blob);
+                    }
                 }
                 None => {
-                    found.add("pack", &pack_key(&id), &err);
-                    found.bad_packs.insert(id);
+                    if found.failed("pack", &pack_key(&id), &err) {
+                        found.bad_packs.insert(id);
+                    }
                 }
             }
         }
@@ -327,17 +359,21 @@ async fn read_tree(
     match repo.read_blob(tree_id).await.and_then(|b| TreeBlob::decode(&b)) {
         Ok(t) => Some(t.nodes),
         Err(e) => {
-            if first_visit {
-                found.add("tree", &tree_id.to_hex(), &e.to_string());
+            let damage = if first_visit {
+                found.failed("tree", &tree_id.to_hex(), &e)
+            } else {
+                !matches!(e, Error::Retryable(_))
+            };
+            if damage {
+                found.bad_blobs.insert(*tree_id);
             }
-            found.bad_blobs.insert(*tree_id);
             None
         }
     }
 }
 
 /// A blob that failed to open (or, with no id, the whole pack), and why.
-type BlobFailure = (Option<BlobId>, String);
+type BlobFailure = (Option<BlobId>, Error);
 
 fn problem(kind: &str, object: &str, detail: &str) -> Problem {
     Problem { kind: kind.into(), object: object.into(), detail: detail.into() }
@@ -375,15 +411,15 @@ async fn read_pack_blobs(repo: &Repository, master: &MasterIndex, id: &PackId) -
     // Pack keys are found through the repository's own index (its slots, not `master`'s).
     let repo_index = match repo.index().await {
         Ok(i) => i,
-        Err(e) => return vec![(None, e.to_string())],
+        Err(e) => return vec![(None, e)],
     };
     let bytes = match repo.store().get(&pack_key(id)).await {
         Ok(b) => b,
-        Err(e) => return vec![(None, e.to_string())],
+        Err(e) => return vec![(None, e)],
     };
     let header = match read_header(id, &bytes, repo.meta_key()) {
         Ok(h) => h,
-        Err(e) => return vec![(None, e.to_string())],
+        Err(e) => return vec![(None, e)],
     };
     let mut failures = Vec::new();
     for e in &header.entries {
@@ -397,11 +433,11 @@ async fn read_pack_blobs(repo: &Repository, master: &MasterIndex, id: &PackId) -
         loc.length = e.length;
         let (start, end) = (e.offset as usize, e.offset as usize + e.length as usize);
         let Some(sealed) = bytes.get(start..end) else {
-            failures.push((Some(e.id), "lies outside the pack".into()));
+            failures.push((Some(e.id), Error::Integrity("lies outside the pack".into())));
             continue;
         };
         if let Err(err) = repo.open_blob(&e.id, &loc, sealed) {
-            failures.push((Some(e.id), err.to_string()));
+            failures.push((Some(e.id), err));
         }
     }
     failures

@@ -376,7 +376,9 @@ async fn refresh_loop(
             return;
         }
         let sent = Instant::now();
-        match read_record(&store, &meta, &key).await {
+        let read = tokio::time::timeout(every, read_record(&store, &meta, &key)).await;
+        let read = read.unwrap_or_else(|_| Err(Error::Retryable("no answer in time".into())));
+        match read {
             Ok(Some(r)) if r.nonce == nonce => {}
             Ok(Some(r)) => {
                 *state.lost.lock() = Some(format!("taken over by {}", r.holder));
@@ -495,6 +497,18 @@ pub async fn remove_stale(repo: &Repository) -> Result<Vec<LockInfo>> {
     Ok(removed)
 }
 
+/// Sweep expired locks (runs that died leave theirs behind) without failing the caller:
+/// whoever meets them removes them (FORMAT.md §15.1), so they never pile up.
+pub async fn sweep_expired(repo: &Repository) {
+    match remove_stale(repo).await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(count = removed.len(), "removed expired locks of runs that ended");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not sweep expired locks; left for later"),
+    }
+}
+
 /// The name of a backup's source lock: per cluster when one is named, so that clusters
 /// sharing a bucket (and source names like `etcd`) never wait for each other.
 pub fn source_lock_name(source: &str, cluster: Option<&str>) -> String {
@@ -522,6 +536,7 @@ impl BackupLocks {
                 return Err(e);
             }
         };
+        sweep_expired(repo).await;
         Ok(BackupLocks { source: source_lock, shared })
     }
 

@@ -15,6 +15,7 @@ pub mod lock;
 pub mod mark;
 pub mod pack;
 pub mod prune;
+pub mod repair;
 pub mod snapshot;
 pub mod storage;
 #[cfg(test)]
@@ -37,7 +38,7 @@ pub use index::{IndexFile, Location, MasterIndex};
 pub use lineage::{Lineage, ParentSpec, SnapshotFilter};
 pub use pack::BlobKind;
 pub use snapshot::{Failure, Snapshot, SnapshotEntry, Summary};
-pub use storage::Store;
+pub use storage::{RetryPolicy, Store};
 pub use tree::{Extent, Name, Node, NodeKind, TreeBlob};
 pub use writer::{AddedBlob, Writer, WriterStats};
 
@@ -215,7 +216,8 @@ impl Repository {
             }
             Access::Unlock(unlock) => {
                 let keys = store.list("keys/").await?;
-                let fetched = store.get_many(keys.into_iter().map(|(k, _)| k).collect(), 8).await?;
+                let fetched =
+                    store.get_existing(keys.into_iter().map(|(k, _)| k).collect(), 8).await?;
                 for (_, sealed) in fetched {
                     if let Some(plain) = unlock.open_key_object(&sealed) {
                         let material = KeyMaterial::decode(&plain)?;
@@ -422,7 +424,14 @@ impl Repository {
         let index = self.index().await?;
         let loc = index
             .get(id)
-            .ok_or_else(|| Error::NotFound(format!("blob {} is in no index", id.short())))?;
+            // A snapshot refers to it, so the repository promised it: damage, not a typo.
+            .ok_or_else(|| {
+                Error::Integrity(format!(
+                    "blob {} is in no index (run `cairn check`; `cairn repair index` rebuilds \
+                     the index from the packs)",
+                    id.short()
+                ))
+            })?;
         let record = index.pack(loc.pack);
         let range = u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.length);
         let window = range.start / WINDOW;
@@ -632,7 +641,8 @@ impl Repository {
                 None => missing.push(key),
             }
         }
-        let fetched = self.store.get_many(missing, 16).await?;
+        // A record forgotten between the listing and its fetch is simply gone.
+        let fetched = self.store.get_existing(missing, 16).await?;
         let mut failures = Vec::new();
         for (key, sealed) in fetched {
             let opened = SnapshotId::parse(key.trim_start_matches("snapshots/"))

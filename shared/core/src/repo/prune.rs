@@ -37,9 +37,9 @@ use crate::{Error, Result};
 use plan::{LiveSet, PackObject, PruneInputs, PrunePlan, used_per_slot};
 
 /// Packs per compacted index object.
-const PACKS_PER_INDEX: usize = 4096;
+pub(crate) const PACKS_PER_INDEX: usize = 4096;
 /// Blob entries per compacted index object (about 25 MiB of plaintext at most).
-const ENTRIES_PER_INDEX: usize = 500_000;
+pub(crate) const ENTRIES_PER_INDEX: usize = 500_000;
 
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
@@ -112,7 +112,10 @@ fn index_objects<'a>(
         .buffer_unordered(8)
 }
 
-async fn write_index_object(repo: &Repository, packs: Vec<(PackId, PackHeader)>) -> Result<String> {
+pub(crate) async fn write_index_object(
+    repo: &Repository,
+    packs: Vec<(PackId, PackHeader)>,
+) -> Result<String> {
     let id = IndexId::random();
     let key = format!("index/{id}");
     let file = IndexFile { packs };
@@ -127,6 +130,9 @@ pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneRe
     } else {
         Some(Lock::acquire(&repo, LockKind::Maintenance, &opts.lock).await?)
     };
+    if lock.is_some() {
+        lock::sweep_expired(&repo).await;
+    }
     let result = run(&repo, opts, lock.as_ref()).await;
     if let Some(l) = lock {
         l.release().await?;

@@ -53,3 +53,10 @@ pub(crate) async fn pack_of(repo: &Repository, path: &str) -> String {
     let index = repo.index().await.unwrap();
     pack_key(&index.pack(index.get(&blob).unwrap().pack).id)
 }
+
+/// The content of the file at `path` of the latest snapshot.
+pub(crate) async fn read_latest(repo: &Repository, path: &str) -> crate::Result<Vec<u8>> {
+    let snapshot = repo.find_snapshot("latest", None).await?.snapshot;
+    let node = repo.lookup(&snapshot, path).await?;
+    repo.read_file(&node).await
+}

@@ -31,10 +31,19 @@ pub(super) async fn diff(args: &DiffArgs, repo: &RepoArgs) -> Result<Option<Obje
     if a.contains(':') || (b != "live" && b.contains(':')) {
         return Ok(None);
     }
-    // Reading objects needs the identity: manifests are file contents.
-    let repo = repo.open(Need::Read).await?;
+    // Open with what was given: two plain snapshots compare by their trees, which the write
+    // key opens; only manifest objects (file contents) need the identity.
+    let repo = repo.open(Need::Write).await?;
     repo.load_index().await?;
     let sa = args.select.find(&repo, a).await?;
+    if is_manifest_snapshot(&sa.snapshot) && !repo.can_read_data() {
+        return Err(cairn_core::Error::Denied(format!(
+            "snapshot {} holds manifests, which are file contents: comparing them needs \
+             --identity (or CAIRN_PASSPHRASE); a write key cannot decrypt them",
+            sa.id.short()
+        ))
+        .into());
+    }
     if !is_manifest_snapshot(&sa.snapshot) {
         if b == "live" {
             return Err(ExitError(

@@ -62,7 +62,7 @@ impl Sink {
             };
             return Ok(Sink::Tar { out, selection });
         }
-        let store = Store::open(target)?;
+        let store = Store::open_or_create(target)?;
         Ok(Sink::Objects { store, metadata: keeps_object_metadata(target), selection })
     }
 
