@@ -478,3 +478,91 @@ async fn expired_locks_of_dead_runs_are_swept_by_the_next_backup() {
     assert!(left.iter().all(|l| !l.expired));
     locks.release().await.unwrap();
 }
+
+/// Defect 6: one truncated LIST body, or a connection dropped on a request, failed the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_listings_and_dropped_connections_are_retried() {
+    let t = repos::init(&s3_url()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("src");
+    generate(&dir, &small(6));
+    let bulk: Vec<u8> = (0..300 << 10).map(|_| rand::random::<u8>()).collect();
+    std::fs::write(dir.join("bulk.bin"), bulk).unwrap();
+    backup_dir(t.open_full().await, &dir, BackupOptions::default()).await.unwrap();
+    let packs = Store::open(&t.url).unwrap().list("packs/").await.unwrap().len();
+    assert!(packs >= 2, "a data pack and a tree pack: {packs}");
+    let proxy = FaultProxy::start(s3_addr()).await.unwrap();
+    let repo = t.open_on(via(&t.url, &proxy), false).await.unwrap();
+    assert_eq!(repo.store().list("packs/").await.unwrap().len(), packs, "rate 0");
+    proxy.set_kinds(&[Fault::TruncatedBody, Fault::ResetBefore]);
+    proxy.set_rate(0.5);
+    for _ in 0..10 {
+        assert_eq!(repo.snapshots().await.unwrap().len(), 1);
+        assert_eq!(repo.store().list("packs/").await.unwrap().len(), packs);
+    }
+    let s = proxy.stats();
+    assert!(s.injected(Fault::TruncatedBody) > 0 && s.injected(Fault::ResetBefore) > 0, "{s:?}");
+}
+
+/// A small filesystem of its own, mounted for the test (the suite runs as root, like the
+/// node it starts); unmounted on drop.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn run(args: &[&str]) {
+        let ok = std::process::Command::new(args[0]).args(&args[1..]).status().unwrap();
+        assert!(ok.success(), "{args:?}");
+    }
+    fn tmpfs(at: &Path, size: &str) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        Mount::run(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            at.to_str().unwrap(),
+        ]);
+        Mount(at.to_path_buf())
+    }
+    fn read_only(&self) {
+        let at = self.0.to_str().unwrap();
+        Mount::run(&["mount", "-o", "remount,ro", at]);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Defect 8: ENOSPC during a restore said "invalid input"; a read-only `file://` repository
+/// failed with exit 1 like a network error. A full disk is "storage full" (exit 1, retry when
+/// there is room); a repository that refuses writes is a denial (exit 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_and_a_read_only_repository_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = repos::init(&format!("memory://{}", unique("full"))).await;
+    let dir = tmp.path().join("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    let big: Vec<u8> = (0..2 << 20).map(|_| rand::random::<u8>()).collect();
+    std::fs::write(dir.join("big"), &big).unwrap();
+    let repo = t.open_full().await;
+    let snap = backup_dir(repo.clone(), &dir, BackupOptions::default()).await.unwrap();
+    let small_disk = Mount::tmpfs(&tmp.path().join("small"), "512k");
+    let root = repo.find_snapshot(&snap.id.to_hex(), None).await.unwrap().snapshot.root;
+    let err = restore(repo.clone(), root, &small_disk.0.join("out"), RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::StorageFull(_)), "{err}");
+
+    let ro = Mount::tmpfs(&tmp.path().join("ro"), "16m");
+    let url = format!("file://{}", ro.0.join("repo").display());
+    let t = repos::init(&url).await;
+    ro.read_only();
+    let err = backup_dir(t.open_full().await, &dir, BackupOptions::default()).await.unwrap_err();
+    assert!(matches!(err, Error::Denied(_)), "{err}");
+    assert_eq!(err.exit(), Exit::Integrity);
+}

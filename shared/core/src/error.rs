@@ -43,6 +43,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same class of error, its message prefixed with `context`: a failure that surfaces
+    /// later (a pack upload seen by the next write) still tells the caller what to do.
+    pub fn in_context(&self, context: &str) -> Error {
+        let m = |msg: &str| format!("{context}: {msg}");
+        match self {
+            Error::NotFound(x) => Error::NotFound(m(x)),
+            Error::AlreadyExists(x) => Error::AlreadyExists(m(x)),
+            Error::Integrity(x) => Error::Integrity(m(x)),
+            Error::Denied(x) => Error::Denied(m(x)),
+            Error::Retryable(x) => Error::Retryable(m(x)),
+            Error::Invalid(x) => Error::Invalid(m(x)),
+            Error::Locked(x) => Error::Locked(m(x)),
+            Error::StorageFull(x) => Error::StorageFull(m(x)),
+        }
+    }
+
     /// A local I/O failure (restore target, files being backed up): a full disk or quota is
     /// [`Error::StorageFull`], anything else a problem with the input or target.
     pub fn local_io(e: &std::io::Error, msg: String) -> Error {

@@ -166,7 +166,7 @@ impl Writer {
         forced: bool,
     ) -> Result<AddedBlob> {
         if let Some(e) = self.failed.lock().as_ref() {
-            return Err(Error::Retryable(format!("an earlier pack upload failed: {e}")));
+            return Err(e.in_context("an earlier pack upload failed"));
         }
         self.check_lease()?;
         if (!forced && self.reuse(&id)) || !self.known.lock().insert(id) {
