@@ -566,3 +566,28 @@ async fn a_full_disk_and_a_read_only_repository_say_so() {
     assert!(matches!(err, Error::Denied(_)), "{err}");
     assert_eq!(err.exit(), Exit::Integrity);
 }
+
+/// Review of #22: a write made for a lock holder (a snapshot record, an index object, a mark,
+/// a prune's delete) retried past the holder's lease could land after a prune or a successor
+/// acted on the lease having run out. Under a lease that can no longer be vouched for, no
+/// attempt starts, and the failure says the store could not be reached (exit 1), not that
+/// another run holds the lock (exit 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_under_a_lapsed_lease_never_start() {
+    let t = repos::init(&format!("memory://{}", unique("lapsed"))).await;
+    let repo = t.open_write().await;
+    let short = LockOptions { lease: Duration::from_millis(400), ..Default::default() };
+    let held = Lock::acquire(&repo, LockKind::Shared, &short).await.unwrap();
+    let guard = held.guard();
+    let store = repo.store().under_lease(Some(guard.clone()));
+    store.create("gc/while-held", bytes::Bytes::from_static(b"x")).await.unwrap();
+    drop(held); // the refresher stops, as it does when the store is unreachable
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let err = store.create("gc/after", bytes::Bytes::from_static(b"x")).await.unwrap_err();
+    assert!(matches!(err, Error::Retryable(_)), "{err}");
+    assert_eq!(err.exit(), Exit::Retryable);
+    assert!(store.delete("gc/while-held").await.is_err(), "deletes are refused too");
+    let keys: Vec<String> =
+        repo.store().list("gc/").await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec!["gc/while-held".to_string()], "nothing written or deleted late");
+}

@@ -63,6 +63,13 @@ impl Render for CheckReport {
                 a.paths.join(", ")
             );
         }
+        if !self.unreadable.is_empty() {
+            println!(
+                "INCOMPLETE: {} objects could not be read (first: {})",
+                self.unreadable.len(),
+                self.unreadable[0]
+            );
+        }
         println!("{}", if self.ok() { "no problems found" } else { "the repository is damaged" });
     }
 }

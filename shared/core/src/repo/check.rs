@@ -54,6 +54,10 @@ pub struct CheckReport {
     pub unindexed_packs: Vec<String>,
     pub problems: Vec<Problem>,
     pub affected: Vec<Affected>,
+    /// Objects that could not be read (store unreachable, access refused): the check is
+    /// incomplete. Reported beside damage it did confirm; alone it is an error instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 impl CheckReport {
@@ -63,6 +67,9 @@ impl CheckReport {
 }
 
 pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
+    // Snapshots first: a backup indexes its blobs before it commits (§12.1), so the index
+    // loaded next covers every snapshot listed now, whatever commits meanwhile.
+    let listed_snapshots = repo.snapshots_lenient().await?;
     // Blob reads below go through the repository's own index; a damaged index object is
     // reported by the pass that follows, so a failure to load here is not fatal.
     repo.load_index_lenient().await?;
@@ -80,14 +87,18 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
             found.bad_blobs.extend(h.entries.iter().map(|e| e.id));
         }
     }
-    let (snapshots, affected) = check_snapshots(repo, &indexed.master, &mut found).await?;
-    if let Some(first) = found.unreadable.first() {
-        // Network trouble is not damage: say what could not be read and judge nothing.
-        return Err(Error::Retryable(format!(
+    let (snapshots, affected) =
+        check_snapshots(repo, listed_snapshots, &indexed.master, &mut found).await?;
+    if found.problems.is_empty()
+        && let Some(first) = found.unreadable.first()
+    {
+        // Trouble reading is not damage: say what could not be read and judge nothing.
+        let msg = format!(
             "could not read {} object(s), so the check is incomplete and reports no damage \
              (first: {first})",
             found.unreadable.len()
-        )));
+        );
+        return Err(if found.denied { Error::Denied(msg) } else { Error::Retryable(msg) });
     }
     Ok(CheckReport {
         snapshots,
@@ -98,6 +109,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
         unindexed_packs,
         problems: found.problems.into_iter().collect(),
         affected,
+        unreadable: found.unreadable,
     })
 }
 
@@ -110,8 +122,10 @@ struct Findings {
     /// Blobs that did not open.
     bad_blobs: HashSet<BlobId>,
     /// Reads that failed for a reason that is not the data's (the store unreachable
-    /// after every retry): the check cannot conclude.
+    /// after every retry, access refused): the check cannot conclude on those objects.
     unreadable: Vec<String>,
+    /// Some of them were refused access (exit 4 rather than 1).
+    denied: bool,
 }
 
 impl Findings {
@@ -122,7 +136,8 @@ impl Findings {
     /// Record a failed read: damage, unless the store could not be reached. Returns whether
     /// it was damage.
     fn failed(&mut self, kind: &str, object: &str, e: &Error) -> bool {
-        if matches!(e, Error::Retryable(_)) {
+        if matches!(e, Error::Retryable(_) | Error::Denied(_)) {
+            self.denied |= matches!(e, Error::Denied(_));
             self.unreadable.push(format!("{object}: {e}"));
             false
         } else {
@@ -150,15 +165,18 @@ async fn check_index_objects(repo: &Repository, found: &mut Findings) -> Result<
         master: MasterIndex::default(),
         headers: HashMap::new(),
     };
+    let mut named = Vec::new();
     for (key, _) in &index_keys {
-        let Ok(id) = IndexId::parse(key.trim_start_matches("index/")) else {
+        if IndexId::parse(key.trim_start_matches("index/")).is_ok() {
+            named.push(key.clone());
+        } else {
             found.add("stray-object", key, "not a valid index name");
-            continue;
-        };
-        let opened = match store.get(key).await {
-            Ok(b) => IndexFile::open(repo.meta_key(), &id, &b),
-            Err(e) => Err(e),
-        };
+        }
+    }
+    // One compacted away by a prune meanwhile is skipped, its replacement fetched.
+    for (key, sealed) in repo.get_index_objects(named).await? {
+        let opened = IndexId::parse(key.trim_start_matches("index/"))
+            .and_then(|id| IndexFile::open(repo.meta_key(), &id, &sealed));
         match opened {
             Ok(file) => {
                 for (pack, header) in file.packs {
@@ -167,7 +185,7 @@ async fn check_index_objects(repo: &Repository, found: &mut Findings) -> Result<
                 }
             }
             Err(e) => {
-                found.failed("index", key, &e);
+                found.failed("index", &key, &e);
             }
         }
     }
@@ -201,11 +219,12 @@ async fn check_packs(
         .buffer_unordered(16)
         .collect()
         .await;
+    let mut absent = Vec::new();
     for (id, result) in results {
         let damaged = match result {
-            None => {
-                found.add("pack", &pack_key(&id), "missing");
-                true
+            None | Some(Err(Error::NotFound(_))) => {
+                absent.push(id);
+                false
             }
             Some(Ok(())) => false,
             Some(Err(e)) => found.failed("pack", &pack_key(&id), &e),
@@ -214,9 +233,40 @@ async fn check_packs(
             found.bad_packs.insert(id);
         }
     }
+    for id in confirm_missing(repo, absent).await? {
+        found.add("pack", &pack_key(&id), "missing");
+        found.bad_packs.insert(id);
+    }
     let unindexed: BTreeSet<String> =
         listed.keys().filter(|id| !headers.contains_key(id)).map(pack_key).collect();
     Ok(unindexed.into_iter().collect())
+}
+
+/// Of packs found absent, those still missing now and still indexed: a prune that deleted a
+/// pack meanwhile had removed it from the index first (§15.5), which is not damage.
+async fn confirm_missing(repo: &Repository, absent: Vec<PackId>) -> Result<Vec<PackId>> {
+    if absent.is_empty() {
+        return Ok(absent);
+    }
+    let keys: Vec<String> =
+        repo.store().list("index/").await?.into_iter().map(|(k, _)| k).collect();
+    let mut indexed_now = HashSet::new();
+    for (key, sealed) in repo.get_index_objects(keys).await? {
+        if let Ok(file) = IndexId::parse(key.trim_start_matches("index/"))
+            .and_then(|id| IndexFile::open(repo.meta_key(), &id, &sealed))
+        {
+            indexed_now.extend(file.packs.into_iter().map(|(p, _)| p));
+        }
+    }
+    let mut missing = Vec::new();
+    for id in absent.into_iter().filter(|p| indexed_now.contains(p)) {
+        match repo.store().head(&pack_key(&id)).await {
+            Err(Error::NotFound(_)) => missing.push(id),
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(missing)
 }
 
 /// Pass 4 (read data): fetch a `fraction` of the sound packs whole and open every blob.
@@ -270,10 +320,10 @@ fn choose_packs(ids: &[PackId], fraction: f64, start: usize) -> Vec<PackId> {
 /// Returns the number of snapshots that opened and the paths damage affects.
 async fn check_snapshots(
     repo: &Repository,
+    (snaps, bad_snapshots): (Vec<SnapshotEntry>, Vec<(String, Error)>),
     master: &MasterIndex,
     found: &mut Findings,
 ) -> Result<(usize, Vec<Affected>)> {
-    let (snaps, bad_snapshots) = repo.snapshots_lenient().await?;
     for (key, e) in bad_snapshots {
         found.add("snapshot", &key, &e.to_string());
     }

@@ -207,7 +207,17 @@ struct LeaseState {
     key: String,
     /// After this instant the holder must assume its lease may be gone.
     deadline: Mutex<Instant>,
-    lost: Mutex<Option<String>>,
+    /// Why the lease is gone, and whether someone else has the lock now (exit 5) or we
+    /// only could not keep it up (the store unreachable: exit 1).
+    lost: Mutex<Option<(Lost, String)>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    /// Another holder took it, or it was removed: [`Error::Locked`].
+    TakenOver,
+    /// Refreshes did not succeed in time: [`Error::Retryable`].
+    NotRefreshed,
 }
 
 /// Cheap handle writers consult before every write that others depend on.
@@ -217,19 +227,28 @@ pub struct LeaseGuard(Arc<LeaseState>);
 impl LeaseGuard {
     /// Ok while the lease is certainly ours.
     pub fn check(&self) -> Result<()> {
-        if let Some(why) = self.0.lost.lock().as_ref() {
-            return Err(Error::Locked(format!(
-                "lock {} lost ({why}); stopped writing",
-                self.0.key
-            )));
+        self.remaining().map(|_| ())
+    }
+
+    /// How long writes may still go on under this lease; an error once it may be gone:
+    /// [`Error::Locked`] when another holder has the lock, [`Error::Retryable`] when the
+    /// refreshes could not reach the store in time.
+    pub fn remaining(&self) -> Result<Duration> {
+        if let Some((how, why)) = self.0.lost.lock().as_ref() {
+            let msg = format!("lock {} lost ({why}); stopped writing", self.0.key);
+            return Err(match how {
+                Lost::TakenOver => Error::Locked(msg),
+                Lost::NotRefreshed => Error::Retryable(msg),
+            });
         }
-        if Instant::now() >= *self.0.deadline.lock() {
-            return Err(Error::Locked(format!(
+        let left = self.0.deadline.lock().saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Retryable(format!(
                 "lock {} could not be refreshed in time; stopped writing before its lease ran out",
                 self.0.key
             )));
         }
-        Ok(())
+        Ok(left)
     }
 }
 
@@ -343,7 +362,8 @@ impl Lock {
         if let Ok(Some(r)) = read_record(&self.store, &self.meta, &self.key).await
             && r.nonce == self.nonce
         {
-            self.store.delete(&self.key).await?;
+            // Not retried past our lease: a late delete could remove a successor's lock.
+            self.store.under_lease(Some(self.guard.clone())).delete(&self.key).await?;
         }
         Ok(())
     }
@@ -369,10 +389,9 @@ async fn refresh_loop(
         tokio::time::sleep(every).await;
         if Instant::now() >= *state.deadline.lock() {
             // Too late to refresh safely: someone may already have broken the lock.
-            state
-                .lost
-                .lock()
-                .get_or_insert_with(|| "lease ran out before a refresh succeeded".into());
+            state.lost.lock().get_or_insert_with(|| {
+                (Lost::NotRefreshed, "lease ran out before a refresh succeeded".into())
+            });
             return;
         }
         let sent = Instant::now();
@@ -381,11 +400,11 @@ async fn refresh_loop(
         match read {
             Ok(Some(r)) if r.nonce == nonce => {}
             Ok(Some(r)) => {
-                *state.lost.lock() = Some(format!("taken over by {}", r.holder));
+                *state.lost.lock() = Some((Lost::TakenOver, format!("taken over by {}", r.holder)));
                 return;
             }
             Ok(None) => {
-                *state.lost.lock() = Some("removed by someone else".into());
+                *state.lost.lock() = Some((Lost::TakenOver, "removed by someone else".into()));
                 return;
             }
             Err(e) => {
@@ -397,7 +416,9 @@ async fn refresh_loop(
             // A refresh that lands after our own deadline may have overwritten a successor
             // who broke the lock meanwhile: we cannot tell, so the lease counts as lost.
             Ok(Ok(())) if Instant::now() >= *state.deadline.lock() => {
-                state.lost.lock().get_or_insert_with(|| "a refresh landed too late".into());
+                state.lost.lock().get_or_insert_with(|| {
+                    (Lost::NotRefreshed, "a refresh landed too late".into())
+                });
                 return;
             }
             Ok(Ok(())) => *state.deadline.lock() = sent + lease - safety(lease),
@@ -454,16 +475,19 @@ fn info_from(
 
 /// Delete an expired lock, unless it changed since we judged it (its holder refreshed, or a
 /// successor took it): same bytes and same last-modified time.
-async fn break_if_unchanged(store: &Store, info: &LockInfo) -> Result<()> {
+/// Returns whether it deleted it.
+async fn break_if_unchanged(store: &Store, info: &LockInfo) -> Result<bool> {
     let (bytes, head) = match (store.get(&info.key).await, store.head(&info.key).await) {
         (Ok(b), Ok(h)) => (b, h),
-        (Err(Error::NotFound(_)), _) | (_, Err(Error::NotFound(_))) => return Ok(()),
+        (Err(Error::NotFound(_)), _) | (_, Err(Error::NotFound(_))) => return Ok(false),
         (Err(e), _) | (_, Err(e)) => return Err(e),
     };
     if bytes == info.raw && head.modified == info.modified {
-        store.delete(&info.key).await?;
+        // One attempt: a delete retried later could remove a successor's fresh lock.
+        store.delete_once(&info.key).await?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Every lock in the repository, judged on the store's clock.
@@ -476,12 +500,11 @@ pub async fn list_locks(repo: &Repository) -> Result<Vec<LockInfo>> {
         if name.starts_with("clock-") || name.starts_with("probe-") {
             continue;
         }
-        let raw = match store.get(&obj.key).await {
-            Ok(b) => b,
-            Err(Error::NotFound(_)) => continue,
-            Err(e) => return Err(e),
-        };
-        out.push(info_from(obj.key, repo.meta_key(), raw, obj.modified, now));
+        // Judged from HEAD, like `break_if_unchanged` compares: some stores list times with
+        // milliseconds and HEAD them to the second.
+        if let Some(info) = inspect(store, repo.meta_key(), &obj.key, now).await? {
+            out.push(info);
+        }
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
@@ -491,8 +514,9 @@ pub async fn list_locks(repo: &Repository) -> Result<Vec<LockInfo>> {
 pub async fn remove_stale(repo: &Repository) -> Result<Vec<LockInfo>> {
     let mut removed = Vec::new();
     for info in list_locks(repo).await?.into_iter().filter(|l| l.expired) {
-        break_if_unchanged(repo.store(), &info).await?;
-        removed.push(info);
+        if break_if_unchanged(repo.store(), &info).await? {
+            removed.push(info);
+        }
     }
     Ok(removed)
 }

@@ -79,9 +79,10 @@ pub fn marked_packs(marks: &[MarkEntry]) -> HashSet<PackId> {
     marks.iter().flat_map(|m| m.mark.packs.iter().copied()).collect()
 }
 
-pub async fn save_mark(repo: &Repository, mark: &Mark) -> Result<String> {
+/// Written through `store` (under the prune's lease), sealed with `repo`'s key.
+pub async fn save_mark(repo: &Repository, store: &super::Store, mark: &Mark) -> Result<String> {
     let id = IndexId::random();
     let key = format!("gc/{id}");
-    repo.store().create(&key, mark.seal(repo.meta_key(), &id)).await?;
+    store.create(&key, mark.seal(repo.meta_key(), &id)).await?;
     Ok(key)
 }

@@ -120,6 +120,9 @@ pub struct Repository {
 /// blobs written together are read together, so a restore of many small files makes one
 /// request per window instead of one per file. Bounded: `WINDOWS` × `WINDOW` bytes.
 const WINDOW: u64 = 4 << 20;
+/// The longest a snapshot record's write may take before the commit check runs again:
+/// below prune's settle wait (5 s at most, FORMAT.md §15.6).
+const COMMIT_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(4);
 const WINDOWS: usize = 16;
 
 #[derive(Default)]
@@ -544,7 +547,14 @@ impl Repository {
             g.check()?;
         }
         let mut relied: Vec<(BlobId, PackId)> = relied.to_vec();
-        for _attempt in 0..3 {
+        // The record's id and bytes stay the same across attempts, so that an attempt whose
+        // answer was lost is recognised by the next one (FORMAT.md §15.7).
+        let id = SnapshotId::random();
+        let sealed = Bytes::from(snapshot.seal(self.meta_key(), &id));
+        let key = format!("snapshots/{id}");
+        let started = std::time::Instant::now();
+        let (mut changes, mut failures) = (0u32, 0u32);
+        while changes < 3 {
             let marks_seen = self.marks_seen.lock().clone();
             let mut condemned = std::collections::HashSet::new();
             let mut compacted = false;
@@ -574,8 +584,29 @@ impl Repository {
                 if let Some(g) = guard {
                     g.check()?;
                 }
-                return self.save_snapshot(snapshot).await;
+                // One attempt, bounded well below prune's settle wait (§15.6): a write that
+                // fails is retried only after the check above has run again.
+                let store = self.store.under_lease(guard.cloned());
+                match store.create_once(&key, sealed.clone(), COMMIT_WRITE_LIMIT).await {
+                    Ok(()) => return Ok(id),
+                    Err(Error::Retryable(msg)) => {
+                        failures += 1;
+                        let policy = self.store.retry_policy();
+                        let delay = policy.delay(failures, &msg);
+                        if started.elapsed() + delay > policy.budget {
+                            return Err(Error::Retryable(format!(
+                                "saving the snapshot record: {msg} (gave up after {failures} \
+                                 attempts)"
+                            )));
+                        }
+                        tracing::warn!(attempt = failures, error = %msg, "snapshot record not saved; checking again and retrying");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
+            changes += 1;
             self.load_index().await?;
             let index = self.index().await?;
             let lost = at_risk.iter().filter(|b| index.get_live(b).is_none()).count();

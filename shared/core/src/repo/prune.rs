@@ -112,14 +112,16 @@ fn index_objects<'a>(
         .buffer_unordered(8)
 }
 
+/// Written through `store` (a store under the writer's lease), sealed with `repo`'s key.
 pub(crate) async fn write_index_object(
     repo: &Repository,
+    store: &Store,
     packs: Vec<(PackId, PackHeader)>,
 ) -> Result<String> {
     let id = IndexId::random();
     let key = format!("index/{id}");
     let file = IndexFile { packs };
-    repo.store().create(&key, bytes::Bytes::from(file.seal(repo.meta_key(), &id))).await?;
+    store.create(&key, bytes::Bytes::from(file.seal(repo.meta_key(), &id))).await?;
     Ok(key)
 }
 
@@ -148,6 +150,9 @@ pub async fn prune_locked(
     lock: &Lock,
 ) -> Result<PruneReport> {
     validate(opts)?;
+    if !opts.dry_run {
+        lock::sweep_expired(&repo).await;
+    }
     run(&repo, opts, Some(lock)).await
 }
 
@@ -189,10 +194,12 @@ async fn run(
         to_repack = plan.repack.len(),
         "prune: decided"
     );
+    let guard = lock.map(|l| l.guard());
     let execution = Execution {
         repo,
+        store: repo.store().under_lease(guard.clone()),
         opts,
-        guard: lock.map(|l| l.guard()),
+        guard,
         snapshots: &snapshots,
         inputs: &inputs,
         plan: &plan,
@@ -306,6 +313,8 @@ async fn list_packs(store: &Store) -> Result<BTreeMap<PackId, PackObject>> {
 /// write and delete. What it finds on the way only narrows the delete set.
 struct Execution<'a> {
     repo: &'a Arc<Repository>,
+    /// The repository's store, writing only under the maintenance lease.
+    store: Store,
     opts: &'a PruneOptions,
     guard: Option<lock::LeaseGuard>,
     /// The snapshots listed in step 1.
@@ -357,7 +366,7 @@ impl Execution<'_> {
             packs: condemned,
             running_backups: running,
         };
-        let key = mark::save_mark(self.repo, &m).await?;
+        let key = mark::save_mark(self.repo, &self.store, &m).await?;
         self.report.marked_packs = m.packs.len();
         self.report.marked_bytes = self.plan.condemned_bytes();
         tracing::info!(mark = %key, packs = m.packs.len(), "marked unused packs");
@@ -395,15 +404,17 @@ impl Execution<'_> {
                 chunk.push((id, h));
                 if chunk.len() >= PACKS_PER_INDEX || chunk_entries >= ENTRIES_PER_INDEX {
                     self.check()?;
-                    new_keys
-                        .insert(write_index_object(self.repo, std::mem::take(&mut chunk)).await?);
+                    new_keys.insert(
+                        write_index_object(self.repo, &self.store, std::mem::take(&mut chunk))
+                            .await?,
+                    );
                     chunk_entries = 0;
                 }
             }
         }
         if !chunk.is_empty() {
             self.check()?;
-            new_keys.insert(write_index_object(self.repo, chunk).await?);
+            new_keys.insert(write_index_object(self.repo, &self.store, chunk).await?);
         }
         Ok(new_keys)
     }
@@ -445,7 +456,7 @@ impl Execution<'_> {
         let inputs = self.inputs;
         for (key, packs) in &inputs.index_objects {
             self.check()?;
-            if let Err(e) = self.repo.store().delete(key).await {
+            if let Err(e) = self.store.delete(key).await {
                 tracing::warn!(object = %key, error = %e, "cannot delete index object; its packs stay");
                 for p in packs {
                     if self.doomed.remove(p).is_some() {
@@ -481,7 +492,7 @@ impl Execution<'_> {
             }
         }
         self.check()?;
-        write_index_object(self.repo, packs).await?;
+        write_index_object(self.repo, &self.store, packs).await?;
         for p in &rescued {
             self.doomed.remove(p);
         }
@@ -493,7 +504,7 @@ impl Execution<'_> {
     async fn delete_packs(&mut self) -> Result<()> {
         for (p, size) in std::mem::take(&mut self.doomed) {
             self.check()?;
-            match self.repo.store().delete(&pack_key(&p)).await {
+            match self.store.delete(&pack_key(&p)).await {
                 Ok(()) => {
                     self.report.deleted_packs += 1;
                     self.report.deleted_bytes += size;
@@ -513,7 +524,7 @@ impl Execution<'_> {
     async fn remove_marks(&mut self) -> Result<()> {
         for m in self.plan.marks_to_remove(&self.retry) {
             self.check()?;
-            if self.repo.store().delete(&m.key).await.is_ok() {
+            if self.store.delete(&m.key).await.is_ok() {
                 self.report.marks_removed += 1;
             }
         }

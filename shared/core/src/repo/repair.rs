@@ -65,7 +65,7 @@ pub struct IndexInputs {
     pub damaged: Vec<String>,
     /// Every pack object present.
     pub present: BTreeMap<PackId, u64>,
-    /// Packs named by marks: prune took them out of the index on purpose.
+    /// Packs named by marks (informative: they are indexed like any other).
     pub marked: HashSet<PackId>,
 }
 
@@ -94,10 +94,12 @@ pub fn plan(inputs: &IndexInputs) -> IndexPlan {
             }
         }
     }
+    // Marked packs too: they stay readable until a prune deletes them (§15.3), and a rescue
+    // needs them indexed; their marks keep writers from deduplicating against them.
     p.read = inputs
         .present
         .iter()
-        .filter(|(id, _)| !p.keep.contains_key(id) && !inputs.marked.contains(id))
+        .filter(|(id, _)| !p.keep.contains_key(id))
         .map(|(id, size)| (*id, *size))
         .collect();
     p.rewrite = !p.missing.is_empty() || !inputs.damaged.is_empty();
@@ -142,7 +144,7 @@ async fn run(repo: &Arc<Repository>, lock: Option<&Lock>, dry_run: bool) -> Resu
             Ok(h) => recovered.push((id, h)),
             // Deleted since the listing (a prune that finished before we took the lock).
             Err(Error::NotFound(_)) => {}
-            Err(e @ (Error::Integrity(_) | Error::Denied(_))) => {
+            Err(e @ Error::Integrity(_)) => {
                 tracing::warn!(pack = %id.short(), error = %e, "pack header does not open");
                 report.unreadable_packs.push(super::pack_key(&id));
             }
@@ -156,17 +158,18 @@ async fn run(repo: &Arc<Repository>, lock: Option<&Lock>, dry_run: bool) -> Resu
     }
     let guard = lock.map(Lock::guard);
     let check = || guard.as_ref().map_or(Ok(()), |g| g.check());
+    let store = repo.store().under_lease(guard.clone());
     let to_write: Vec<(PackId, PackHeader)> =
         if plan.rewrite { plan.keep.into_iter().chain(recovered).collect() } else { recovered };
     for chunk in chunks(to_write) {
         check()?;
-        write_index_object(repo, chunk).await?;
+        write_index_object(repo, &store, chunk).await?;
         report.written += 1;
     }
     if plan.rewrite {
         for key in inputs.opened.keys().chain(&inputs.damaged) {
             check()?;
-            repo.store().delete(key).await?;
+            store.delete(key).await?;
             report.deleted += 1;
         }
     }
@@ -249,7 +252,8 @@ pub struct SnapshotsRepair {
 /// The tag a repaired snapshot carries: the id of the snapshot it was made from.
 pub const REPAIRED_FROM_TAG: &str = "cairn.repaired-from";
 
-/// Rewrite every snapshot that refers to lost data (a blob in no index, or in a pack that is
+/// Under the maintenance lock (no prune meanwhile), and only once the index names no pack
+/// that is gone (`repair index` first). Rewrite every snapshot that refers to lost data (a blob in no index, or in a pack that is
 /// gone) into a new snapshot without it: files whose content is incomplete are left out,
 /// directories whose listing is lost become empty, and both are listed as the new snapshot's
 /// failures (it is marked partial). The new snapshot carries [`REPAIRED_FROM_TAG`] and sorts
@@ -261,21 +265,44 @@ pub async fn repair_snapshots(
     lock: &LockOptions,
     dry_run: bool,
 ) -> Result<SnapshotsRepair> {
-    repo.load_index().await?;
-    let index = repo.index().await?;
-    let present: HashSet<PackId> = repo
-        .store()
-        .list("packs/")
-        .await?
-        .into_iter()
-        .filter_map(|(k, _)| PackId::parse(k.rsplit('/').next()?).ok())
-        .collect();
-    let snapshots = repo.snapshots().await?;
-    let mut report = SnapshotsRepair { snapshots: snapshots.len(), dry_run, ..Default::default() };
-    // A writer session is held only while something is written: the shared lock tells
-    // prune a writer is running.
+    // The maintenance lock: no prune deletes a pack while we judge what is lost. Snapshots
+    // are listed before the index is loaded and the packs listed (a backup indexes its blobs
+    // before it commits), so a snapshot committed meanwhile is never judged against an index
+    // older than it.
     let held =
-        if dry_run { None } else { Some(Lock::acquire(&repo, LockKind::Shared, lock).await?) };
+        if dry_run { None } else { Some(Lock::acquire(&repo, LockKind::Maintenance, lock).await?) };
+    let prepared = async {
+        let snapshots = repo.snapshots().await?;
+        repo.load_index().await?;
+        let index = repo.index().await?;
+        let present: HashSet<PackId> = repo
+            .store()
+            .list("packs/")
+            .await?
+            .into_iter()
+            .filter_map(|(k, _)| PackId::parse(k.rsplit('/').next()?).ok())
+            .collect();
+        // A blob whose indexed copy is in a pack that is gone may have another copy the
+        // index does not offer: `repair index` first, which drops the gone packs.
+        let gone = index.packs.iter().filter(|p| !present.contains(&p.id)).count();
+        if gone > 0 {
+            return Err(Error::Invalid(format!(
+                "the index lists {gone} pack(s) that are gone: run `cairn repair index` first"
+            )));
+        }
+        Ok((snapshots, index, present))
+    }
+    .await;
+    let (snapshots, index, present) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(l) = held {
+                l.release().await?;
+            }
+            return Err(e);
+        }
+    };
+    let mut report = SnapshotsRepair { snapshots: snapshots.len(), dry_run, ..Default::default() };
     let guard = held.as_ref().map(Lock::guard);
     let result = async {
         // An original already repaired is not repaired again (it stays damaged until it is
@@ -434,7 +461,7 @@ mod tests {
     }
 
     #[test]
-    fn the_plan_drops_missing_packs_and_reads_unindexed_unmarked_ones() {
+    fn the_plan_drops_missing_packs_and_reads_unindexed_ones() {
         let (a, b, c, d) = (PackId([1; 32]), PackId([2; 32]), PackId([3; 32]), PackId([4; 32]));
         let mut inputs = IndexInputs::default();
         inputs
@@ -445,7 +472,7 @@ mod tests {
         let p = plan(&inputs);
         assert_eq!(p.keep.keys().copied().collect::<Vec<_>>(), vec![a]);
         assert_eq!(p.missing, BTreeSet::from([b]));
-        assert_eq!(p.read, BTreeMap::from([(c, 30)]), "marked packs stay out of the index");
+        assert_eq!(p.read, BTreeMap::from([(c, 30), (d, 40)]), "marked packs are indexed too");
         assert!(p.rewrite);
         // Only unindexed packs: add to the index, rewrite nothing.
         inputs.opened.insert("index/x".into(), IndexFile { packs: vec![(a, header())] });
@@ -517,6 +544,10 @@ mod tests {
         }
         assert!(!survivors.is_empty(), "more than one pack");
         repo.store().delete(&lost).await.unwrap();
+        // The index still offers the lost pack: repair the index first.
+        let refused = repair_snapshots(repo.clone(), &LockOptions::default(), true).await;
+        assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+        repair_index(repo.clone(), &LockOptions::default(), false).await.unwrap();
 
         let dry = repair_snapshots(repo.clone(), &LockOptions::default(), true).await.unwrap();
         assert_eq!(dry.repaired.len(), 1);

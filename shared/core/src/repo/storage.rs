@@ -32,6 +32,8 @@ pub struct Store {
     url: String,
     timeout: std::time::Duration,
     retry: RetryPolicy,
+    /// Writes made for a lock holder: no attempt starts, and none outlives, its lease.
+    lease: Option<super::lock::LeaseGuard>,
 }
 
 /// `CAIRN_STORE_TIMEOUT` (e.g. `2m`), else 5 minutes: long enough for a 16 MiB pack on a slow
@@ -175,6 +177,23 @@ impl Store {
             url: url.to_string(),
             timeout: default_timeout(),
             retry: RetryPolicy::from_env(),
+            lease: None,
+        }
+    }
+
+    /// This store, writing (creates, deletes) only while `lease` holds: each attempt is
+    /// checked against it and bounded by the lease time left, so a retry never lands after
+    /// the holder must have stopped (FORMAT.md §15.1 "Stop", §15.7).
+    pub fn under_lease(&self, lease: Option<super::lock::LeaseGuard>) -> Store {
+        Store { lease, ..self.clone() }
+    }
+
+    /// How long the next write attempt may take: the request timeout, cut to the lease
+    /// time left; an error once the lease may be gone.
+    fn write_window(&self) -> Result<std::time::Duration> {
+        match &self.lease {
+            Some(l) => Ok(l.remaining()?.min(self.timeout)),
+            None => Ok(self.timeout),
         }
     }
 
@@ -204,11 +223,20 @@ impl Store {
         key: &str,
         fut: impl std::future::Future<Output = object_store::Result<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        self.timed_for(self.timeout, key, fut).await
+    }
+
+    async fn timed_for<T>(
+        &self,
+        limit: std::time::Duration,
+        key: &str,
+        fut: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, fut).await {
             Ok(r) => r.map_err(|e| map_err(e, key)),
             Err(_) => Err(Error::Retryable(format!(
                 "object store, {key}: no answer within {}",
-                humantime::format_duration(self.timeout)
+                humantime::format_duration(secs(limit).max(std::time::Duration::from_secs(1)))
             ))),
         }
     }
@@ -225,6 +253,10 @@ impl Store {
         loop {
             match attempt().await {
                 Err(Error::Retryable(msg)) => {
+                    // A lapsed lease is not retried: the holder must stop writing.
+                    if let Some(lease) = &self.lease {
+                        lease.remaining()?;
+                    }
                     failures += 1;
                     let delay = self.retry.delay(failures, &msg);
                     if started.elapsed() + delay > self.retry.budget {
@@ -260,28 +292,41 @@ impl Store {
     /// unique to its writer (random ids, nonces, sealed with random nonces), so equal bytes
     /// never mean someone else's object.
     pub async fn create(&self, key: &str, data: Bytes) -> Result<()> {
-        self.retrying("create", key, || async {
-            let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-            let path = Path::from(key);
-            let put = self.inner.put_opts(&path, PutPayload::from(data.clone()), opts);
-            match self.timed(key, put).await {
-                Ok(_) => Ok(()),
-                Err(Error::AlreadyExists(m)) => match self.get_once(key).await {
-                    Ok(b) if b == data => {
-                        tracing::debug!(key, "create found its own object: an answer was lost");
-                        Ok(())
-                    }
-                    Ok(_) => Err(Error::AlreadyExists(m)),
-                    // Deleted since (an expired lock broken): the key is free again.
-                    Err(Error::NotFound(_)) => {
-                        Err(Error::Retryable(format!("object store, {key}: vanished after a 412")))
-                    }
-                    Err(e) => Err(e),
-                },
+        self.retrying("create", key, || self.create_once(key, data.clone(), self.timeout)).await
+    }
+
+    /// One create attempt within `limit` (and the lease), with the read-back of
+    /// [`Store::create`]; not retried: the caller decides what must happen before the next.
+    pub async fn create_once(
+        &self,
+        key: &str,
+        data: Bytes,
+        limit: std::time::Duration,
+    ) -> Result<()> {
+        let window = self.write_window()?.min(limit);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        let path = Path::from(key);
+        let put = self.inner.put_opts(&path, PutPayload::from(data.clone()), opts);
+        match self.timed_for(window, key, put).await {
+            Ok(_) => Ok(()),
+            Err(Error::AlreadyExists(m)) => match self.get_once(key).await {
+                Ok(b) if b == data => {
+                    tracing::debug!(key, "create found its own object: an answer was lost");
+                    Ok(())
+                }
+                Ok(_) => Err(Error::AlreadyExists(m)),
+                Err(Error::NotFound(_)) => {
+                    Err(Error::Retryable(format!("object store, {key}: vanished after a 412")))
+                }
                 Err(e) => Err(e),
-            }
-        })
-        .await
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How this store retries.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
     }
 
     /// Write or replace an object. Only lock objects are ever replaced (a lease refresh).
@@ -362,13 +407,17 @@ impl Store {
 
     /// Delete an object; one already gone counts as deleted (a retry after a lost answer).
     pub async fn delete(&self, key: &str) -> Result<()> {
-        self.retrying("delete", key, || async {
-            match self.timed(key, self.inner.delete(&Path::from(key))).await {
-                Ok(()) | Err(Error::NotFound(_)) => Ok(()),
-                Err(e) => Err(e),
-            }
-        })
-        .await
+        self.retrying("delete", key, || self.delete_once(key)).await
+    }
+
+    /// One delete attempt, not retried (breaking an expired lock: a delete that lands late
+    /// could remove a successor's fresh lock).
+    pub async fn delete_once(&self, key: &str) -> Result<()> {
+        let window = self.write_window()?;
+        match self.timed_for(window, key, self.inner.delete(&Path::from(key))).await {
+            Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Keys under a prefix with their sizes.
@@ -463,7 +512,7 @@ impl RetryPolicy {
     pub fn delay(&self, failures: u32, error: &str) -> std::time::Duration {
         let exp = self.first_delay.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
         let mut d = exp.min(self.max_delay);
-        if error.contains("SlowDown") || error.contains("503") || error.contains("429") {
+        if error.contains("SlowDown") || matches!(http_status(error), Some(429 | 503)) {
             d = d.max(std::time::Duration::from_secs(2).min(self.max_delay.max(self.first_delay)));
         }
         let half = d / 2;
@@ -513,9 +562,10 @@ pub fn map_err(e: object_store::Error, key: &str) -> Error {
             K::PermissionDenied | K::ReadOnlyFilesystem => {
                 return Error::Denied(format!("cannot write or read {key}: {text}"));
             }
-            K::StorageFull | K::QuotaExceeded | K::FileTooLarge => {
+            K::StorageFull | K::QuotaExceeded => {
                 return Error::StorageFull(format!("writing {key}: {text}"));
             }
+            K::FileTooLarge => return Error::Invalid(format!("writing {key}: {text}")),
             _ => {}
         }
     }
@@ -536,27 +586,57 @@ pub fn map_err(e: object_store::Error, key: &str) -> Error {
             let full = other.to_string();
             let text = summarize(&full);
             let status = http_status(&full);
-            if full.contains("No space left")
-                || full.contains("QuotaExceeded")
-                || full.contains("EntityTooLarge")
-                || status == Some(507)
-            {
+            let code = s3_code(&full);
+            let is = |c: &str| code.as_deref() == Some(c);
+            if full.contains("No space left") || is("QuotaExceeded") || status == Some(507) {
                 Error::StorageFull(format!("writing {key}: {text}"))
+            } else if is("EntityTooLarge") {
+                Error::Invalid(format!("object store refused {key} as too large: {text}"))
             } else if full.contains("builder error") || full.contains("URL scheme is not allowed") {
                 Error::Invalid(format!("object store client, {key}: {text}"))
+            } else if is("RequestTimeout")
+                || is("IncompleteBody")
+                || is("BadDigest")
+                || is("ExpiredToken")
+                || is("InternalError")
+                || is("SlowDown")
+            {
+                // 400s that a flaky link or a credential refresh causes: worth another try.
+                Error::Retryable(format!("object store, {key}: {text}"))
             } else if matches!(status, Some(401 | 403)) {
                 // S3 answers a wrong secret with 403 SignatureDoesNotMatch.
                 Error::Denied(format!("object store refused access to {key}: {text}"))
+            } else if matches!(status, Some(300..=399)) || full.contains("Received redirect") {
+                Error::Invalid(format!(
+                    "object store redirected the request for {key} (wrong region or \
+                     endpoint?): {text}"
+                ))
             } else if matches!(status, Some(400..=499))
                 && !matches!(status, Some(408 | 409 | 425 | 429 | 499))
             {
                 // A 400 (a malformed bucket name), 405, 411...: the request itself is wrong.
                 Error::Invalid(format!("object store rejected the request for {key}: {text}"))
+            } else if is_local_range_error(&full) {
+                Error::Integrity(format!("object {key}: {text}"))
             } else {
                 Error::Retryable(format!("object store, {key}: {text}"))
             }
         }
     }
+}
+
+/// The `<Code>` of an S3-style XML error body.
+fn s3_code(text: &str) -> Option<String> {
+    let start = text.find("<Code>")? + "<Code>".len();
+    let end = text[start..].find("</Code>")? + start;
+    Some(text[start..end].trim().to_string())
+}
+
+/// A local store asked for a range past an object's end: the object is shorter than its
+/// reader was told (a truncated pack), not a network problem.
+fn is_local_range_error(text: &str) -> bool {
+    text.contains("LocalFileSystem")
+        && (text.contains("Out of range of file") || text.contains("Requested range was invalid"))
 }
 
 /// The io::Error kind underneath a store error, if any.

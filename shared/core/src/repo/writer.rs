@@ -253,7 +253,9 @@ impl Writer {
         let file = IndexFile { packs };
         let id = IndexId::random();
         let sealed = file.seal(self.repo.meta_key(), &id);
-        let store = self.repo.store().clone();
+        // Under the lease: an index object landing after it could name packs a prune has
+        // meanwhile deleted as unindexed leftovers.
+        let store = self.repo.store().under_lease(self.guard.clone());
         self.handle.block_on(async move {
             store.create(&format!("index/{id}"), Bytes::from(sealed)).await
         })
