@@ -591,3 +591,24 @@ async fn writes_under_a_lapsed_lease_never_start() {
         repo.store().list("gc/").await.unwrap().into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, vec!["gc/while-held".to_string()], "nothing written or deleted late");
 }
+
+/// Review of #22: a lock whose lease lapsed after the work under it was done is left to
+/// expire on release, not reported as a failure (a committed backup must not exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_a_lapsed_lock_is_not_a_failure() {
+    let t = repos::init(&format!("memory://{}", unique("lapsed-release"))).await;
+    let faulty = Faulty::new(Store::open(&t.url).unwrap().object_store().clone(), u64::MAX);
+    let gate = faulty.gate.clone();
+    let store = Store::from_object_store(Arc::new(faulty), &t.url).with_retry(RetryPolicy::NONE);
+    let repo = t.open_on(store, false).await.unwrap();
+    let short = LockOptions { lease: Duration::from_millis(400), ..Default::default() };
+    let held = Lock::acquire(&repo, LockKind::Shared, &short).await.unwrap();
+    // The store stops answering long enough for the lease to lapse, then comes back.
+    gate.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    gate.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(held.guard().check().is_err(), "the lease lapsed");
+    gate.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    gate.hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    held.release().await.expect("a lapsed lease is left to expire, not an error");
+}

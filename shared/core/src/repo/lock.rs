@@ -357,13 +357,23 @@ impl Lock {
     }
 
     /// Stop refreshing and delete the lock if it is still ours.
+    /// A lease that already lapsed is left to expire: the work done under it is done (a
+    /// committed snapshot stays committed), and deleting now could hit a successor's lock.
     pub async fn release(self) -> Result<()> {
         self.refresher.abort();
+        if self.guard.check().is_err() {
+            tracing::debug!(lock = %self.key, "lease lapsed before release; it expires on its own");
+            return Ok(());
+        }
         if let Ok(Some(r)) = read_record(&self.store, &self.meta, &self.key).await
             && r.nonce == self.nonce
         {
             // Not retried past our lease: a late delete could remove a successor's lock.
-            self.store.under_lease(Some(self.guard.clone())).delete(&self.key).await?;
+            match self.store.under_lease(Some(self.guard.clone())).delete(&self.key).await {
+                Ok(()) => {}
+                Err(_) if self.guard.check().is_err() => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
