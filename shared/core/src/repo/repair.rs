@@ -19,12 +19,12 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::Repository;
 use super::ids::{IndexId, PackId};
 use super::index::IndexFile;
 use super::lock::{Lock, LockKind, LockOptions};
 use super::pack::PackHeader;
 use super::prune::{ENTRIES_PER_INDEX, PACKS_PER_INDEX, write_index_object};
-use super::{Repository, mark};
 use crate::{Error, Result};
 
 /// What `repair index` found and did.
@@ -65,8 +65,6 @@ pub struct IndexInputs {
     pub damaged: Vec<String>,
     /// Every pack object present.
     pub present: BTreeMap<PackId, u64>,
-    /// Packs named by marks (informative: they are indexed like any other).
-    pub marked: HashSet<PackId>,
 }
 
 /// What to do.
@@ -184,7 +182,8 @@ async fn run(repo: &Arc<Repository>, lock: Option<&Lock>, dry_run: bool) -> Resu
     Ok(report)
 }
 
-/// Index objects, packs and marks, as they are now.
+/// Index objects and packs, as they are now (marks play no part: marked packs are indexed
+/// like any other, and their marks keep writers from reusing them).
 async fn gather(repo: &Repository) -> Result<IndexInputs> {
     let mut inputs = IndexInputs::default();
     let keys: Vec<String> =
@@ -207,7 +206,6 @@ async fn gather(repo: &Repository) -> Result<IndexInputs> {
             inputs.present.insert(id, info.size);
         }
     }
-    inputs.marked = mark::marked_packs(&mark::load_marks(repo).await?);
     Ok(inputs)
 }
 
@@ -468,7 +466,7 @@ mod tests {
             .opened
             .insert("index/x".into(), IndexFile { packs: vec![(a, header()), (b, header())] });
         inputs.present = BTreeMap::from([(a, 10), (c, 30), (d, 40)]);
-        inputs.marked = HashSet::from([d]);
+        // `d` is named by a mark: marks do not enter the plan, it is indexed like any other.
         let p = plan(&inputs);
         assert_eq!(p.keep.keys().copied().collect::<Vec<_>>(), vec![a]);
         assert_eq!(p.missing, BTreeSet::from([b]));
