@@ -8,12 +8,14 @@ use std::time::Instant;
 
 use anyhow::Context;
 use cairn_core::Exit;
+use cairn_core::fs::pages::{ChunkingPolicy, DEFAULT_PAGE};
 use cairn_core::fs::{BackupOptions, backup_dir, backup_stream};
 use cairn_core::progress::human_bytes;
 use cairn_core::repo::Repository;
+use cairn_core::repo::chunker::Chunking;
 use cairn_core::repo::lock::BackupLocks;
 use cairn_core::repo::short_id;
-use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
+use cairn_job::config::{ChunkingArgs, LockArgs, Need, RepoArgs, SnapshotLabels};
 use cairn_kube::podjob::{TERMINATION_LOG, write_termination_message};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +51,8 @@ pub struct IngestArgs {
     /// Where the summary goes for the orchestrator (the pod's terminationMessagePath).
     #[arg(long, env = "CAIRN_TERMINATION_LOG", default_value = TERMINATION_LOG)]
     pub termination_log: PathBuf,
+    #[command(flatten)]
+    pub chunking: ChunkingArgs,
     #[command(flatten)]
     pub lock: LockArgs,
     #[command(flatten)]
@@ -163,6 +167,7 @@ async fn ingest_locked(
         exclude: args.exclude.clone(),
         meta,
         guard: Some(locks.guard()),
+        chunking: args.chunking.policy(),
         ..Default::default()
     };
     let out = match (&args.path, &args.device) {
@@ -181,6 +186,10 @@ async fn ingest_locked(
             let file = std::fs::File::open(device)
                 .with_context(|| format!("opening block device {}", device.display()))?;
             let guard = opts.guard.clone();
+            // A volume image changes in place: cut into the filesystem's 4 KiB blocks.
+            let chunking =
+                ChunkingPolicy { force: Some(Chunking::Pages(DEFAULT_PAGE)), ..opts.chunking };
+            let opts = BackupOptions { chunking, ..opts };
             let prepared = backup_stream(repo.clone(), Box::new(file), BLOCK_FILE, opts)
                 .await
                 .with_context(|| format!("backing up block device {}", device.display()))?;

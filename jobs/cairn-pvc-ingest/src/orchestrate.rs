@@ -18,7 +18,7 @@ use cairn_core::records::{
 };
 use cairn_core::repo::lock::{Lock, LockKind};
 use cairn_core::repo::short_id;
-use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels, parse_duration};
+use cairn_job::config::{ChunkingArgs, LockArgs, Need, RepoArgs, SnapshotLabels, parse_duration};
 use cairn_kube::list::list_all;
 use cairn_kube::podjob::{
     DEVICE_PATH, VOLUME_PATH, WaitOptions, WorkerArgs, WorkerJob, WorkerSecurity, WorkerVolume,
@@ -85,6 +85,9 @@ pub struct RunArgs {
     /// Leave out namespaces matching this glob. Repeatable.
     #[arg(long = "exclude-namespace", env = "CAIRN_EXCLUDE_NAMESPACES", value_delimiter = ',')]
     pub exclude_namespaces: Vec<String>,
+    /// Chunking flags handed to every ingest pod.
+    #[command(flatten)]
+    pub chunking: ChunkingArgs,
     /// Only PVCs matching this label selector.
     #[arg(long, short = 'l', env = "CAIRN_SELECTOR")]
     pub selector: Option<String>,
@@ -308,6 +311,7 @@ struct RunArgsView {
     mode: Mode,
     cluster: Option<String>,
     tags: Vec<(String, String)>,
+    chunking: ChunkingArgs,
     image: String,
     command: String,
     pull_policy: Option<String>,
@@ -422,6 +426,7 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
             mode: args.mode,
             cluster: args.labels.cluster.clone(),
             tags: args.labels.tags.clone(),
+            chunking: args.chunking.clone(),
             image,
             command: args.ingest_command.clone(),
             pull_policy: args.worker.image_pull_policy.clone(),
@@ -733,6 +738,7 @@ async fn backup_one_inner(
     if let Some(c) = &a.cluster {
         env.push(("CAIRN_CLUSTER".into(), c.clone()));
     }
+    env.extend(a.chunking.env());
     if block {
         env.push(("CAIRN_INGEST_DEVICE".into(), DEVICE_PATH.into()));
     } else {

@@ -162,6 +162,41 @@ impl SnapshotLabels {
     }
 }
 
+/// How file contents are cut, for every command that backs up files.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ChunkingArgs {
+    /// Also cut files matching this glob (relative path) into 4 KiB pages, as recognised
+    /// databases are: VM disk images, databases cairn does not know. Repeatable.
+    #[arg(long = "page-files", env = "CAIRN_PAGE_FILES", value_delimiter = ',')]
+    pub page_files: Vec<String>,
+    /// Do not recognise database files (SQLite, etcd/bbolt, PostgreSQL, InnoDB, qcow2);
+    /// every file not named by --page-files gets content-defined chunks.
+    #[arg(long, env = "CAIRN_NO_PAGE_DETECT")]
+    pub no_page_detect: bool,
+}
+
+impl ChunkingArgs {
+    pub fn policy(&self) -> cairn_core::fs::pages::ChunkingPolicy {
+        cairn_core::fs::pages::ChunkingPolicy {
+            force: None,
+            no_detect: self.no_page_detect,
+            page_files: self.page_files.clone(),
+        }
+    }
+
+    /// The same flags as environment for a worker.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if !self.page_files.is_empty() {
+            env.push(("CAIRN_PAGE_FILES".into(), self.page_files.join(",")));
+        }
+        if self.no_page_detect {
+            env.push(("CAIRN_NO_PAGE_DETECT".into(), "true".into()));
+        }
+        env
+    }
+}
+
 /// Lock flags for every command that writes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LockArgs {

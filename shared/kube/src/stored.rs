@@ -100,7 +100,7 @@ pub async fn load_changed_pair(
     let mb: std::collections::HashMap<ObjectPath, Node> = fb.into_iter().collect();
     let mut same = std::collections::HashSet::new();
     for (p, n) in &fa {
-        if mb.get(p).is_some_and(|m| m.content == n.content) {
+        if mb.get(p).is_some_and(|m| m.same_content(n)) {
             same.insert(p.clone());
         }
     }

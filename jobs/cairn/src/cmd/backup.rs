@@ -9,7 +9,7 @@ use cairn_core::fs::BackupOptions;
 use cairn_core::progress::human_bytes;
 use cairn_core::repo::lock::{self, BackupLocks, LeaseGuard};
 use cairn_core::repo::{ParentSpec, Repository, SnapshotEntry};
-use cairn_job::config::{LockArgs, Need, RepoArgs};
+use cairn_job::config::{ChunkingArgs, LockArgs, Need, RepoArgs};
 
 use super::{Mode, Render, emit};
 use crate::store_url::is_store_url;
@@ -39,6 +39,8 @@ pub struct BackupArgs {
     #[arg(long, env = "CAIRN_CLUSTER")]
     pub cluster: Option<String>,
     #[command(flatten)]
+    pub chunking: ChunkingArgs,
+    #[command(flatten)]
     pub lock: LockArgs,
 }
 
@@ -61,7 +63,8 @@ pub(crate) async fn run(args: BackupArgs, repo: &RepoArgs, mode: Mode) -> Result
 
 /// The backup itself, under the source's lock.
 async fn backup(repo: Arc<Repository>, args: BackupArgs, guard: LeaseGuard) -> Result<Saved> {
-    let BackupArgs { path, source, tags, parent, exclude, use_inode, cluster, lock: _ } = args;
+    let BackupArgs { path, source, tags, parent, exclude, use_inode, cluster, chunking, lock: _ } =
+        args;
     let opts = BackupOptions {
         source,
         tags: tags.into_iter().collect(),
@@ -70,6 +73,7 @@ async fn backup(repo: Arc<Repository>, args: BackupArgs, guard: LeaseGuard) -> R
         use_inode,
         exclude,
         guard: Some(guard),
+        chunking: chunking.policy(),
         ..Default::default()
     };
     let out = match path.to_str().filter(|p| is_store_url(p)) {

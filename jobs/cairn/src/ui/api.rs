@@ -485,7 +485,7 @@ pub async fn neighbors(
             "id": other.id.to_hex(),
             "time": rfc3339(other.snapshot.time),
             "exists": there.is_some(),
-            "same": matches!((&here, &there), (Some(a), Some(b)) if a.content == b.content),
+            "same": matches!((&here, &there), (Some(a), Some(b)) if a.same_content(b)),
         });
     }
     Ok(Json(out))

@@ -18,11 +18,13 @@ use std::sync::atomic::Ordering;
 use parking_lot::Mutex;
 use rayon::prelude::*;
 
+use super::pages::{Chooser, ChunkingPolicy, SNIFF_LEN};
 use crate::progress::Progress;
-use crate::repo::tree::{MAX_NODES_PER_BLOB, Xattr};
+use crate::repo::chunker::{Chunking, PageStream};
+use crate::repo::tree::{MAX_EXTENTS_PER_LIST, MAX_INLINE_EXTENTS, MAX_NODES_PER_BLOB, Xattr};
 use crate::repo::{
-    BlobKind, Extent, Failure, Lineage, Name, Node, NodeKind, ParentSpec, Repository, Snapshot,
-    SnapshotEntry, SnapshotId, Summary, TreeBlob, Writer,
+    BlobId, BlobKind, Extent, ExtentList, Failure, Lineage, Name, Node, NodeKind, ParentSpec,
+    Repository, Snapshot, SnapshotEntry, SnapshotId, Summary, TreeBlob, Writer,
 };
 use crate::{Error, Result};
 
@@ -48,6 +50,9 @@ pub struct BackupOptions {
     pub threads: usize,
     /// The lease of the lock the backup runs under: writing stops when it is in doubt.
     pub guard: Option<crate::repo::lock::LeaseGuard>,
+    /// Which files are cut into pages (databases, volume images) instead of content-defined
+    /// chunks.
+    pub chunking: ChunkingPolicy,
 }
 
 impl BackupOptions {
@@ -75,13 +80,102 @@ pub(crate) struct Ctx<'a> {
     root: PathBuf,
     use_inode: bool,
     exclude: globset::GlobSet,
+    chooser: Chooser,
     failures: Mutex<Vec<Failure>>,
     progress: Arc<Progress>,
     files_read: std::sync::atomic::AtomicU64,
     bytes_read: std::sync::atomic::AtomicU64,
     dirs: std::sync::atomic::AtomicU64,
     /// (dev, inode) of multiply-linked files already stored: their content.
-    hardlinks: Mutex<HashMap<(u64, u64), Vec<Extent>>>,
+    hardlinks: Mutex<HashMap<(u64, u64), FileContent>>,
+}
+
+/// A file's stored content as its node records it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FileContent {
+    pages: Option<u32>,
+    content: Vec<Extent>,
+    extent_lists: Vec<BlobId>,
+    /// Bytes the extents cover.
+    pub(crate) len: u64,
+}
+
+impl FileContent {
+    fn of(node: &Node, len: u64) -> FileContent {
+        FileContent {
+            pages: node.pages,
+            content: node.content.clone(),
+            extent_lists: node.extent_lists.clone(),
+            len,
+        }
+    }
+
+    pub(crate) fn set_on(self, node: &mut Node) {
+        node.pages = self.pages;
+        node.content = self.content;
+        node.extent_lists = self.extent_lists;
+    }
+}
+
+/// A file's extents as chunks are stored (FORMAT.md §8.5, §9.10): holes merged; kept in the
+/// node while there are at most [`MAX_INLINE_EXTENTS`], else stored as extent-list blobs of
+/// [`MAX_EXTENTS_PER_LIST`], each as soon as it is full (one more extent is held back so a
+/// hole can still merge into its last), so memory stays bounded for any file size.
+pub(crate) struct ExtentSink {
+    pages: Option<u32>,
+    pending: Vec<Extent>,
+    lists: Vec<BlobId>,
+    len: u64,
+}
+
+impl ExtentSink {
+    pub(crate) fn new(chunking: Chunking) -> Self {
+        ExtentSink { pages: chunking.pages(), pending: Vec::new(), lists: Vec::new(), len: 0 }
+    }
+
+    pub(crate) fn push(&mut self, ctx: &Ctx<'_>, e: Extent) -> Result<()> {
+        if e.len == 0 {
+            return Ok(());
+        }
+        self.len += e.len;
+        match (self.pending.last_mut(), e.id) {
+            (Some(last), None) if last.id.is_none() => last.len += e.len,
+            _ => self.pending.push(e),
+        }
+        if self.pending.len() > MAX_EXTENTS_PER_LIST {
+            let rest = self.pending.split_off(MAX_EXTENTS_PER_LIST);
+            let full = std::mem::replace(&mut self.pending, rest);
+            self.store_list(ctx, &full)?;
+        }
+        Ok(())
+    }
+
+    fn store_list(&mut self, ctx: &Ctx<'_>, extents: &[Extent]) -> Result<()> {
+        let id = ctx.writer.add_blob(BlobKind::Tree, &ExtentList::encode(extents))?.id;
+        self.lists.push(id);
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self, ctx: &Ctx<'_>) -> Result<FileContent> {
+        if self.lists.is_empty() && self.pending.len() <= MAX_INLINE_EXTENTS {
+            return Ok(FileContent {
+                pages: self.pages,
+                content: self.pending,
+                extent_lists: Vec::new(),
+                len: self.len,
+            });
+        }
+        let last = std::mem::take(&mut self.pending);
+        if !last.is_empty() {
+            self.store_list(ctx, &last)?;
+        }
+        Ok(FileContent {
+            pages: self.pages,
+            content: Vec::new(),
+            extent_lists: self.lists,
+            len: self.len,
+        })
+    }
 }
 
 /// Back up `path` and save a snapshot. A directory becomes the snapshot's root; a single
@@ -138,16 +232,15 @@ pub async fn backup_stream(
     let empty = globset::GlobSet::empty();
     run_backup(repo, opts, parent, PathBuf::new(), empty, 0, move |ctx| {
         let counted = CountingReader { inner: reader, progress: &ctx.progress };
-        let mut extents = Vec::new();
-        let size = chunk_into(ctx, counted, &mut extents)?;
+        let content = store_sniffed(ctx, Path::new(OsStr::from_bytes(&name)), None, counted)?;
         ctx.files_read.fetch_add(1, Ordering::Relaxed);
-        ctx.bytes_read.fetch_add(size, Ordering::Relaxed);
+        ctx.bytes_read.fetch_add(content.len, Ordering::Relaxed);
         ctx.progress.files.fetch_add(1, Ordering::Relaxed);
         let mut node = Node::new(Name(name), NodeKind::File);
         node.mode = 0o600;
-        node.size = size;
+        node.size = content.len;
         node.mtime_ns = now_ns();
-        node.content = extents;
+        content.set_on(&mut node);
         single_file_root(ctx, node)
     })
     .await
@@ -248,9 +341,11 @@ fn virtual_file_node(ctx: &Ctx<'_>, f: VirtualFile) -> Result<(String, Node)> {
     let mut node = Node::new(Name(name.as_bytes().to_vec()), NodeKind::File);
     node.mode = 0o600;
     node.mtime_ns = f.mtime_ns;
-    let mut extents = Vec::new();
-    node.size = chunk_into(ctx, f.content.as_slice(), &mut extents)?;
-    node.content = extents;
+    let size = f.content.len() as u64;
+    let chunking = ctx.chooser.choose(Path::new(&f.path), Some(size), &f.content);
+    let content = store_content(ctx, f.content.as_slice(), chunking)?;
+    node.size = content.len;
+    content.set_on(&mut node);
     ctx.count_read(node.size);
     Ok((dir, node))
 }
@@ -345,6 +440,20 @@ impl Read for CountingReader<'_> {
     }
 }
 
+/// Store a stream as one file's content, chunked as its first bytes, its path (relative)
+/// and its size (`None`: unknown) call for: an etcd snapshot is a bbolt database.
+pub(crate) fn store_sniffed(
+    ctx: &Ctx<'_>,
+    rel: &Path,
+    size: Option<u64>,
+    mut reader: impl Read + Send,
+) -> Result<FileContent> {
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    (&mut reader).take(SNIFF_LEN as u64).read_to_end(&mut head).map_err(read_failure)?;
+    let chunking = ctx.chooser.choose(rel, size, &head);
+    store_content(ctx, std::io::Cursor::new(head).chain(reader), chunking)
+}
+
 /// A backup whose data is stored and indexed, not yet committed: no snapshot record yet.
 #[derive(Debug)]
 pub struct Prepared {
@@ -393,6 +502,7 @@ where
     let repo2 = repo.clone();
     let progress2 = progress.clone();
     let use_inode = opts.use_inode;
+    let chooser = opts.chunking.chooser()?;
     let guard = opts.guard.clone();
     let reporter = progress.spawn_reporter(std::time::Duration::from_secs(5));
     // A backup dedups against (and its commit judges prunes by) the index as it is now.
@@ -413,6 +523,7 @@ where
             root: root_path,
             use_inode,
             exclude,
+            chooser,
             failures: Mutex::new(Vec::new()),
             progress: progress2,
             files_read: 0.into(),
@@ -616,8 +727,9 @@ fn entry_node(
             if meta.nlink() > 1 {
                 node.link_group = Some(meta.dev().rotate_left(32) ^ meta.ino());
             }
-            node.content = file_content(ctx, path, meta, previous)?;
-            let read: u64 = node.content.iter().map(|e| e.len).sum();
+            let content = file_content(ctx, path, meta, previous)?;
+            let read = content.len;
+            content.set_on(&mut node);
             if read != node.size {
                 fail(
                     ctx,
@@ -651,16 +763,17 @@ fn file_content(
     path: &Path,
     meta: &Metadata,
     previous: Option<&Node>,
-) -> Result<Vec<Extent>> {
+) -> Result<FileContent> {
     let mtime_ns = mtime_ns(meta);
     if let Some(p) = previous
         && p.kind == NodeKind::File
         && p.size == meta.len()
         && p.mtime_ns == mtime_ns
         && (!ctx.use_inode || (p.inode == Some(meta.ino()) && p.ctime_ns == Some(ctime_ns(meta))))
-        && p.content.iter().all(|e| e.id.is_none_or(|id| ctx.writer.is_known(&id)))
+        && all_known(ctx, p)?
     {
-        return Ok(p.content.clone());
+        // Kept as it was cut, even if this run would cut it otherwise: the bytes are the same.
+        return Ok(FileContent::of(p, meta.len()));
     }
     let link_key = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
     if let Some(k) = link_key
@@ -669,7 +782,12 @@ fn file_content(
         return Ok(content.clone());
     }
     let file = File::open(path).map_err(|e| Error::Invalid(format!("open: {e}")))?;
-    let content = read_content(ctx, &file, meta.len())?;
+    let mut head = vec![0u8; SNIFF_LEN];
+    let n = file.read_at(&mut head, 0).map_err(|e| Error::Invalid(format!("read: {e}")))?;
+    head.truncate(n);
+    let rel = path.strip_prefix(&ctx.root).unwrap_or(path);
+    let chunking = ctx.chooser.choose(rel, Some(meta.len()), &head);
+    let content = read_content(ctx, &file, meta.len(), chunking)?;
     ctx.files_read.fetch_add(1, Ordering::Relaxed);
     ctx.bytes_read.fetch_add(meta.len(), Ordering::Relaxed);
     if let Some(k) = link_key {
@@ -678,43 +796,69 @@ fn file_content(
     Ok(content)
 }
 
-fn read_content(ctx: &Ctx<'_>, file: &File, size: u64) -> Result<Vec<Extent>> {
-    let mut extents: Vec<Extent> = Vec::new();
-    let mut pos = 0u64;
-    for (start, end) in data_regions(file, size) {
-        push_extent(&mut extents, Extent { id: None, len: start - pos });
-        chunk_into(ctx, RegionReader { file, pos: start, end }, &mut extents)?;
-        pos = end;
+/// Are all blobs of a parent's file node still stored (its extent lists read to see)?
+fn all_known(ctx: &Ctx<'_>, node: &Node) -> Result<bool> {
+    let known =
+        |extents: &[Extent]| extents.iter().all(|e| e.id.is_none_or(|id| ctx.writer.is_known(&id)));
+    if !known(&node.content) {
+        return Ok(false);
     }
-    push_extent(&mut extents, Extent { id: None, len: size.saturating_sub(pos) });
-    Ok(extents)
+    for id in &node.extent_lists {
+        if !ctx.writer.is_known(id) || !known(&ctx.handle.block_on(ctx.repo.read_extent_list(id))?)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
-/// Append an extent, merging adjacent holes.
-fn push_extent(extents: &mut Vec<Extent>, e: Extent) {
-    if e.len == 0 {
-        return;
+fn read_content(ctx: &Ctx<'_>, file: &File, size: u64, chunking: Chunking) -> Result<FileContent> {
+    let mut sink = ExtentSink::new(chunking);
+    let mut pos = 0u64;
+    for (start, end) in data_regions(file, size) {
+        sink.push(ctx, Extent { id: None, len: start - pos })?;
+        chunk_into(ctx, RegionReader { file, pos: start, end }, chunking, start, &mut sink)?;
+        pos = end;
     }
-    match (extents.last_mut(), e.id) {
-        (Some(last), None) if last.id.is_none() => last.len += e.len,
-        _ => extents.push(e),
-    }
+    sink.push(ctx, Extent { id: None, len: size.saturating_sub(pos) })?;
+    sink.finish(ctx)
+}
+
+/// Chunk and store everything `reader` yields as one file's content.
+pub(crate) fn store_content(
+    ctx: &Ctx<'_>,
+    reader: impl Read + Send,
+    chunking: Chunking,
+) -> Result<FileContent> {
+    let mut sink = ExtentSink::new(chunking);
+    chunk_into(ctx, reader, chunking, 0, &mut sink)?;
+    sink.finish(ctx)
 }
 
 /// Chunk everything `reader` yields into blobs, hashing, compressing and sealing a batch of
-/// chunks in parallel; all-zero chunks become holes. Returns the bytes read.
+/// chunks in parallel; all-zero chunks become holes. `offset` is where in the file the
+/// reader starts (pages are cut at file offsets). Returns the bytes read.
 ///
 /// Cutting chunks is sequential (each cut depends on the last) and sealing is parallel: the
 /// next batch is cut while the previous one is sealed (`rayon::join`), so a large file keeps
-/// every core busy instead of leaving them idle while one thread reads and cuts. At most two
-/// batches (2 × threads chunks) are in memory per file.
+/// every core busy instead of leaving them idle while one thread reads and cuts. A batch is
+/// one chunk per thread, or 4 MiB of pages: at most two batches are in memory per file.
 pub(crate) fn chunk_into(
     ctx: &Ctx<'_>,
     reader: impl Read + Send,
-    extents: &mut Vec<Extent>,
+    chunking: Chunking,
+    offset: u64,
+    sink: &mut ExtentSink,
 ) -> Result<u64> {
-    let batch = rayon::current_num_threads().max(2);
-    let mut chunks = ctx.repo.chunker().stream(reader);
+    type Chunks<'r> = Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send + 'r>;
+    let threads = rayon::current_num_threads().max(2);
+    let (mut chunks, batch): (Chunks<'_>, usize) = match chunking {
+        Chunking::Cdc => (Box::new(ctx.repo.chunker().stream(reader)), threads),
+        Chunking::Pages(page) => (
+            Box::new(PageStream::new(reader, page, offset)),
+            ((4 << 20) / page as usize).max(threads),
+        ),
+    };
     let mut total = 0u64;
     let mut sealing: Vec<Vec<u8>> = Vec::new();
     loop {
@@ -733,7 +877,7 @@ pub(crate) fn chunk_into(
             || seal_batch(ctx, &sealing),
         );
         for e in sealed? {
-            push_extent(extents, e);
+            sink.push(ctx, e)?;
         }
         let cut = cut?;
         if cut.is_empty() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload, WriteMultipart};
 
 use super::backup::os_name;
-use crate::repo::{Extent, Node, NodeKind, Repository};
+use crate::repo::{Extents, Node, NodeKind, Repository};
 use crate::{Error, Result};
 
 /// Which paths of the tree to export (globs on the path relative to the exported node).
@@ -51,7 +51,7 @@ pub struct ExportReport {
 pub struct NodeReader<'a> {
     repo: &'a Repository,
     handle: tokio::runtime::Handle,
-    extents: std::slice::Iter<'a, Extent>,
+    extents: Extents<'a>,
     chunk: Vec<u8>,
     pos: usize,
     zeros_left: u64,
@@ -62,7 +62,7 @@ impl<'a> NodeReader<'a> {
         NodeReader {
             repo,
             handle,
-            extents: node.content.iter(),
+            extents: Extents::new(repo, node),
             chunk: Vec::new(),
             pos: 0,
             zeros_left: 0,
@@ -85,7 +85,11 @@ impl Read for NodeReader<'_> {
                 self.pos += n;
                 return Ok(n);
             }
-            let Some(extent) = self.extents.next() else { return Ok(0) };
+            let Some(extent) =
+                self.extents.next_blocking(&self.handle).map_err(std::io::Error::other)?
+            else {
+                return Ok(0);
+            };
             match &extent.id {
                 None => self.zeros_left = extent.len,
                 Some(id) => {

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod export;
 pub mod objects;
+pub mod pages;
 pub mod restore;
 pub mod stream;
 

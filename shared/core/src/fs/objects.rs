@@ -12,7 +12,9 @@ use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use super::backup::{BackupOptions, BackupOutcome, backup_nodes, chunk_into, split_virtual_path};
+use super::backup::{
+    BackupOptions, BackupOutcome, backup_nodes, split_virtual_path, store_sniffed,
+};
 use crate::repo::tree::Xattr;
 use crate::repo::{Name, Node, NodeKind, Repository, Store};
 use crate::{Error, Result};
@@ -82,15 +84,15 @@ pub async fn backup_objects(
             pos: 0,
             buf: bytes::Bytes::new(),
         };
-        let mut extents = Vec::new();
-        node.size = chunk_into(ctx, reader, &mut extents)?;
+        let content = store_sniffed(ctx, std::path::Path::new(&key), Some(meta.size), reader)?;
+        node.size = content.len;
         if node.size != meta.size {
             return Err(Error::Retryable(format!(
                 "{key}: read {} bytes of {} (changed while read?)",
                 node.size, meta.size
             )));
         }
-        node.content = extents;
+        content.set_on(&mut node);
         ctx.count_read(node.size);
         Ok((dir, node))
     };

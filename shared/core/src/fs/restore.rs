@@ -278,7 +278,8 @@ pub fn write_file_to<W: Write + Seek>(
     mut progress: impl FnMut(u64),
 ) -> Result<()> {
     let zeros = vec![0u8; 1 << 16];
-    for extent in &node.content {
+    let mut extents = crate::repo::Extents::new(repo, node);
+    while let Some(extent) = extents.next_blocking(handle)? {
         match &extent.id {
             Some(id) => {
                 let data = handle.block_on(repo.read_blob(id))?;

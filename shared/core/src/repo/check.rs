@@ -20,7 +20,7 @@ use super::pack::{
     MAGIC, PackHeader, TRAILER_LEN, header_len_from_trailer, open_header, read_header,
 };
 use super::snapshot::SnapshotEntry;
-use super::tree::{Node, NodeKind, TreeBlob};
+use super::tree::{Extent, ExtentList, Node, NodeKind, TreeBlob};
 use super::{Repository, pack_key};
 use crate::{Error, Result};
 
@@ -374,12 +374,42 @@ async fn walk_snapshot(
                 }
             }
             NodeKind::File => {
-                for id in node.content.iter().filter_map(|ext| ext.id.as_ref()) {
-                    if !master.contains(id) {
-                        found.add("missing-blob", &id.to_hex(), "data blob is in no index");
-                        damaged.insert(shown());
-                    } else if found.bad_blobs.contains(id) {
-                        damaged.insert(shown());
+                // Whether any data blob of `extents` is missing or damaged.
+                let check_data = |extents: &[Extent], found: &mut Findings| {
+                    let mut bad = false;
+                    for id in extents.iter().filter_map(|ext| ext.id.as_ref()) {
+                        if !master.contains(id) {
+                            found.add("missing-blob", &id.to_hex(), "data blob is in no index");
+                            bad = true;
+                        } else if found.bad_blobs.contains(id) {
+                            bad = true;
+                        }
+                    }
+                    bad
+                };
+                if check_data(&node.content, found) {
+                    damaged.insert(shown());
+                }
+                for list_id in &node.extent_lists {
+                    let list =
+                        read_tree_blob(repo, list_id, master, found, seen_trees, "extent list")
+                            .await
+                            .map(|b| ExtentList::decode(&b));
+                    match list {
+                        Some(Ok(extents)) => {
+                            if check_data(&extents, found) {
+                                damaged.insert(shown());
+                            }
+                        }
+                        Some(Err(e)) => {
+                            // Reported once: a blob known bad is not read again.
+                            found.failed("extent-list", &list_id.to_hex(), &e);
+                            found.bad_blobs.insert(*list_id);
+                            damaged.insert(shown());
+                        }
+                        None => {
+                            damaged.insert(shown());
+                        }
                     }
                 }
             }
@@ -398,16 +428,38 @@ async fn read_tree(
     found: &mut Findings,
     seen_trees: &mut HashSet<BlobId>,
 ) -> Option<Vec<Node>> {
+    let blob = read_tree_blob(repo, tree_id, master, found, seen_trees, "tree").await?;
+    match TreeBlob::decode(&blob) {
+        Ok(t) => Some(t.nodes),
+        Err(e) => {
+            found.failed("tree", &tree_id.to_hex(), &e);
+            found.bad_blobs.insert(*tree_id);
+            None
+        }
+    }
+}
+
+/// The plaintext of a tree-kind blob (a listing or an extent list); `None` if it is in no
+/// index, known damaged, or does not open (reported on its first visit, and known damaged
+/// from then on).
+async fn read_tree_blob(
+    repo: &Repository,
+    tree_id: &BlobId,
+    master: &MasterIndex,
+    found: &mut Findings,
+    seen_trees: &mut HashSet<BlobId>,
+    what: &str,
+) -> Option<Vec<u8>> {
     if !master.contains(tree_id) {
-        found.add("missing-blob", &tree_id.to_hex(), "tree blob is in no index");
+        found.add("missing-blob", &tree_id.to_hex(), &format!("{what} blob is in no index"));
         return None;
     }
     if found.bad_blobs.contains(tree_id) {
         return None;
     }
     let first_visit = seen_trees.insert(*tree_id);
-    match repo.read_blob(tree_id).await.and_then(|b| TreeBlob::decode(&b)) {
-        Ok(t) => Some(t.nodes),
+    match repo.read_blob(tree_id).await {
+        Ok(b) => Some(b),
         Err(e) => {
             let damage = if first_visit {
                 found.failed("tree", &tree_id.to_hex(), &e)

@@ -1,5 +1,7 @@
-//! Content-defined chunking: FastCDC 2020 (`fastcdc` pinned, its cut points changed between
-//! versions) over a gear table derived from the write secret.
+//! Chunking. File trees: content-defined, FastCDC 2020 (`fastcdc` pinned, its cut points
+//! changed between versions) over a gear table derived from the write secret. Files that
+//! change in place (databases, volume images): fixed pages (FORMAT.md §8.6), so that a
+//! changed page is one new chunk and the pages around it dedup.
 
 use std::io::Read;
 
@@ -33,6 +35,76 @@ impl ChunkerParams {
         } else {
             Err(crate::Error::Invalid(format!("chunker parameters out of range: {self:?}")))
         }
+    }
+}
+
+/// How one file's content is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Chunking {
+    /// Content-defined chunks with the repository's parameters.
+    #[default]
+    Cdc,
+    /// Pages of this many bytes, cut at file offsets that are multiples of it.
+    Pages(u32),
+}
+
+impl Chunking {
+    /// Page sizes a writer uses: powers of two from 4 KiB (smaller pages would multiply
+    /// the blobs for little gain) to 64 KiB.
+    pub fn valid_page_size(page: u32) -> bool {
+        page.is_power_of_two() && (4096..=65536).contains(&page)
+    }
+
+    /// The page size recorded on a file node (`None` for content-defined chunks).
+    pub fn pages(self) -> Option<u32> {
+        match self {
+            Chunking::Cdc => None,
+            Chunking::Pages(p) => Some(p),
+        }
+    }
+}
+
+/// The chunks of a stream cut into pages: each ends at the next multiple of `page` counted
+/// from the start of the file (the stream starts at file offset `offset`), or at the end of
+/// the stream. Reads go through a 1 MiB buffer: a page is not a system call.
+pub struct PageStream<R> {
+    reader: std::io::BufReader<R>,
+    page: u64,
+    offset: u64,
+}
+
+impl<R: Read> PageStream<R> {
+    pub fn new(reader: R, page: u32, offset: u64) -> Self {
+        assert!(page > 0, "page size");
+        PageStream {
+            reader: std::io::BufReader::with_capacity(1 << 20, reader),
+            page: u64::from(page),
+            offset,
+        }
+    }
+}
+
+impl<R: Read> Iterator for PageStream<R> {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let want = (self.page - self.offset % self.page) as usize;
+        let mut chunk = vec![0u8; want];
+        let mut got = 0;
+        while got < want {
+            match self.reader.read(&mut chunk[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        if got == 0 {
+            return None;
+        }
+        chunk.truncate(got);
+        self.offset += got as u64;
+        Some(Ok(chunk))
     }
 }
 
@@ -222,6 +294,20 @@ mod tests {
         let a: Vec<Vec<u8>> = chunker(1).stream(&d[..]).map(|c| c.unwrap()).collect();
         let b: Vec<Vec<u8>> = chunker(1).stream(Trickle(&d)).map(|c| c.unwrap()).collect();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn pages_are_cut_at_file_offsets_that_are_multiples_of_the_page() {
+        let d = data(20_000 - 6144);
+        // A data region from 6144 to 20000 (after a hole): FORMAT.md's example.
+        let lens: Vec<usize> =
+            PageStream::new(&d[..], 4096, 6144).map(|c| c.unwrap().len()).collect();
+        assert_eq!(lens, vec![2048, 4096, 4096, 3616]);
+        let again: Vec<u8> = PageStream::new(&d[..], 4096, 6144).flat_map(|c| c.unwrap()).collect();
+        assert_eq!(again, d);
+        assert_eq!(PageStream::new(&[][..], 4096, 0).count(), 0);
+        assert!(Chunking::valid_page_size(8192) && !Chunking::valid_page_size(512));
+        assert!(!Chunking::valid_page_size(6000) && !Chunking::valid_page_size(1 << 17));
     }
 
     #[test]

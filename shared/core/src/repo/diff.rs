@@ -51,7 +51,7 @@ pub async fn diff_trees(repo: &Repository, a: &Node, b: &Node) -> Result<Vec<Dif
                 }
                 Some(r) => {
                     if l.kind != r.kind
-                        || l.content != r.content
+                        || !l.same_content(r)
                         || l.target != r.target
                         || node_meta_differs(l, r)
                     {

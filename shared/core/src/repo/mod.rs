@@ -39,7 +39,7 @@ pub use lineage::{Lineage, ParentSpec, SnapshotFilter};
 pub use pack::BlobKind;
 pub use snapshot::{Failure, Snapshot, SnapshotEntry, Summary};
 pub use storage::{RetryPolicy, Store};
-pub use tree::{Extent, Name, Node, NodeKind, TreeBlob};
+pub use tree::{Extent, ExtentList, Name, Node, NodeKind, TreeBlob};
 pub use writer::{AddedBlob, Writer, WriterStats};
 
 use crate::{Error, Result};
@@ -730,13 +730,19 @@ impl Repository {
     /// Large files go through [`crate::fs::write_file_to`] instead.
     pub async fn read_file(&self, node: &Node) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(node.size as usize);
-        for extent in &node.content {
+        let mut extents = Extents::new(self, node);
+        while let Some(extent) = extents.next().await? {
             match &extent.id {
                 Some(id) => out.extend_from_slice(&self.read_blob(id).await?),
                 None => out.resize(out.len() + extent.len as usize, 0),
             }
         }
         Ok(out)
+    }
+
+    /// Read one extent-list blob (FORMAT.md §9.10).
+    pub async fn read_extent_list(&self, id: &BlobId) -> Result<Vec<Extent>> {
+        ExtentList::decode(&self.read_blob(id).await?)
     }
 
     /// Find the node at `path` ("" or "/" is the root) in a snapshot.
@@ -770,6 +776,55 @@ impl Repository {
 }
 
 /// The local clock as RFC 3339, for informative timestamps.
+/// A file node's extents in file order: its inline `content`, then those of each extent-list
+/// blob, one list in memory at a time (a multi-TB volume image has millions of extents).
+pub struct Extents<'a> {
+    repo: &'a Repository,
+    batch: std::vec::IntoIter<Extent>,
+    lists: std::slice::Iter<'a, BlobId>,
+}
+
+impl<'a> Extents<'a> {
+    pub fn new(repo: &'a Repository, node: &'a Node) -> Self {
+        Extents { repo, batch: node.content.clone().into_iter(), lists: node.extent_lists.iter() }
+    }
+
+    pub async fn next(&mut self) -> Result<Option<Extent>> {
+        loop {
+            if let Some(e) = self.batch.next() {
+                return Ok(Some(e));
+            }
+            if !self.refill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// For blocking callers: the next extent, reading a list blob on `handle` only when the
+    /// one in memory is used up.
+    pub fn next_blocking(&mut self, handle: &tokio::runtime::Handle) -> Result<Option<Extent>> {
+        loop {
+            if let Some(e) = self.batch.next() {
+                return Ok(Some(e));
+            }
+            if !handle.block_on(self.refill())? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Load the next list blob; false when there is none.
+    async fn refill(&mut self) -> Result<bool> {
+        match self.lists.next() {
+            Some(id) => {
+                self.batch = self.repo.read_extent_list(id).await?.into_iter();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)

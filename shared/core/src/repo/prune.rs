@@ -31,7 +31,7 @@ use super::mark::{self, Mark};
 use super::pack::{BlobKind, PackHeader};
 use super::snapshot::SnapshotEntry;
 use super::storage::Store;
-use super::tree::{NodeKind, TreeBlob};
+use super::tree::{Extent, ExtentList, NodeKind, TreeBlob};
 use super::{Repository, pack_key};
 use crate::{Error, Result};
 use plan::{LiveSet, PackObject, PruneInputs, PrunePlan, used_per_slot};
@@ -603,21 +603,31 @@ async fn walk(
         ))
     };
     for (done, s) in snapshots.iter().enumerate() {
-        let mut pending: Vec<BlobId> = Vec::new();
-        let visit_tree = |id: &BlobId, live: &mut LiveSet, pending: &mut Vec<BlobId>| {
-            let pos = index.position(id).ok_or_else(|| missing(id, s))?;
-            if !live.set(pos) {
-                pending.push(*id);
+        // Tree-kind blobs still to read: directory listings (false) and extent lists (true).
+        let mut pending: Vec<(BlobId, bool)> = Vec::new();
+        let visit_tree =
+            |id: &BlobId, list: bool, live: &mut LiveSet, pending: &mut Vec<(BlobId, bool)>| {
+                let pos = index.position(id).ok_or_else(|| missing(id, s))?;
+                if !live.set(pos) {
+                    pending.push((*id, list));
+                }
+                Ok::<_, Error>(())
+            };
+        let mark_data = |ext: &Extent, live: &mut LiveSet| {
+            if let Some(id) = &ext.id {
+                let pos = index.position(id).ok_or_else(|| missing(id, s))?;
+                live.set(pos);
             }
             Ok::<_, Error>(())
         };
         for id in &s.snapshot.root.subtree {
-            visit_tree(id, &mut live, &mut pending)?;
+            visit_tree(id, false, &mut live, &mut pending)?;
         }
         while !pending.is_empty() {
-            let batch: Vec<BlobId> = pending.drain(..pending.len().min(16)).collect();
+            let batch: Vec<(BlobId, bool)> = pending.drain(..pending.len().min(16)).collect();
             let blobs =
-                futures::future::try_join_all(batch.iter().map(|id| repo.read_blob(id))).await?;
+                futures::future::try_join_all(batch.iter().map(|(id, _)| repo.read_blob(id)))
+                    .await?;
             trees_read += blobs.len() as u64;
             if last_report.elapsed() >= std::time::Duration::from_secs(5) {
                 last_report = std::time::Instant::now();
@@ -629,18 +639,24 @@ async fn walk(
                     "prune: walking snapshots"
                 );
             }
-            for blob in blobs {
+            for (blob, (_, list)) in blobs.into_iter().zip(&batch) {
+                if *list {
+                    for ext in &ExtentList::decode(&blob)? {
+                        mark_data(ext, &mut live)?;
+                    }
+                    continue;
+                }
                 for node in TreeBlob::decode(&blob)?.nodes {
                     if node.kind == NodeKind::Dir {
                         for id in &node.subtree {
-                            visit_tree(id, &mut live, &mut pending)?;
+                            visit_tree(id, false, &mut live, &mut pending)?;
                         }
                     }
                     for ext in &node.content {
-                        if let Some(id) = &ext.id {
-                            let pos = index.position(id).ok_or_else(|| missing(id, s))?;
-                            live.set(pos);
-                        }
+                        mark_data(ext, &mut live)?;
+                    }
+                    for id in &node.extent_lists {
+                        visit_tree(id, true, &mut live, &mut pending)?;
                     }
                 }
             }

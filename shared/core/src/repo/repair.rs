@@ -387,6 +387,28 @@ impl Rebuild<'_> {
         self.index.get(id).is_some_and(|l| self.present.contains(&self.index.pack(l.pack).id))
     }
 
+    /// Is every blob of this file's content (its extent lists included) in a present pack?
+    /// An extent list that does not open counts as lost; a store failure is an error.
+    fn content_present(&self, file: &super::Node) -> Result<bool> {
+        let all_present = |extents: &[super::Extent]| {
+            extents.iter().filter_map(|e| e.id.as_ref()).all(|id| self.blob_present(id))
+        };
+        if !all_present(&file.content) {
+            return Ok(false);
+        }
+        for list_id in &file.extent_lists {
+            if !self.blob_present(list_id) {
+                return Ok(false);
+            }
+            match self.handle.block_on(self.repo.read_extent_list(list_id)) {
+                Ok(extents) if all_present(&extents) => {}
+                Ok(_) | Err(Error::Integrity(_)) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
     /// The directory `node` at `path` rebuilt, or `None` if nothing under it is lost.
     fn dir(&mut self, node: &super::Node, path: &str) -> Result<Option<super::Node>> {
         use super::tree::{MAX_NODES_PER_BLOB, NodeKind, TreeBlob};
@@ -420,13 +442,7 @@ impl Rebuild<'_> {
                     }
                     None => kept.push(child),
                 },
-                NodeKind::File
-                    if child
-                        .content
-                        .iter()
-                        .filter_map(|e| e.id.as_ref())
-                        .any(|id| !self.blob_present(id)) =>
-                {
+                NodeKind::File if !self.content_present(&child)? => {
                     changed = true;
                     self.lost.push(child_path);
                 }

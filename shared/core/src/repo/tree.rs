@@ -11,6 +11,12 @@ use crate::{Error, Result};
 
 pub const MAX_NODES_PER_BLOB: usize = 4096;
 pub const TREE_VERSION: u32 = 1;
+/// A file with at most this many extents keeps them in its node (`content`); a longer list
+/// goes into extent-list blobs (`extent_lists`), so a tree blob stays small however large
+/// the file (a 2 GiB database in 4 KiB pages has 512k extents).
+pub const MAX_INLINE_EXTENTS: usize = 1024;
+/// Extents per extent-list blob (all full but the last): about 150 KiB of JSON.
+pub const MAX_EXTENTS_PER_LIST: usize = 4096;
 
 /// A file name: bytes, as Unix has them. Serialized as a string when it is UTF-8, else as
 /// `{"b64": "..."}`, so that non-UTF-8 names round-trip.
@@ -120,9 +126,17 @@ pub struct Node {
     pub inode: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctime_ns: Option<i128>,
-    /// File content.
+    /// Files cut into fixed pages of this many bytes (databases, volume images) rather than
+    /// content-defined chunks. Readers need not know it; writers reuse a node only when
+    /// they would cut it the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<u32>,
+    /// File content, when it has at most [`MAX_INLINE_EXTENTS`] extents.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub content: Vec<Extent>,
+    /// File content, when longer: extent-list blobs (tree kind), in file order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extent_lists: Vec<BlobId>,
     /// Directory listing blobs, in name order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subtree: Vec<BlobId>,
@@ -144,9 +158,57 @@ impl Node {
             link_group: None,
             inode: None,
             ctime_ns: None,
+            pages: None,
             content: Vec::new(),
+            extent_lists: Vec::new(),
             subtree: Vec::new(),
         }
+    }
+
+    /// Same stored content (same extents, inline or listed): equal bytes, chunked alike.
+    pub fn same_content(&self, other: &Node) -> bool {
+        self.content == other.content && self.extent_lists == other.extent_lists
+    }
+
+    /// Does this file keep (part of) its extents in extent-list blobs?
+    pub fn has_extent_lists(&self) -> bool {
+        !self.extent_lists.is_empty()
+    }
+}
+
+/// One extent-list blob: a stretch of a file's extents (FORMAT.md §9.10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtentList {
+    pub version: u32,
+    pub extents: Vec<Extent>,
+}
+
+impl ExtentList {
+    pub fn encode(extents: &[Extent]) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            version: u32,
+            extents: &'a [Extent],
+        }
+        serde_json::to_vec(&Borrowed { version: TREE_VERSION, extents }).expect("extents to JSON")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Vec<Extent>> {
+        let l: ExtentList = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Integrity(format!("extent list blob: {e}")))?;
+        if l.version != TREE_VERSION {
+            return Err(Error::Integrity(format!(
+                "extent list version {} is not supported",
+                l.version
+            )));
+        }
+        if l.extents.len() > MAX_EXTENTS_PER_LIST {
+            return Err(Error::Integrity(format!(
+                "extent list blob holds {} extents, more than {MAX_EXTENTS_PER_LIST}",
+                l.extents.len()
+            )));
+        }
+        Ok(l.extents)
     }
 }
 
@@ -192,6 +254,31 @@ mod tests {
         let back = TreeBlob::decode(&bytes).unwrap();
         assert_eq!(back.nodes, vec![n, d]);
         assert!(TreeBlob::decode(b"{\"version\":9,\"nodes\":[]}").is_err());
+    }
+
+    #[test]
+    fn extent_lists_round_trip_and_are_bounded() {
+        let extents: Vec<Extent> = (0..MAX_EXTENTS_PER_LIST)
+            .map(|i| Extent { id: (i % 7 != 0).then_some(BlobId([i as u8; 32])), len: 4096 })
+            .collect();
+        assert_eq!(ExtentList::decode(&ExtentList::encode(&extents)).unwrap(), extents);
+        let one_more = [extents.clone(), vec![Extent { id: None, len: 1 }]].concat();
+        let err = ExtentList::decode(&ExtentList::encode(&one_more)).unwrap_err();
+        assert!(err.to_string().contains("more than 4096"), "{err}");
+        assert!(ExtentList::decode(b"{\"version\":2,\"extents\":[]}").is_err());
+        // A listing blob is not an extent list.
+        assert!(ExtentList::decode(&TreeBlob::encode(&[])).is_err());
+    }
+
+    #[test]
+    fn page_files_serialize_their_new_members_in_canonical_order() {
+        let mut n = Node::new(Name(b"db".to_vec()), NodeKind::File);
+        n.pages = Some(4096);
+        n.extent_lists = vec![BlobId([7; 32])];
+        let text = String::from_utf8(TreeBlob::encode(&[n])).unwrap();
+        let (pages, lists) =
+            (text.find("\"pages\"").unwrap(), text.find("\"extent_lists\"").unwrap());
+        assert!(pages < lists && !text.contains("\"content\""), "{text}");
     }
 
     mod props {
