@@ -103,8 +103,12 @@ def main():
                  "size": 0, "target": "a.txt"}
     node_dev = {"name": "tty", "kind": "chardev", "mode": 438, "uid": 0, "gid": 0, "mtime_ns": 1,
                 "size": 0, "rdev": 1025}
-    write("tree", "mixed", json.dumps({"version": 1, "nodes": [node_file, node_dir, node_link, node_dev]}))
+    node_pages = {"name": "db", "kind": "file", "mode": 384, "uid": 0, "gid": 0, "mtime_ns": 2,
+                  "size": 1 << 30, "pages": 4096, "extent_lists": [blob, "cd" * 32]}
+    write("tree", "mixed", json.dumps({"version": 1, "nodes": [node_file, node_dir, node_link, node_dev, node_pages]}))
     write("tree", "empty", '{"version":1,"nodes":[]}')
+    write("extent_list", "pages", json.dumps({"version": 1, "extents": [{"id": blob, "len": 4096}, {"len": 8192}]}))
+    write("extent_list", "empty", '{"version":1,"extents":[]}')
 
     snap = {"version": 1, "time": "2024-05-06T07:08:09.123456789+02:00", "host": "h", "source": "pvc/ns/data",
             "cluster": "prod", "tags": {"k": "v"}, "parent": "cd" * 32, "root": node_dir,
