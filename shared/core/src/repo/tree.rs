@@ -327,3 +327,39 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod vectors {
+    use super::*;
+    use crate::repo::BlobKind;
+    use crate::repo::crypto::WriteKey;
+    use crate::repo::ids::RepoId;
+
+    /// FORMAT.md Appendix A: the extent-list blob of a file of one 4 KiB page of data (the
+    /// data blob id("hello") stands in for its id) and an 8 KiB hole, with its tree id.
+    #[test]
+    fn extent_list_vector() {
+        let secret: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let key = WriteKey::from_secret(RepoId([0xab; 32]), secret);
+        let data = key.id_for(BlobKind::Data, b"hello");
+        let list = ExtentList::encode(&[
+            Extent { id: Some(data), len: 4096 },
+            Extent { id: None, len: 8192 },
+        ]);
+        assert_eq!(
+            String::from_utf8(list.clone()).unwrap(),
+            format!(
+                r#"{{"version":1,"extents":[{{"id":"{}","len":4096}},{{"len":8192}}]}}"#,
+                data.to_hex()
+            )
+        );
+        assert_eq!(
+            data.to_hex(),
+            "3532e5340d4079e53f83c5ad661dae866a2f8e045e9a6d76f87b6db03ad9310d"
+        );
+        assert_eq!(
+            key.id_for(BlobKind::Tree, &list).to_hex(),
+            "a73931f5484945e9aef0867ebde3f88fa4d5e60ef07e424f62f918a7041c278e"
+        );
+    }
+}
