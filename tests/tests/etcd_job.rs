@@ -192,6 +192,10 @@ async fn etcd_snapshots_dedup_restore_exactly_and_fail_cleanly() {
         share * 100.0
     );
     assert!(share <= 0.10, "second snapshot stored {:.1} % of the db", share * 100.0);
+    // It was recognised as a bbolt database from its first bytes and cut into its pages.
+    repo.load_index().await.unwrap();
+    let db = repo.lookup(&second.snapshot, "snapshot.db").await.unwrap();
+    assert_eq!(db.pages, Some(4096), "etcd snapshot not cut into pages");
 
     // Restore the first snapshot through etcdutl and run a fresh etcd on it.
     let (cport, pport) = (free_port(), free_port());

@@ -16,7 +16,7 @@ use cairn_core::progress::human_bytes;
 use cairn_core::repo::lock::BackupLocks;
 use cairn_core::repo::short_id;
 use cairn_core::{Error, Exit};
-use cairn_job::config::{LockArgs, Need, RepoArgs, SnapshotLabels};
+use cairn_job::config::{ChunkingArgs, LockArgs, Need, RepoArgs, SnapshotLabels};
 use cairn_job::report::{self, JobReport, Report};
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::Parser;
@@ -53,6 +53,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct Cli {
     #[command(flatten)]
     pub repo: RepoArgs,
+    // The snapshot is recognised as a bbolt database and cut into its 4 KiB pages;
+    // `--no-page-detect` goes back to content-defined chunks.
+    #[command(flatten)]
+    pub chunking: ChunkingArgs,
     #[command(flatten)]
     pub lock: LockArgs,
     /// etcd client URLs, comma separated (https://… for TLS).
@@ -500,6 +504,7 @@ async fn stream_and_commit(
         cluster: cli.labels.cluster.clone(),
         tags: cli.labels.tag_map(),
         guard: Some(locks.guard()),
+        chunking: cli.chunking.policy(),
         ..Default::default()
     };
     let prepared = backup_stream(repo.clone(), Box::new(reader), DB_FILE, opts).await;

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use parking_lot::Mutex;
 use rayon::prelude::*;
 
-use super::pages::{Chooser, ChunkingPolicy, SNIFF_LEN};
+use super::pages::{Chooser, ChunkingPolicy, MIN_PAGE_FILE, SNIFF_LEN};
 use crate::progress::Progress;
 use crate::repo::chunker::{Chunking, PageStream};
 use crate::repo::tree::{MAX_EXTENTS_PER_LIST, MAX_INLINE_EXTENTS, MAX_NODES_PER_BLOB, Xattr};
@@ -782,9 +782,13 @@ fn file_content(
         return Ok(content.clone());
     }
     let file = File::open(path).map_err(|e| Error::Invalid(format!("open: {e}")))?;
-    let mut head = vec![0u8; SNIFF_LEN];
-    let n = file.read_at(&mut head, 0).map_err(|e| Error::Invalid(format!("read: {e}")))?;
-    head.truncate(n);
+    // Only files that may be cut into pages are sniffed: no extra read per small file.
+    let mut head = Vec::new();
+    if meta.len() >= MIN_PAGE_FILE {
+        head.resize(SNIFF_LEN, 0);
+        let n = file.read_at(&mut head, 0).map_err(|e| Error::Invalid(format!("read: {e}")))?;
+        head.truncate(n);
+    }
     let rel = path.strip_prefix(&ctx.root).unwrap_or(path);
     let chunking = ctx.chooser.choose(rel, Some(meta.len()), &head);
     let content = read_content(ctx, &file, meta.len(), chunking)?;

@@ -269,6 +269,10 @@ fn apply_metadata(ctx: &Ctx<'_>, node: &Node, path: &Path) {
 
 /// Write a file node's content to `out`. With `sparse`, holes are skipped with a seek
 /// (the caller sets the final length); without, zeros are written (for stdout and tar).
+///
+/// Extents are taken in batches of up to [`BATCH_BYTES`] of data (or [`BATCH_EXTENTS`]
+/// extents), whose blobs are read, decrypted and verified on every core, then written in
+/// order: a database in 4 KiB pages restores as fast as one in 2 MiB chunks.
 pub fn write_file_to<W: Write + Seek>(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
@@ -277,37 +281,63 @@ pub fn write_file_to<W: Write + Seek>(
     sparse: bool,
     mut progress: impl FnMut(u64),
 ) -> Result<()> {
+    use rayon::prelude::*;
     let zeros = vec![0u8; 1 << 16];
     let mut extents = crate::repo::Extents::new(repo, node);
-    while let Some(extent) = extents.next_blocking(handle)? {
-        match &extent.id {
-            Some(id) => {
-                let data = handle.block_on(repo.read_blob(id))?;
-                if data.len() as u64 != extent.len {
-                    return Err(Error::Integrity(format!(
-                        "blob {} has {} bytes, tree says {}",
-                        id.short(),
-                        data.len(),
-                        extent.len
-                    )));
-                }
-                out.write_all(&data).map_err(|e| Error::local_io(&e, format!("write: {e}")))?;
+    let mut batch: Vec<crate::repo::Extent> = Vec::new();
+    loop {
+        batch.clear();
+        let mut bytes = 0u64;
+        while bytes < BATCH_BYTES && batch.len() < BATCH_EXTENTS {
+            let Some(e) = extents.next_blocking(handle)? else { break };
+            if e.id.is_some() {
+                bytes += e.len;
             }
-            None if sparse => {
-                out.seek(SeekFrom::Current(extent.len as i64))
-                    .map_err(|e| Error::local_io(&e, format!("seek: {e}")))?;
-            }
-            None => {
-                let mut left = extent.len;
-                while left > 0 {
-                    let n = left.min(zeros.len() as u64) as usize;
-                    out.write_all(&zeros[..n])
-                        .map_err(|e| Error::local_io(&e, format!("write: {e}")))?;
-                    left -= n as u64;
-                }
-            }
+            batch.push(e);
         }
-        progress(extent.len);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let blobs: Vec<Option<Vec<u8>>> = batch
+            .par_iter()
+            .map(|e| match &e.id {
+                Some(id) => handle.block_on(repo.read_blob(id)).map(Some),
+                None => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        for (extent, blob) in batch.iter().zip(blobs) {
+            match blob {
+                Some(data) => {
+                    if data.len() as u64 != extent.len {
+                        return Err(Error::Integrity(format!(
+                            "blob {} has {} bytes, tree says {}",
+                            extent.id.map(|id| id.short()).unwrap_or_default(),
+                            data.len(),
+                            extent.len
+                        )));
+                    }
+                    out.write_all(&data)
+                        .map_err(|e| Error::local_io(&e, format!("write: {e}")))?;
+                }
+                None if sparse => {
+                    out.seek(SeekFrom::Current(extent.len as i64))
+                        .map_err(|e| Error::local_io(&e, format!("seek: {e}")))?;
+                }
+                None => {
+                    let mut left = extent.len;
+                    while left > 0 {
+                        let n = left.min(zeros.len() as u64) as usize;
+                        out.write_all(&zeros[..n])
+                            .map_err(|e| Error::local_io(&e, format!("write: {e}")))?;
+                        left -= n as u64;
+                    }
+                }
+            }
+            progress(extent.len);
+        }
     }
-    Ok(())
 }
+
+/// Data read ahead per file in [`write_file_to`] (plus at most one chunk of 8 MiB).
+const BATCH_BYTES: u64 = 4 << 20;
+const BATCH_EXTENTS: usize = 1024;

@@ -125,25 +125,31 @@ const WINDOW: u64 = 4 << 20;
 const COMMIT_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(4);
 const WINDOWS: usize = 16;
 
+/// A window being fetched or fetched: readers that want the same window at the same time
+/// (a restore decrypting a file's small blobs on every core) wait for one request.
+type WindowCell = Arc<tokio::sync::OnceCell<Bytes>>;
+
 #[derive(Default)]
 struct WindowCache {
-    map: HashMap<(u32, u64), Bytes>,
+    map: HashMap<(u32, u64), WindowCell>,
     order: std::collections::VecDeque<(u32, u64)>,
 }
 
 impl WindowCache {
-    fn get(&self, key: &(u32, u64)) -> Option<Bytes> {
-        self.map.get(key).cloned()
-    }
-    fn put(&mut self, key: (u32, u64), data: Bytes) {
-        if self.map.insert(key, data).is_none() {
-            self.order.push_back(key);
-            while self.order.len() > WINDOWS {
-                if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
-                }
+    /// The cell of a window, made (and the oldest window dropped) if it is not cached.
+    fn cell(&mut self, key: (u32, u64)) -> WindowCell {
+        if let Some(cell) = self.map.get(&key) {
+            return cell.clone();
+        }
+        let cell = WindowCell::default();
+        self.map.insert(key, cell.clone());
+        self.order.push_back(key);
+        while self.order.len() > WINDOWS {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
             }
         }
+        cell
     }
 }
 
@@ -440,15 +446,10 @@ impl Repository {
         let window = range.start / WINDOW;
         let (w_start, w_end) = (window * WINDOW, ((window + 1) * WINDOW).min(record.body_end));
         let sealed = if range.end - range.start < WINDOW / 4 && range.end <= w_end {
-            let cached = self.windows.lock().get(&(loc.pack, window));
-            let data = match cached {
-                Some(d) => d,
-                None => {
-                    let d = self.fetch(&record.id, w_start..w_end, id).await?;
-                    self.windows.lock().put((loc.pack, window), d.clone());
-                    d
-                }
-            };
+            let cell = self.windows.lock().cell((loc.pack, window));
+            // A failed fetch leaves the cell empty: the next reader tries again.
+            let data =
+                cell.get_or_try_init(|| self.fetch(&record.id, w_start..w_end, id)).await?.clone();
             data.slice((range.start - w_start) as usize..(range.end - w_start) as usize)
         } else {
             self.fetch(&record.id, range, id).await?
