@@ -135,7 +135,6 @@ def etcd_case(work: Path, keys: int, rows: list[dict]) -> None:
         snap("defragmentation")
         for repo in repos:
             rows.append(repo.restore_latest("etcd", "etcd", work / "restored"))
-        shutil.rmtree(work / "restored", ignore_errors=True)
     finally:
         etcd.terminate()
         etcd.wait()
@@ -243,6 +242,7 @@ def main() -> None:
     ap.add_argument("--wrong-mib", type=int, default=256)
     ap.add_argument("--only", default="etcd,block,pg,wrong")
     ap.add_argument("--workdir", default="/tmp/cairn-dedup-bench")
+    ap.add_argument("--keep", action="store_true", help="keep the repositories (and the etcd snapshot)")
     a = ap.parse_args()
     work = Path(a.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -260,7 +260,8 @@ def main() -> None:
         new = f"{r['new_bytes'] / (1 << 20):9.2f}" if "new_bytes" in r else " " * 9
         share = f"{r['new_share_of_first'] * 100:8.1f}%" if r.get("new_share_of_first") is not None else " " * 9
         print(f"{r['case']:6} {r['repo']:13} {r['phase']:34} {size} {new} {share} {r['wall_s']:7.2f} {r['peak_rss_mib']:8.1f}")
-    shutil.rmtree(work, ignore_errors=True)
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -502,7 +502,10 @@ async fn block_volumes_round_trip_and_live_mode_reads_the_live_volume() {
     let snap = full.find_snapshot(r["snapshot"].as_str().unwrap(), None).await.unwrap();
     assert_eq!(snap.snapshot.meta["pvc"]["volumeMode"], "Block");
     full.load_index().await.unwrap();
-    full.lookup(&snap.snapshot, "volume.img").await.expect("volume.img in the snapshot");
+    let img = full.lookup(&snap.snapshot, "volume.img").await.expect("volume.img in the snapshot");
+    // A volume image changes in place: cut into 4 KiB pages, its 16k extents in lists.
+    assert_eq!(img.pages, Some(4096));
+    assert!(!img.extent_lists.is_empty() || img.content.len() <= 1024, "{:?}", img.content.len());
 
     let (code, s) =
         run_json(orchestrator(&repo, &kc, &[&ns], &["-l", "kind=live", "--mode", "live"])).await;

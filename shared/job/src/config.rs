@@ -304,3 +304,33 @@ impl PruneArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod chunking_tests {
+    use super::ChunkingArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        chunking: ChunkingArgs,
+    }
+
+    /// What the orchestrator hands its ingest pods is what they would parse themselves.
+    #[test]
+    fn chunking_flags_pass_to_workers_as_environment() {
+        let cli = Cli::parse_from(["x", "--page-files", "**/*.img,vm/*.raw", "--no-page-detect"]);
+        let env = cli.chunking.env();
+        assert_eq!(
+            env,
+            vec![
+                ("CAIRN_PAGE_FILES".to_string(), "**/*.img,vm/*.raw".to_string()),
+                ("CAIRN_NO_PAGE_DETECT".to_string(), "true".to_string()),
+            ]
+        );
+        let policy = cli.chunking.policy();
+        assert_eq!(policy.page_files, vec!["**/*.img", "vm/*.raw"]);
+        assert!(policy.no_detect && policy.force.is_none());
+        assert!(Cli::parse_from(["x"]).chunking.env().is_empty());
+    }
+}

@@ -30,7 +30,8 @@ pub(crate) async fn run(args: CatArgs, repo: &RepoArgs) -> Result<Exit> {
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let stdout = std::io::stdout();
-        let mut out = SeekStdout(stdout.lock());
+        // Stdout is line-buffered: a binary file would be scanned for newlines chunk by chunk.
+        let mut out = SeekStdout(std::io::BufWriter::with_capacity(1 << 20, stdout.lock()));
         cairn_core::fs::write_file_to(&repo, &handle, &node, &mut out, false, |_| {})
             .with_context(|| format!("reading {}", node.name.display()))?;
         out.0.flush()?;
