@@ -284,7 +284,7 @@ pub fn write_file_to<W: Write + Seek>(
 ) -> Result<()> {
     let zeros = vec![0u8; 1 << 16];
     let mut extents = crate::repo::Extents::new(repo, node);
-    let mut ready: Option<(Vec<Extent>, Vec<Option<Vec<u8>>>)> = None;
+    let mut ready: Option<(Vec<Extent>, Blobs)> = None;
     loop {
         let mut next: Vec<Extent> = Vec::new();
         let mut bytes = 0u64;
@@ -298,7 +298,7 @@ pub fn write_file_to<W: Write + Seek>(
         if next.is_empty() && ready.is_none() {
             return Ok(());
         }
-        let mut decoded: Option<Result<Vec<Option<Vec<u8>>>>> = None;
+        let mut decoded: Option<Result<Blobs>> = None;
         let written = rayon::in_place_scope(|scope| {
             let (next, decoded) = (&next, &mut decoded);
             scope.spawn(move |_| *decoded = Some(read_extents(repo, handle, next)));
@@ -317,18 +317,21 @@ pub fn write_file_to<W: Write + Seek>(
     }
 }
 
+/// The plaintexts of a batch's extents, `None` for holes.
+type Blobs = Vec<Option<Vec<u8>>>;
+
 /// The blobs of a batch's data extents (`None` for holes), read on every core: each core
 /// takes a contiguous part and reads it in one pass on the runtime.
 fn read_extents(
     repo: &Repository,
     handle: &tokio::runtime::Handle,
     batch: &[Extent],
-) -> Result<Vec<Option<Vec<u8>>>> {
+) -> Result<Blobs> {
     if batch.is_empty() {
         return Ok(Vec::new());
     }
     let part = batch.len().div_ceil(rayon::current_num_threads().max(1));
-    let parts: Vec<Vec<Option<Vec<u8>>>> = batch
+    let parts: Vec<Blobs> = batch
         .par_chunks(part)
         .map(|extents| {
             handle.block_on(async {
@@ -350,7 +353,7 @@ fn read_extents(
 fn write_extents<W: Write + Seek>(
     out: &mut W,
     batch: &[Extent],
-    blobs: Vec<Option<Vec<u8>>>,
+    blobs: Blobs,
     sparse: bool,
     zeros: &[u8],
     progress: &mut impl FnMut(u64),

@@ -312,8 +312,12 @@ mod tests {
         use crate::repo::pack::PackEntry;
         let id_of = |i: u32| {
             let mut b = *blake3::hash(&i.to_le_bytes()).as_bytes();
-            if i % 1000 == 0 {
-                b[..2].copy_from_slice(if i % 2000 == 0 { &[0, 0] } else { &[0xff, 0xff] });
+            if i.is_multiple_of(1000) {
+                b[..2].copy_from_slice(if i.is_multiple_of(2000) {
+                    &[0, 0]
+                } else {
+                    &[0xff, 0xff]
+                });
             }
             BlobId(b)
         };
