@@ -30,23 +30,17 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from etcd_bench import ETCD_DIR, start_etcd  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-CACHE = Path(os.environ.get("CAIRN_TESTENV_CACHE", Path.home() / ".cache/cairn-testenv"))
-ETCD_DIR = CACHE / "etcd-v3.6.16"
 BIN = ROOT / "target/release"
 PAGE = 8192
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None, stdout=subprocess.PIPE) -> dict:
@@ -102,21 +96,9 @@ class Repo:
 
 
 def etcd_case(work: Path, keys: int, rows: list[dict]) -> None:
-    cport, pport = free_port(), free_port()
-    ep = f"http://127.0.0.1:{cport}"
-    etcd = subprocess.Popen(
-        [str(ETCD_DIR / "etcd"), "--data-dir", str(work / "etcd"), "--quota-backend-bytes", str(8 << 30),
-         "--listen-client-urls", ep, "--advertise-client-urls", ep,
-         "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-         "--initial-cluster", f"default=http://127.0.0.1:{pport}"],
-        stdout=subprocess.DEVNULL, stderr=open(work / "etcd.log", "w"))
+    etcd, ep = start_etcd(work)
     churn = str(BIN / "examples/etcd_churn")
     try:
-        for _ in range(100):
-            if subprocess.run([str(ETCD_DIR / "etcdctl"), "--endpoints", ep, "endpoint", "health"],
-                              capture_output=True).returncode == 0:
-                break
-            time.sleep(0.2)
         t0 = time.time()
         subprocess.run([churn, "fill", ep, str(keys)], check=True)
         print(f"# filled {keys} keys in {time.time() - t0:.0f} s", file=sys.stderr)

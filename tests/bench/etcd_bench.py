@@ -32,6 +32,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_etcd(work: Path) -> tuple[subprocess.Popen, str]:
+    """A private etcd (8 GiB quota) with its data in `work`, healthy; and its endpoint."""
+    cport, pport = free_port(), free_port()
+    ep = f"http://127.0.0.1:{cport}"
+    etcd = subprocess.Popen(
+        [str(ETCD_DIR / "etcd"), "--data-dir", str(work / "etcd"), "--quota-backend-bytes", str(8 << 30),
+         "--listen-client-urls", ep, "--advertise-client-urls", ep,
+         "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+         "--initial-cluster", f"default=http://127.0.0.1:{pport}"],
+        stdout=subprocess.DEVNULL, stderr=open(work / "etcd.log", "w"))
+    for _ in range(100):
+        if subprocess.run([str(ETCD_DIR / "etcdctl"), "--endpoints", ep, "endpoint", "health"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.2)
+    return etcd, ep
+
+
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     t0 = time.time()
     p = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True)
@@ -52,19 +69,8 @@ def main() -> None:
     work.mkdir(parents=True)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "cairn", "-p", "cairn-etcd-snapshot"], cwd=ROOT, check=True)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "cairn-tests", "--example", "etcd_fill"], cwd=ROOT, check=True)
-    cport, pport = free_port(), free_port()
-    ep = f"http://127.0.0.1:{cport}"
-    etcd = subprocess.Popen(
-        [str(ETCD_DIR / "etcd"), "--data-dir", str(work / "etcd"), "--quota-backend-bytes", str(8 << 30),
-         "--listen-client-urls", ep, "--advertise-client-urls", ep,
-         "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-         "--initial-cluster", f"default=http://127.0.0.1:{pport}"],
-        stdout=subprocess.DEVNULL, stderr=open(work / "etcd.log", "w"))
+    etcd, ep = start_etcd(work)
     try:
-        for _ in range(100):
-            if subprocess.run([str(ETCD_DIR / "etcdctl"), "--endpoints", ep, "endpoint", "health"], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.2)
         t0 = time.time()
         subprocess.run([str(ROOT / "target/release/examples/etcd_fill"), ep, str(a.mib)], check=True)
         print(f"filled {a.mib} MiB in {time.time() - t0:.1f}s", file=sys.stderr)
