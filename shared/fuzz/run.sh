@@ -11,7 +11,7 @@ SHARED_DIR="$(dirname "$FUZZ_DIR")"
 export CARGO_TARGET_DIR="$FUZZ_DIR/target"
 TOOLCHAIN="${FUZZ_TOOLCHAIN:-nightly}"
 
-# cargo-fuzz looks for ./fuzz next to the package it is run from.
+# cargo-fuzz 0.13 looks for fuzz/ at the workspace root unless told where it is (--fuzz-dir).
 cd "$SHARED_DIR"
 
 targets() {
@@ -35,7 +35,7 @@ cmd="${1:-}"
 case "$cmd" in
 build)
     ensure_cargo_fuzz
-    cargo "+$TOOLCHAIN" fuzz build
+    cargo "+$TOOLCHAIN" fuzz build --fuzz-dir "$FUZZ_DIR"
     ;;
 list)
     targets
@@ -44,7 +44,7 @@ run)
     secs="${2:?usage: run.sh run SECONDS}"
     ensure_cargo_fuzz
     seeds
-    cargo "+$TOOLCHAIN" fuzz build
+    cargo "+$TOOLCHAIN" fuzz build --fuzz-dir "$FUZZ_DIR"
     mkdir -p "$FUZZ_DIR/logs"
     failed=0
     for t in $(targets); do
@@ -57,7 +57,7 @@ run)
         log="$FUZZ_DIR/logs/$t.log"
         rc=0
         # shellcheck disable=SC2086
-        cargo "+$TOOLCHAIN" fuzz run "$t" "${dirs[@]}" -- \
+        cargo "+$TOOLCHAIN" fuzz run --fuzz-dir "$FUZZ_DIR" "$t" "${dirs[@]}" -- \
             -max_total_time="$secs" -timeout=30 -print_final_stats=1 "${dict[@]}" \
             ${FUZZ_FLAGS:-} >"$log" 2>&1 || rc=$?
         runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
