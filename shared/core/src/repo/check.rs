@@ -329,8 +329,11 @@ async fn check_snapshots(
     }
     let mut affected: BTreeMap<SnapshotId, Affected> = BTreeMap::new();
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
+    // Extent lists whose blobs were all found present: snapshots of a database share most.
+    let mut sound_lists: HashSet<BlobId> = HashSet::new();
     for entry in &snaps {
-        let paths = walk_snapshot(repo, entry, master, found, &mut seen_trees).await;
+        let paths =
+            walk_snapshot(repo, entry, master, found, &mut seen_trees, &mut sound_lists).await;
         if !paths.is_empty() {
             affected.insert(
                 entry.id,
@@ -353,6 +356,7 @@ async fn walk_snapshot(
     master: &MasterIndex,
     found: &mut Findings,
     seen_trees: &mut HashSet<BlobId>,
+    sound_lists: &mut HashSet<BlobId>,
 ) -> BTreeSet<String> {
     let mut damaged = BTreeSet::new();
     let mut stack = vec![(String::new(), entry.snapshot.root.clone())];
@@ -391,6 +395,9 @@ async fn walk_snapshot(
                     damaged.insert(shown());
                 }
                 for list_id in &node.extent_lists {
+                    if sound_lists.contains(list_id) {
+                        continue;
+                    }
                     let list =
                         read_tree_blob(repo, list_id, master, found, seen_trees, "extent list")
                             .await
@@ -399,6 +406,8 @@ async fn walk_snapshot(
                         Some(Ok(extents)) => {
                             if check_data(&extents, found) {
                                 damaged.insert(shown());
+                            } else {
+                                sound_lists.insert(*list_id);
                             }
                         }
                         Some(Err(e)) => {
