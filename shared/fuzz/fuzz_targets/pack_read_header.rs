@@ -37,14 +37,23 @@ fuzz_target!(|data: &[u8]| {
     p.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
     p.extend_from_slice(MAGIC);
 
-    let direct = PackHeader::decode(&mut Reader::new(plain));
+    // What read_header must accept: a header that decodes with nothing after it.
+    let mut r = Reader::new(plain);
+    let direct = PackHeader::decode(&mut r).and_then(|h| {
+        if r.remaining() == 0 {
+            Ok(h)
+        } else {
+            Err(cairn_core::Error::Integrity("trailing".into()))
+        }
+    });
     match pack::read_header(&ID, &p, &KEY) {
         Ok(header) => {
             assert_eq!(Some(&header), direct.as_ref().ok(), "read_header != PackHeader::decode");
             check_entries(&header, p.len());
         }
         Err(_) => {
-            // Either the header does not decode, or an entry points outside the body.
+            // Either the header does not decode (or has trailing bytes), or an entry points
+            // outside the body.
             if let Ok(h) = direct {
                 let body_end = (MAGIC.len() + body_len) as u64;
                 assert!(
