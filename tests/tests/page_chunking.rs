@@ -206,3 +206,20 @@ async fn check_and_repair_see_data_lost_behind_an_extent_list() {
     assert!(affected.iter().any(|p| p.ends_with("a.db")), "{affected:?}");
     assert!(!affected.iter().any(|p| p.ends_with("small.txt")), "{affected:?}");
 }
+
+/// A single file backed up on its own is recognised by its name too (it is its own root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_file_is_recognised_by_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("orders.ibd");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    write_database(&file, 64, false, &mut rng);
+    let repo = repos::init(&format!("file://{}", tmp.path().join("repo").display())).await;
+    let w = repo.open_write().await;
+    let out = backup_dir(w, &file, BackupOptions { source: "mysql".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let full = repo.open_full().await;
+    full.load_index().await.unwrap();
+    assert_eq!(node(&full, &out.snapshot, "orders.ibd").await.pages, Some(16384));
+}

@@ -789,7 +789,11 @@ fn file_content(
         let n = file.read_at(&mut head, 0).map_err(|e| Error::Invalid(format!("read: {e}")))?;
         head.truncate(n);
     }
-    let rel = path.strip_prefix(&ctx.root).unwrap_or(path);
+    // Relative to the backup's root; a single file backed up is its own root: its name.
+    let rel = match path.strip_prefix(&ctx.root) {
+        Ok(r) if !r.as_os_str().is_empty() => r,
+        _ => Path::new(path.file_name().unwrap_or_default()),
+    };
     let chunking = ctx.chooser.choose(rel, Some(meta.len()), &head);
     let content = read_content(ctx, &file, meta.len(), chunking)?;
     ctx.files_read.fetch_add(1, Ordering::Relaxed);
