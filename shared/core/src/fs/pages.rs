@@ -82,9 +82,9 @@ impl Chooser {
 pub fn detect(rel: &Path, size: Option<u64>, head: &[u8]) -> Option<u32> {
     let clamp = |p: u64| Some(p.clamp(u64::from(DEFAULT_PAGE), 65536) as u32);
     let u32_le =
-        |at: usize| head.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+        |at: usize| head.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
     let u32_be =
-        |at: usize| head.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().unwrap()));
+        |at: usize| head.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
     // SQLite: "SQLite format 3\0", page size big-endian at 16 (1 means 65536).
     if head.starts_with(b"SQLite format 3\0") {
         let raw = head.get(16..18).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));

@@ -310,7 +310,10 @@ pub fn write_file_to<W: Write + Seek>(
             }
         });
         written?;
-        let blobs = decoded.expect("the read task ran")?;
+        // The scope waits for its task, so the result is always there.
+        let blobs = decoded.unwrap_or_else(|| {
+            Err(Error::Retryable("restore: a read task ended without a result".into()))
+        })?;
         if !next.is_empty() {
             ready = Some((next, blobs));
         }
