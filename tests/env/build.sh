@@ -99,6 +99,20 @@ build_csi() {
     github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter
 }
 
+# Telemetry receivers (#20): Prometheus with promtool, Jaeger (an OpenTelemetry collector
+# distribution: OTLP gRPC and HTTP in, traces queryable over HTTP), and Helm.
+build_telemetry() {
+  build_go_tool prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
+    github.com/prometheus/prometheus/cmd/prometheus
+  build_go_tool promtool github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
+    github.com/prometheus/prometheus/cmd/promtool
+  build_go_tool jaeger github.com/jaegertracing/jaeger "$JAEGER_VERSION" \
+    github.com/jaegertracing/jaeger/cmd/jaeger
+}
+build_helm() {
+  build_go_tool helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+}
+
 # Our test node's programs (test code, not product): built when their sources change.
 build_node() {
   local out; out=$(node_bin_dir)
@@ -117,6 +131,8 @@ case "${1:-all}" in
   s3) build_s3 ;;
   csi) build_csi ;;
   node) build_node ;;
-  all) build_etcd; build_s3; build_kube; build_csi; build_node ;;
-  *) echo "usage: build.sh [etcd|kube|s3|csi|node|tofu|tflint|all]" >&2; exit 2 ;;
+  telemetry) build_telemetry ;;
+  helm) build_helm ;;
+  all) build_etcd; build_s3; build_kube; build_csi; build_node; build_telemetry; build_helm ;;
+  *) echo "usage: build.sh [etcd|kube|s3|csi|node|telemetry|helm|tofu|tflint|all]" >&2; exit 2 ;;
 esac

@@ -9,6 +9,11 @@ CSI_SNAPSHOTTER_VERSION=v8.7.0
 # Terraform side (#8): OpenTofu (MPL-2.0; Terraform itself is BUSL) and tflint.
 TOFU_VERSION=v1.12.6
 TFLINT_VERSION=v0.64.0
+# Operating cairn (#20): Prometheus (its OTLP receiver, promtool), an OpenTelemetry
+# collector build that receives traces (Jaeger v2 is one), Helm.
+PROMETHEUS_VERSION=v0.316.0
+JAEGER_VERSION=v1.76.0
+HELM_VERSION=v3.22.0
 CAIRN_TESTENV_CACHE=${CAIRN_TESTENV_CACHE:-$HOME/.cache/cairn-testenv}
 # The test node's own programs (tests/node: the hostpath CSI driver, pause) are keyed by a
 # hash of their sources instead of a version.

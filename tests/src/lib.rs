@@ -605,3 +605,64 @@ pub mod manifests {
         path.to_str().unwrap().to_string()
     }
 }
+
+/// The test world's Prometheus (`CAIRN_TEST_PROMETHEUS`), asked over its HTTP API.
+pub mod prometheus {
+    use std::collections::BTreeMap;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+
+    use super::env;
+
+    /// One instant PromQL query: each series' labels and value.
+    pub fn query(promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-G"])
+            .arg(format!("{}/api/v1/query", env("CAIRN_TEST_PROMETHEUS")))
+            .arg("--data-urlencode")
+            .arg(format!("query={promql}"))
+            .output()
+            .expect("curl");
+        let body: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{promql}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+        assert_eq!(body["status"], "success", "{promql}: {body}");
+        body["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect();
+                let value = r["value"][1].as_str().unwrap().parse().unwrap();
+                (labels, value)
+            })
+            .collect()
+    }
+
+    /// Wait (bounded) until a query returns something: a push through the collector takes a
+    /// batch interval to arrive.
+    pub fn wait_for(promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = query(promql);
+            if !r.is_empty() {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "{promql}: nothing in Prometheus after 30 s");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The value of a query that must return exactly one series.
+    pub fn one(promql: &str) -> f64 {
+        let r = wait_for(promql);
+        assert_eq!(r.len(), 1, "{promql}: {r:?}");
+        r[0].1
+    }
+}

@@ -99,6 +99,10 @@ impl cairn_job::JobCli for Cli {
     fn telemetry_options(&self) -> TelemetryOptions {
         self.output.telemetry("cairn-etcd-snapshot")
     }
+
+    fn metric_scope(&self) -> (Option<String>, Option<String>) {
+        (self.labels.cluster.clone(), Some(self.source.clone()))
+    }
 }
 
 /// What the job learnt about one member (recorded in the snapshot).
@@ -122,6 +126,8 @@ fn problem(m: &Member) -> Option<String> {
 pub struct Summary {
     pub snapshot: Option<String>,
     pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     pub db_bytes: u64,
     pub new_bytes: u64,
     /// Share of the database that was already in the repository.
@@ -331,7 +337,11 @@ pub fn choose(members: &[Member], wanted: Option<&str>) -> Result<(Member, Strin
 }
 
 pub async fn run(cli: Cli) -> Exit {
-    let summary = Summary { source: cli.source.clone(), ..Default::default() };
+    let summary = Summary {
+        source: cli.source.clone(),
+        cluster: cli.labels.cluster.clone(),
+        ..Default::default()
+    };
     let report = report::run(PROG, summary, async |s: &mut Summary| {
         snapshot(&cli, s).await.map(|()| Exit::Success)
     })
@@ -343,6 +353,16 @@ pub async fn run(cli: Cli) -> Exit {
 const PROG: &str = "cairn-etcd-snapshot";
 
 impl JobReport for Summary {
+    fn runs(r: &Report<Self>) -> Vec<cairn_job::metrics::SourceRun> {
+        vec![cairn_job::metrics::SourceRun {
+            read_bytes: Some(r.db_bytes),
+            files: Some(u64::from(r.snapshot.is_some())),
+            stored_bytes: Some(r.new_bytes),
+            failed_items: Some(0),
+            ..r.run_facts(r.cluster.as_deref(), Some(&r.source))
+        }]
+    }
+
     fn render(r: &Report<Self>) -> String {
         use std::fmt::Write;
         let s = &r.job;

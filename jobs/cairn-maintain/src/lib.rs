@@ -2,6 +2,7 @@
 //! plus the data of a random share of packs). One summary at the end; the exit code is the
 //! worst outcome of the steps (README, "Exit codes").
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -12,6 +13,7 @@ use cairn_core::repo::forget::{ForgetReport, forget};
 use cairn_core::repo::lock::{Lock, LockKind};
 use cairn_core::repo::prune::{PruneOptions, PruneReport, prune, prune_locked};
 use cairn_job::config::{KeepArgs, LockArgs, PruneArgs, RepoArgs};
+use cairn_job::metrics::{RepositoryState, SourceState};
 use cairn_job::report::{self, JobReport, Report};
 use cairn_job::telemetry::{OutputArgs, TelemetryOptions};
 use clap::Parser;
@@ -71,6 +73,8 @@ pub struct Maintenance {
     pub forget: Option<ForgetReport>,
     pub prune: Option<PruneReport>,
     pub check: Option<CheckSummary>,
+    /// What the repository holds, per source: what the run pushes as metrics.
+    pub repository: Option<RepositoryState>,
     /// Steps skipped, and why.
     pub notes: Vec<String>,
 }
@@ -121,7 +125,10 @@ async fn steps(cli: &Cli, summary: &mut Maintenance) -> anyhow::Result<Exit> {
     if let Some(l) = lock {
         l.release().await.context("releasing the maintenance lock")?;
     }
-    result?;
+    if let Err(e) = result {
+        summary.repository = publish_state(&repo, None).await;
+        return Err(e);
+    }
 
     let data_share = if repo.can_read_data() {
         share
@@ -136,6 +143,7 @@ async fn steps(cli: &Cli, summary: &mut Maintenance) -> anyhow::Result<Exit> {
     let report =
         check(&repo, &CheckOptions { read_data_fraction: data_share }).await.context("check")?;
     let ok = report.ok();
+    summary.repository = publish_state(&repo, Some(report.problems.len() as u64)).await;
     summary.check = Some(CheckSummary { ok, data_share, report });
     Ok(if ok { Exit::Success } else { Exit::Integrity })
 }
@@ -172,6 +180,55 @@ async fn forget_and_prune(
     Ok(())
 }
 
+/// What the repository holds, for the metrics that alert when a source's backups stop
+/// arriving: those hold even when the backup job itself died before it could report.
+/// A failure to look is a warning, not a failed maintenance run.
+async fn publish_state(repo: &Repository, check_problems: Option<u64>) -> Option<RepositoryState> {
+    match repository_state(repo, check_problems).await {
+        Ok(state) => {
+            cairn_job::metrics::record_repository(&state);
+            Some(state)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "repository metrics: cannot list the repository");
+            None
+        }
+    }
+}
+
+async fn repository_state(
+    repo: &Repository,
+    check_problems: Option<u64>,
+) -> cairn_core::Result<RepositoryState> {
+    let packs = repo.store().list_info("packs/").await?;
+    let mut sources: BTreeMap<(Option<String>, String), SourceState> = BTreeMap::new();
+    for e in repo.snapshots().await? {
+        let snap = &e.snapshot;
+        let time = snap.time.unix_timestamp_nanos() as f64 / 1e9;
+        let entry =
+            sources.entry((snap.cluster.clone(), snap.source.clone())).or_insert_with(|| {
+                SourceState {
+                    cluster: snap.cluster.clone(),
+                    source: snap.source.clone(),
+                    snapshots: 0,
+                    newest: time,
+                }
+            });
+        entry.snapshots += 1;
+        entry.newest = entry.newest.max(time);
+    }
+    let expired_locks =
+        cairn_core::repo::lock::list_locks(repo).await?.iter().filter(|l| l.expired).count();
+    Ok(RepositoryState {
+        repository: repo.config().id.to_string(),
+        size_bytes: packs.iter().map(|p| p.size).sum(),
+        packs: packs.len() as u64,
+        sources: sources.into_values().collect(),
+        expired_locks: expired_locks as u64,
+        check_problems,
+    })
+}
+
 /// The one-screen summary.
 pub fn render(s: &Summary) -> String {
     use std::fmt::Write;
@@ -206,6 +263,16 @@ pub fn render(s: &Summary) -> String {
         for p in &r.problems {
             let _ = writeln!(out, "  PROBLEM {} {}: {}", p.kind, p.object, p.detail);
         }
+    }
+    if let Some(r) = &s.repository {
+        let _ = writeln!(
+            out,
+            "repository: {} packs, {} bytes, {} sources, {} expired locks",
+            r.packs,
+            r.size_bytes,
+            r.sources.len(),
+            r.expired_locks
+        );
     }
     for n in &s.notes {
         let _ = writeln!(out, "note: {n}");

@@ -107,6 +107,10 @@ impl cairn_job::JobCli for Cli {
     fn telemetry_options(&self) -> TelemetryOptions {
         self.output.telemetry("cairn-manifest-export")
     }
+
+    fn metric_scope(&self) -> (Option<String>, Option<String>) {
+        (self.labels.cluster.clone(), Some(self.source.clone()))
+    }
 }
 
 /// What the run did, printed at the end (`--json` for CI).
@@ -118,6 +122,8 @@ pub struct Export {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
     pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_version: Option<String>,
     pub objects: u64,
@@ -143,7 +149,11 @@ pub async fn run(cli: Cli) -> Exit {
 /// Run the export and return its summary (what `run` prints); failures are reported on
 /// stderr and in the summary.
 pub async fn execute(cli: &Cli) -> Summary {
-    let export_fields = Export { source: cli.source.clone(), ..Default::default() };
+    let export_fields = Export {
+        source: cli.source.clone(),
+        cluster: cli.labels.cluster.clone(),
+        ..Default::default()
+    };
     report::run(PROG, export_fields, async |e: &mut Export| {
         export(cli, e).await?;
         Ok(if e.denied.is_empty() { Exit::Success } else { Exit::Partial })
@@ -152,6 +162,16 @@ pub async fn execute(cli: &Cli) -> Summary {
 }
 
 impl JobReport for Export {
+    fn runs(r: &Report<Self>) -> Vec<cairn_job::metrics::SourceRun> {
+        vec![cairn_job::metrics::SourceRun {
+            read_bytes: Some(r.bytes),
+            files: Some(r.objects),
+            stored_bytes: Some(r.new_bytes),
+            failed_items: Some(r.denied.len() as u64),
+            ..r.run_facts(r.cluster.as_deref(), Some(&r.source))
+        }]
+    }
+
     fn render(r: &Report<Self>) -> String {
         use std::fmt::Write;
         let s = &r.job;

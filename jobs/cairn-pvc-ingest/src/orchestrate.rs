@@ -19,6 +19,7 @@ use cairn_core::records::{
 use cairn_core::repo::lock::{Lock, LockKind};
 use cairn_core::repo::short_id;
 use cairn_job::config::{ChunkingArgs, LockArgs, Need, RepoArgs, SnapshotLabels, parse_duration};
+use cairn_job::metrics::SourceRun;
 use cairn_kube::list::list_all;
 use cairn_kube::podjob::{
     DEVICE_PATH, VOLUME_PATH, WaitOptions, WorkerArgs, WorkerJob, WorkerSecurity, WorkerVolume,
@@ -164,6 +165,8 @@ pub struct PvcResult {
     pub bytes: u64,
     pub new_bytes: u64,
     pub files_read: u64,
+    #[serde(default)]
+    pub bytes_read: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volume_snapshot_class: Option<String>,
     pub duration_ms: u64,
@@ -183,6 +186,7 @@ impl PvcResult {
             bytes: 0,
             new_bytes: 0,
             files_read: 0,
+            bytes_read: 0,
             volume_snapshot_class: None,
             duration_ms: 0,
             error,
@@ -228,12 +232,42 @@ pub async fn run(repo: &RepoArgs, args: &RunArgs, json: bool) -> Exit {
     summary.exit_code = exit.code();
     summary.error = error;
     summary.duration_ms = started.elapsed().as_millis() as u64;
+    cairn_job::metrics::record_runs(&run_metrics(&summary, args.labels.cluster.as_deref()));
     if json {
         println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
     } else {
         print_summary(&summary);
     }
     exit
+}
+
+/// The run's metrics: one entry for the run as a whole (no source), and one per PVC with its
+/// own outcome, under its snapshots' source (`pvc/NS/NAME`).
+fn run_metrics(s: &Summary, cluster: Option<&str>) -> Vec<SourceRun> {
+    let whole = SourceRun {
+        cluster: cluster.map(str::to_string),
+        source: None,
+        outcome: s.exit.to_string(),
+        seconds: s.duration_ms as f64 / 1000.0,
+        read_bytes: Some(s.pvcs.iter().map(|p| p.bytes_read).sum()),
+        files: Some(s.pvcs.iter().map(|p| p.files_read).sum()),
+        stored_bytes: Some(s.new_bytes),
+        failed_items: Some(s.failed as u64),
+    };
+    let per_pvc = s.pvcs.iter().map(|p| SourceRun {
+        cluster: cluster.map(str::to_string),
+        source: Some(match p.pvc.split_once('/') {
+            Some((ns, name)) => crate::ingest::pvc_source(ns, name),
+            None => p.pvc.clone(),
+        }),
+        outcome: Exit::from_code(p.exit_code).as_str().to_string(),
+        seconds: p.duration_ms as f64 / 1000.0,
+        read_bytes: Some(p.bytes_read),
+        files: Some(p.files_read),
+        stored_bytes: Some(p.new_bytes),
+        failed_items: Some(u64::from(!p.ok)),
+    });
+    std::iter::once(whole).chain(per_pvc).collect()
 }
 
 /// Nothing succeeded: usage when every PVC failed for a reason of configuration, else
@@ -632,6 +666,7 @@ async fn backup_one(
             result.bytes = report.bytes;
             result.new_bytes = report.new_bytes;
             result.files_read = report.files_read;
+            result.bytes_read = report.bytes_read;
             if !result.ok {
                 result.error =
                     Some(report.error.unwrap_or_else(|| format!("ingest exited {}", report.exit)));

@@ -95,6 +95,11 @@ pub enum Command {
         /// who reaches it, without authentication; from a pod use kubectl port-forward.
         #[arg(long, env = "CAIRN_UI_LISTEN", default_value = "127.0.0.1:7070")]
         listen: std::net::SocketAddr,
+        /// Also serve GET /metrics here (Prometheus text: snapshots and the newest snapshot's
+        /// time per source, no contents), e.g. 0.0.0.0:9464 for a ServiceMonitor. Only
+        /// /metrics is served on this address.
+        #[arg(long, env = "CAIRN_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Print version information as JSON.
     Version,
@@ -133,7 +138,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Restore(a) => cmd::restore::run(a, repo, mode).await,
         Command::Diff(a) => cmd::diff::run(a, repo, mode).await,
         Command::Check(a) => cmd::check::run(a, repo, mode).await,
-        Command::Ui { listen } => ui::serve(repo, listen).await,
+        Command::Ui { listen, metrics_listen } => ui::serve(repo, listen, metrics_listen).await,
         Command::Version => cmd::version::run(),
     }
 }

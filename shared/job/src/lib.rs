@@ -5,6 +5,7 @@
 pub mod config;
 mod entry;
 pub use entry::{JobCli, run_main};
+pub mod metrics;
 pub mod report;
 pub mod signal;
 pub mod telemetry;

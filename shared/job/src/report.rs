@@ -8,6 +8,8 @@ use cairn_core::Exit;
 use cairn_core::exit::report_failure;
 use serde::Serialize;
 
+use crate::metrics::SourceRun;
+
 /// A job's own report fields, and how they read as text.
 pub trait JobReport: Serialize {
     /// The human summary printed when `--json` is not given (may be empty, e.g. after a
@@ -15,6 +17,15 @@ pub trait JobReport: Serialize {
     fn render(report: &Report<Self>) -> String
     where
         Self: Sized;
+
+    /// What the run did, per source, for the metrics ([`crate::metrics::record_runs`]).
+    /// By default one entry for the job as a whole: its outcome and duration.
+    fn runs(report: &Report<Self>) -> Vec<SourceRun>
+    where
+        Self: Sized,
+    {
+        vec![report.run_facts(None, None)]
+    }
 }
 
 /// What every job reports.
@@ -48,9 +59,24 @@ impl<T> std::ops::Deref for Report<T> {
     }
 }
 
+impl<T> Report<T> {
+    /// The run's outcome and duration for one source: fill in what the job read and stored.
+    pub fn run_facts(&self, cluster: Option<&str>, source: Option<&str>) -> SourceRun {
+        SourceRun {
+            cluster: cluster.map(str::to_string),
+            source: source.map(str::to_string),
+            outcome: self.exit.to_string(),
+            seconds: self.seconds(),
+            ..SourceRun::default()
+        }
+    }
+}
+
 impl<T: JobReport> Report<T> {
-    /// Print the report on stdout: pretty JSON, or the job's text.
+    /// The end of a run: record its metrics (pushed when telemetry shuts down), and print
+    /// the report on stdout: pretty JSON, or the job's text.
     pub fn print(&self, prog: &str, json: bool) {
+        crate::metrics::record_runs(&T::runs(self));
         if json {
             print_json(prog, self);
         } else {

@@ -8,8 +8,9 @@ use cairn_core::exit::Exit;
 use cairn_core::fs::BackupOptions;
 use cairn_core::progress::human_bytes;
 use cairn_core::repo::lock::{self, BackupLocks, LeaseGuard};
-use cairn_core::repo::{ParentSpec, Repository, SnapshotEntry};
+use cairn_core::repo::{ParentSpec, Repository, Snapshot, SnapshotEntry};
 use cairn_job::config::{ChunkingArgs, LockArgs, Need, RepoArgs};
+use cairn_job::metrics::SourceRun;
 
 use super::{Mode, Render, emit};
 use crate::store_url::is_store_url;
@@ -48,6 +49,36 @@ pub struct BackupArgs {
 struct Saved(SnapshotEntry);
 
 pub(crate) async fn run(args: BackupArgs, repo: &RepoArgs, mode: Mode) -> Result<Exit> {
+    let started = std::time::Instant::now();
+    let (cluster, source) = (args.cluster.clone(), args.source.clone());
+    let result = locked_backup(args, repo, mode).await;
+    // A backup run is what the metrics count, whatever `cairn` runs it (a CI job, a script).
+    let mut run = SourceRun {
+        cluster,
+        source: Some(source),
+        outcome: match &result {
+            Ok((exit, _)) => exit.as_str().into(),
+            Err(e) => Exit::from_error(e).as_str().into(),
+        },
+        seconds: started.elapsed().as_secs_f64(),
+        ..SourceRun::default()
+    };
+    if let Ok((_, Some(s))) = &result {
+        let sum = &s.summary;
+        run.read_bytes = Some(sum.bytes_read);
+        run.files = Some(sum.files_read);
+        run.stored_bytes = Some(sum.new_bytes);
+        run.failed_items = Some(s.failures.len() as u64);
+    }
+    cairn_job::metrics::record_runs(&[run]);
+    result.map(|(exit, _)| exit)
+}
+
+async fn locked_backup(
+    args: BackupArgs,
+    repo: &RepoArgs,
+    mode: Mode,
+) -> Result<(Exit, Option<Snapshot>)> {
     let repo = Arc::new(repo.open(Need::Write).await?);
     let lock_source = lock::source_lock_name(&args.source, args.cluster.as_deref());
     let locks = BackupLocks::acquire(&repo, &lock_source, &args.lock.options("backup"))
@@ -58,7 +89,8 @@ pub(crate) async fn run(args: BackupArgs, repo: &RepoArgs, mode: Mode) -> Result
     let saved = saved?;
     emit(mode, &saved)?;
     released.context("releasing locks")?;
-    Ok(if saved.0.snapshot.partial { Exit::Partial } else { Exit::Success })
+    let snapshot = saved.0.snapshot;
+    Ok((if snapshot.partial { Exit::Partial } else { Exit::Success }, Some(snapshot)))
 }
 
 /// The backup itself, under the source's lock.

@@ -11,6 +11,7 @@
 
 mod api;
 mod cluster;
+mod metrics;
 mod stream;
 
 use std::collections::HashMap;
@@ -123,7 +124,11 @@ impl State {
 }
 
 /// Serve until SIGINT/SIGTERM.
-pub async fn serve(args: &RepoArgs, listen: SocketAddr) -> Result<Exit> {
+pub async fn serve(
+    args: &RepoArgs,
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+) -> Result<Exit> {
     let repo = args.open(Need::Write).await?;
     repo.load_index().await.context("loading the index")?;
     let locked = (!repo.can_read_data()).then(|| METADATA_ONLY.to_string());
@@ -144,6 +149,18 @@ pub async fn serve(args: &RepoArgs, listen: SocketAddr) -> Result<Exit> {
             "listening beyond loopback: anyone who reaches this address can read what the \
              identity decrypts; prefer 127.0.0.1 with kubectl port-forward or an SSH tunnel"
         );
+    }
+    if let Some(m) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(m)
+            .await
+            .map_err(|e| usage(format!("cannot listen on {m} for metrics: {e}")))?;
+        let app = metrics::router(state.clone());
+        println!("cairn ui: metrics at http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!(error = %e, "cairn ui: the metrics listener stopped");
+            }
+        });
     }
     let access = if state.locked.is_some() { "metadata only: no identity" } else { "identity" };
     // The one line a user (or a test) needs: where to point the browser.

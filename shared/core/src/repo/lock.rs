@@ -264,6 +264,20 @@ pub struct Lock {
     refresher: tokio::task::JoinHandle<()>,
 }
 
+/// Time this process has spent waiting for locks that others held, summed: what a job
+/// reports as its lock wait.
+static WAITED_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn add_wait(d: Duration) {
+    let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    WAITED_NS.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Time spent so far in this process waiting for locks held by others.
+pub fn time_waited() -> Duration {
+    Duration::from_nanos(WAITED_NS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 fn safety(lease: Duration) -> Duration {
     lease / 4
 }
@@ -328,7 +342,9 @@ impl Lock {
                     info.describe()
                 )));
             }
+            let slept = Instant::now();
             tokio::time::sleep(poll).await;
+            add_wait(slept.elapsed());
         };
         let state = Arc::new(LeaseState {
             key: key.clone(),
