@@ -53,6 +53,15 @@ impl cairn_job::JobCli for Cli {
     fn telemetry_options(&self) -> TelemetryOptions {
         self.output.telemetry("cairn-pvc-ingest")
     }
+
+    /// The orchestrator deletes what it created when it is stopped: most of the pod's
+    /// grace period (150 s in k8s-manifests/base), not the default.
+    fn term_grace(&self) -> std::time::Duration {
+        match self.command {
+            Command::Run(_) => std::time::Duration::from_secs(140),
+            Command::Ingest(_) => cairn_job::TERM_GRACE,
+        }
+    }
 }
 
 pub async fn run(cli: Cli) -> Exit {

@@ -12,14 +12,15 @@ use crate::telemetry::{self, TelemetryOptions};
 /// How long a job may take to end on its own after SIGTERM (cleaning up what it created)
 /// before it is cut off. Below Kubernetes' default grace period of 30 s, so that what
 /// follows (recording the interruption, the telemetry flush) happens before SIGKILL.
-/// `CAIRN_SHUTDOWN_GRACE` changes it (match it to `terminationGracePeriodSeconds`).
-const TERM_GRACE: Duration = Duration::from_secs(15);
+/// A job that cleans up on its own after SIGTERM asks for more ([`JobCli::term_grace`]);
+/// `CAIRN_SHUTDOWN_GRACE` overrides both (match it to `terminationGracePeriodSeconds`).
+pub const TERM_GRACE: Duration = Duration::from_secs(15);
 
-fn term_grace() -> Duration {
+fn term_grace(default: Duration) -> Duration {
     std::env::var("CAIRN_SHUTDOWN_GRACE")
         .ok()
         .and_then(|v| cairn_core::parse::duration(&v).ok())
-        .unwrap_or(TERM_GRACE)
+        .unwrap_or(default)
 }
 /// The same after SIGINT: someone at a terminal wants it to stop now.
 const INT_GRACE: Duration = Duration::from_secs(1);
@@ -32,6 +33,11 @@ pub trait JobCli: clap::Parser {
     /// cut off by a signal before it could say so itself.
     fn metric_scope(&self) -> (Option<String>, Option<String>) {
         (None, None)
+    }
+
+    /// How long this command may take to end on its own after SIGTERM.
+    fn term_grace(&self) -> Duration {
+        TERM_GRACE
     }
 }
 
@@ -48,6 +54,7 @@ where
     let cli = C::parse();
     let options = cli.telemetry_options();
     let (cluster, source) = cli.metric_scope();
+    let grace_after_term = term_grace(cli.term_grace());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -67,7 +74,7 @@ where
         let exit = tokio::select! {
             exit = &mut job => exit,
             signal = crate::signal::shutdown() => {
-                let grace = if signal == "SIGINT" { INT_GRACE } else { term_grace() };
+                let grace = if signal == "SIGINT" { INT_GRACE } else { grace_after_term };
                 match tokio::time::timeout(grace, &mut job).await {
                     Ok(exit) => exit,
                     Err(_) => {

@@ -4,7 +4,7 @@
 
 pub mod config;
 mod entry;
-pub use entry::{JobCli, run_main};
+pub use entry::{JobCli, TERM_GRACE, run_main};
 pub mod metrics;
 pub mod report;
 pub mod signal;
