@@ -75,6 +75,15 @@ fn json_of(out: &Output) -> Value {
     })
 }
 
+/// `cairn backup DIR --source SOURCE` into the repository, with its identity.
+fn backup_cmd(repo: &TestRepo, dir: &Path, source: &str) -> Command {
+    let mut cmd = Command::new(workspace_bin("cairn"));
+    cmd.args(["backup", dir.to_str().unwrap(), "--source", source])
+        .env("CAIRN_REPO", &repo.url)
+        .env("CAIRN_IDENTITY", repo.identity_text());
+    cmd
+}
+
 fn small_tree(dir: &Path) {
     std::fs::create_dir_all(dir.join("etc")).unwrap();
     for i in 0..20 {
@@ -251,14 +260,8 @@ async fn the_maintenance_job_reports_sources_freshness_size_locks_and_its_check(
     small_tree(tmp.path());
     let quiet = Otlp::PrometheusHttp;
     for source in ["files/a", "files/a", "files/b"] {
-        let mut cmd = Command::new(workspace_bin("cairn"));
-        let out = cmd
-            .args(["backup", tmp.path().to_str().unwrap(), "--source", source])
-            .args(["--cluster", &cluster])
-            .env("CAIRN_REPO", &repo.url)
-            .env("CAIRN_IDENTITY", repo.identity_text())
-            .output()
-            .unwrap();
+        let out =
+            backup_cmd(&repo, tmp.path(), source).args(["--cluster", &cluster]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     // A job that died holding its lock: the lease runs out, nobody releases it.
@@ -318,10 +321,7 @@ async fn a_collector_that_is_down_neither_fails_nor_holds_up_a_job() {
     {
         for protocol in ["grpc", "http/protobuf"] {
             let started = Instant::now();
-            let out = Command::new(workspace_bin("cairn"))
-                .args(["backup", tmp.path().to_str().unwrap(), "--source", "files/down"])
-                .env("CAIRN_REPO", &repo.url)
-                .env("CAIRN_IDENTITY", repo.identity_text())
+            let out = backup_cmd(&repo, tmp.path(), "files/down")
                 .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
                 .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
                 .env("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")
@@ -341,10 +341,7 @@ async fn a_collector_that_is_down_neither_fails_nor_holds_up_a_job() {
         }
     }
     // A protocol cairn does not speak is one line, and the job still runs.
-    let out = Command::new(workspace_bin("cairn"))
-        .args(["backup", tmp.path().to_str().unwrap(), "--source", "files/down"])
-        .env("CAIRN_REPO", &repo.url)
-        .env("CAIRN_IDENTITY", repo.identity_text())
+    let out = backup_cmd(&repo, tmp.path(), "files/down")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
         .output()
@@ -361,19 +358,8 @@ async fn the_ui_serves_per_source_freshness_that_promtool_accepts() {
     let cluster = unique("otel-ui");
     let tmp = tempfile::tempdir().unwrap();
     small_tree(tmp.path());
-    let out = Command::new(workspace_bin("cairn"))
-        .args([
-            "backup",
-            tmp.path().to_str().unwrap(),
-            "--source",
-            "files/ui",
-            "--cluster",
-            &cluster,
-        ])
-        .env("CAIRN_REPO", &repo.url)
-        .env("CAIRN_WRITE_KEY", repo.write_key.to_text())
-        .output()
-        .unwrap();
+    let out =
+        backup_cmd(&repo, tmp.path(), "files/ui").args(["--cluster", &cluster]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut ui = Command::new(workspace_bin("cairn"))
         .args(["ui", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
