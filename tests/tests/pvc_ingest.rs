@@ -235,10 +235,25 @@ async fn pvcs_back_up_incrementally_with_shipped_rbac_and_restore_byte_exact() {
     let tmp = tempfile::tempdir().unwrap();
     let sa_kc = shipped_rbac_kubeconfig(&ns_a, tmp.path());
 
-    // First run, with nothing but the shipped RBAC.
-    let (code, s) = run_json(orchestrator(&repo, &sa_kc, &[&ns_a, &ns_b], &[])).await;
+    // First run, with nothing but the shipped RBAC, pushing its metrics to Prometheus.
+    let mut first = orchestrator(&repo, &sa_kc, &[&ns_a, &ns_b], &[]);
+    first.env(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        format!("{}/api/v1/otlp/v1/metrics", env("CAIRN_TEST_PROMETHEUS")),
+    );
+    let (code, s) = run_json(first).await;
     assert_eq!(code, 0, "{s:#}");
     assert_eq!(s["succeeded"], 3, "{s:#}");
+    // One series per PVC, under its snapshots' source, with what its ingest stored.
+    for key in dirs.keys() {
+        let sel = format!("job=\"cairn-pvc-ingest\",cairn_source=\"pvc/{key}\"");
+        let runs = cairn_tests::prometheus::wait_for(&format!("cairn_runs_total{{{sel}}}"));
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0].0["cairn_outcome"], "success");
+        let stored =
+            cairn_tests::prometheus::one(&format!("cairn_backup_stored_bytes_total{{{sel}}}"));
+        assert_eq!(stored, pvc_result(&s, key)["new_bytes"].as_f64().unwrap(), "{key}");
+    }
     assert!(s["skipped"].to_string().contains("scratch"), "the opted-out PVC is skipped: {s:#}");
     let full = repo.open_full().await;
     for (key, dir) in &dirs {
