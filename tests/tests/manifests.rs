@@ -11,6 +11,7 @@ use cairn_kube::ObjectPath;
 use cairn_kube::list::get_object;
 use cairn_kube::normalize::{SanitizeOptions, for_diff, sanitize};
 use cairn_kube::stored::load_objects;
+use cairn_kube::transform::Transforms;
 use cairn_restore::manifests::{Action, ManifestSummary};
 use cairn_tests::manifests::{
     apply_app, delete_cluster_fixtures, delete_namespace, install_crds, kubectl, token_kubeconfig,
@@ -153,15 +154,27 @@ async fn assert_restored_equal(
     stored: &BTreeMap<ObjectPath, Value>,
     report: &ManifestSummary,
 ) -> usize {
+    assert_restored_as(client, stored, report, &Transforms::default()).await
+}
+
+/// Every object the restore created must equal its stored original (after sanitising), as
+/// the transforms make it.
+async fn assert_restored_as(
+    client: &kube::Client,
+    stored: &BTreeMap<ObjectPath, Value>,
+    report: &ManifestSummary,
+    transforms: &Transforms,
+) -> usize {
     let mut checked = 0;
     let mut mismatches = Vec::new();
     for o in report.objects.iter().filter(|o| o.action == Action::Created) {
         let path = ObjectPath::parse(&o.path).expect("object path");
-        let original = &stored[&path];
-        let now = live(client, &path, original, None)
+        let mut original = stored[&path].clone();
+        transforms.apply(&path, &mut original).expect("the transforms applied to the original");
+        let now = live(client, &path, &original, None)
             .await
             .unwrap_or_else(|| panic!("{} missing after restore", o.object));
-        let (a, b) = (comparable(&path, original), comparable(&path, &now));
+        let (a, b) = (comparable(&path, &original), comparable(&path, &now));
         if a != b {
             let d = cairn_kube::semdiff::diff_values(&a, &b, true);
             mismatches.push(format!(
@@ -395,6 +408,147 @@ async fn restore_everything_into_a_new_cluster() {
     assert_eq!(secret["data"], stored[&secret_path]["data"]);
     let checked = assert_restored_equal(&second, &stored, &r).await;
     assert!(checked >= 25, "{checked}");
+    f.cleanup(&[admin_kc(), second_kc()]);
+}
+
+/// The README's migration walkthrough, tested: a namespace of cluster A (StorageClass
+/// `standard`, images from registry.example.com) restored into cluster B with another
+/// StorageClass, a mirror registry and every frontend Deployment scaled to zero. Bad rules,
+/// an unknown StorageClass and a patch that does not apply are one line each, and an object
+/// whose patch fails is not created at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namespace_migrates_into_another_cluster_with_transforms() {
+    let f = Fixture::new("mf-mig").await;
+    let ns = f.ns.clone();
+    let snap = assert_exported(&f.export(&["-n", &ns]).await);
+    let stored = f.stored(&snap).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let class = format!("fast-{ns}");
+    let second = second_kc();
+    // Cluster B serves the same APIs (the namespace's custom resources need their CRDs).
+    install_crds(&second);
+    let sc = format!(
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{name: {class}}}\nprovisioner: example.com/none\n"
+    );
+    kubectl(&second, &["apply", "-f", "-"], Some(&sc));
+    let rules = tmp.path().join("rules.yaml");
+    let write_rules = |extra: &str| {
+        std::fs::write(
+            &rules,
+            format!(
+                "version: 1\nrules:\n- name: scale-down-frontends\n  resources: [deployments.apps, statefulsets.apps]\n  labelSelector: tier=frontend\n  conditions: [{{path: /spec/replicas, exists: true}}]\n  jsonPatch: [{{op: replace, path: /spec/replicas, value: 0}}]\n  mergePatch: {{metadata: {{annotations: {{migrated-from: cluster-a}}}}}}\n{extra}"
+            ),
+        )
+        .unwrap();
+    };
+    let sc_map = format!("standard={class}");
+    let flags = |rules: &str| -> Vec<String> {
+        ["-n", &ns, "--storage-class-map", &sc_map, "--image-map"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["registry.example.com/payments=mirror.b.example/payments".to_string()])
+            .chain(["--transform-rules".to_string(), rules.to_string()])
+            .collect()
+    };
+    let rules_path = rules.to_str().unwrap().to_string();
+
+    // One clear line each, nothing applied: a bad rules file, an unknown StorageClass.
+    std::fs::write(
+        &rules,
+        "version: 1\nrules: [{jsonPatch: [{op: rplace, path: /a, value: 1}]}]\n",
+    )
+    .unwrap();
+    let argv = flags(&rules_path);
+    let r = f.restore(&second, &argv.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(r.exit_code, 2, "{r:?}");
+    let e = r.error.clone().unwrap();
+    assert!(e.contains("rules[0].jsonPatch[0]: op \"rplace\""), "{e}");
+    write_rules("");
+    let mut bad_class = argv.clone();
+    bad_class[3] = "standard=no-such-class".into();
+    let r = f.restore(&second, &bad_class.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(r.exit_code, 2);
+    assert!(r.error.as_deref().unwrap().contains("StorageClass no-such-class does not exist"));
+    assert!(
+        r.objects.iter().all(|o| o.action == Action::Skipped),
+        "nothing applied: {:?}",
+        r.objects
+    );
+
+    // A rule whose patch misses a path fails its object alone; the rest is restored.
+    write_rules(
+        "- name: broken\n  resources: [cronjobs.batch]\n  jsonPatch: [{op: replace, path: /spec/jobTemplate/spec/nosuch, value: 1}]\n",
+    );
+    let dry = [argv.clone(), vec!["--dry-run".into()]].concat();
+    let r = f.restore(&second, &dry.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let web = r
+        .objects
+        .iter()
+        .find(|o| o.object.ends_with(&format!("{ns}/web")) && o.object.starts_with("deployments"))
+        .unwrap();
+    assert!(
+        web.changes.contains(&"/spec/replicas: 2 → 0".to_string()),
+        "the dry run shows the change: {web:?}"
+    );
+    let partial = f.restore(&second, &argv.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let r = &partial;
+    let failed: Vec<_> = r.objects.iter().filter(|o| o.action == Action::Failed).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].object.starts_with("cronjobs.batch"), "{failed:?}");
+    assert_eq!(
+        failed[0].reason.as_deref(),
+        Some("rule broken: jsonPatch[0]: replace \"/spec/jobTemplate/spec/nosuch\": no such path")
+    );
+    assert_eq!(r.exit_code, 3, "partial: {:?}", r.error);
+    let client = kube_world::second().await;
+    let cron = ObjectPath::new(Some(&ns), "batch", "cronjobs", "report");
+    assert!(live(&client, &cron, &stored[&cron], None).await.is_none(), "not half-applied");
+
+    // The good rules: everything restored, each object as the transforms make it.
+    write_rules("");
+    let r = f.restore(&second, &argv.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(r.exit_code, 0, "failed: {:#?}", failures(&r));
+    let transforms = Transforms::new(
+        &[("standard".into(), class.clone())],
+        &[("registry.example.com/payments".into(), "mirror.b.example/payments".into())],
+        Some(("rules", std::fs::read(&rules).unwrap().as_slice())),
+    )
+    .unwrap();
+    // Field by field: what the partial run created, then the CronJob the last run added.
+    let checked = assert_restored_as(&client, &stored, &partial, &transforms).await;
+    assert!(checked >= 10, "{checked}");
+    assert_eq!(assert_restored_as(&client, &stored, &r, &transforms).await, 1);
+    // And the transforms did what the walkthrough says.
+    let get = |p: &ObjectPath| {
+        let (c, s) = (client.clone(), stored[p].clone());
+        let p = p.clone();
+        async move { live(&c, &p, &s, None).await.unwrap() }
+    };
+    let web = get(&ObjectPath::new(Some(&ns), "apps", "deployments", "web")).await;
+    assert_eq!(web["spec"]["replicas"], 0);
+    assert_eq!(web["metadata"]["annotations"]["migrated-from"], "cluster-a");
+    assert_eq!(
+        web.pointer("/spec/template/spec/containers/0/image").unwrap(),
+        "mirror.b.example/payments/web:1.4.2"
+    );
+    let db = get(&ObjectPath::new(Some(&ns), "apps", "statefulsets", "db")).await;
+    assert_eq!(db["spec"]["replicas"], 1, "a backend keeps its replicas");
+    assert_eq!(
+        db.pointer("/spec/volumeClaimTemplates/0/spec/storageClassName").unwrap(),
+        &Value::from(class.clone())
+    );
+    let cron = get(&cron).await;
+    assert_eq!(
+        cron.pointer("/spec/jobTemplate/spec/template/spec/containers/0/image").unwrap(),
+        "mirror.b.example/payments/report:2.0.1"
+    );
+    for (path, o) in &stored {
+        if path.resource == "persistentvolumeclaims" {
+            let pvc = get(path).await;
+            assert_eq!(pvc["spec"]["storageClassName"], Value::from(class.clone()), "{o}");
+        }
+    }
+    kubectl(&second, &["delete", "storageclass", &class], None);
     f.cleanup(&[admin_kc(), second_kc()]);
 }
 

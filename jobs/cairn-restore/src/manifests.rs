@@ -17,6 +17,7 @@ use cairn_kube::list::get_object;
 use cairn_kube::normalize::{SanitizeOptions, controller_of, never_restored, sanitize};
 use cairn_kube::selector::Selector;
 use cairn_kube::stored::{is_manifest_snapshot, object_files, read_objects};
+use cairn_kube::transform::{self, Transforms};
 use cairn_kube::{KubeArgs, classify, status_code};
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
@@ -57,6 +58,20 @@ pub struct ManifestArgs {
     /// Restore namespace OLD as NEW. Repeatable.
     #[arg(long = "namespace-map", value_parser = parse_map, env = "CAIRN_NAMESPACE_MAP", value_delimiter = ',')]
     pub namespace_map: Vec<(String, String)>,
+    /// Restore PVCs, PVs and StatefulSet volumeClaimTemplates with another StorageClass:
+    /// OLD=NEW, repeatable. Each NEW must exist in the target cluster (or be restored).
+    #[arg(long = "storage-class-map", value_parser = parse_map, env = "CAIRN_STORAGE_CLASS_MAP", value_delimiter = ',')]
+    pub storage_class_map: Vec<(String, String)>,
+    /// Rewrite container images of every workload (containers, init and ephemeral
+    /// containers): OLD=NEW where OLD is a registry or repository prefix
+    /// (registry.a.example/team=registry.b.example/mirror), repeatable.
+    #[arg(long = "image-map", value_parser = parse_map, env = "CAIRN_IMAGE_MAP", value_delimiter = ',')]
+    pub image_map: Vec<(String, String)>,
+    /// JSON Patch / merge patch rules selected by resource, namespace, name, labels and
+    /// field conditions (README, "Restore transforms"). An object a rule does not apply to
+    /// cleanly fails alone; the rest goes on.
+    #[arg(long, env = "CAIRN_TRANSFORM_RULES")]
+    pub transform_rules: Option<std::path::PathBuf>,
     /// What to do with objects that already exist.
     #[arg(long, value_enum, env = "CAIRN_EXISTING", default_value = "skip")]
     pub existing: Existing,
@@ -112,6 +127,9 @@ pub struct ObjectReport {
     pub action: Action,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the transforms changed, `pointer: old → new`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 /// What a manifest restore reports.
@@ -155,6 +173,9 @@ impl JobReport for ManifestRestore {
                     Some(why) => writeln!(out, "  {action:<12} {}: {why}", o.object),
                     None => writeln!(out, "  {action:<12} {}", o.object),
                 };
+                for c in &o.changes {
+                    let _ = writeln!(out, "  {:<12}   {c}", "");
+                }
             }
         }
         out
@@ -174,6 +195,8 @@ struct Planned {
     old_uid: Option<String>,
     /// Has owner references to objects of this restore: applied after them.
     owned: bool,
+    /// What the transforms changed.
+    changes: Vec<String>,
 }
 
 impl Planned {
@@ -213,7 +236,49 @@ fn report(
     action: Action,
     reason: Option<String>,
 ) -> ObjectReport {
-    ObjectReport { path: from.path(), object, action, reason }
+    ObjectReport { path: from.path(), object, action, reason, changes: Vec::new() }
+}
+
+/// The transforms the flags ask for; a bad rules file or map is a usage error.
+fn transforms(args: &ManifestArgs) -> anyhow::Result<Transforms> {
+    let rules = match &args.transform_rules {
+        Some(f) => Some(std::fs::read(f).map_err(|e| {
+            cairn_core::exit::usage(format!("--transform-rules {}: {e}", f.display()))
+        })?),
+        None => None,
+    };
+    let what = args.transform_rules.as_ref().map(|f| f.display().to_string()).unwrap_or_default();
+    Ok(Transforms::new(
+        &args.storage_class_map,
+        &args.image_map,
+        rules.as_deref().map(|r| (what.as_str(), r)),
+    )?)
+}
+
+/// Every StorageClass the map points at must be there: in the target cluster, or among the
+/// objects restored.
+async fn check_storage_classes(
+    client: &kube::Client,
+    transforms: &Transforms,
+    plan: &[Planned],
+) -> anyhow::Result<()> {
+    for class in transforms.target_storage_classes() {
+        let restored = plan.iter().any(|p| {
+            p.resource.group == "storage.k8s.io"
+                && p.resource.resource == "storageclasses"
+                && p.name == class
+        });
+        if restored {
+            continue;
+        }
+        let url = format!("/apis/storage.k8s.io/v1/storageclasses/{class}");
+        if get_object(client, &url).await?.is_none() {
+            return Err(cairn_core::exit::usage(format!(
+                "--storage-class-map: StorageClass {class} does not exist in the target cluster"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub async fn restore_manifests(
@@ -222,6 +287,7 @@ pub async fn restore_manifests(
     summary: &mut ManifestRestore,
 ) -> anyhow::Result<()> {
     summary.dry_run = args.dry_run;
+    let transforms = transforms(args)?;
     let selector = args
         .selector
         .as_deref()
@@ -281,12 +347,13 @@ pub async fn restore_manifests(
         ))
         .into());
     }
-    let plan = plan(selected, args, &ns_map, summary);
+    let plan = plan(selected, args, &ns_map, &transforms, summary);
     let client = args.kube.client().await.context("connecting to the cluster")?;
     client
         .apiserver_version()
         .await
         .map_err(|e| classify("asking the API server for its version", e))?;
+    check_storage_classes(&client, &transforms, &plan).await?;
     apply_plan(&client, plan, args, summary).await;
     for o in &summary.objects {
         let key = serde_json::to_value(o.action).ok().and_then(|v| v.as_str().map(str::to_string));
@@ -301,6 +368,7 @@ fn plan(
     selected: Vec<(ObjectPath, Value)>,
     args: &ManifestArgs,
     ns_map: &HashMap<String, String>,
+    transforms: &Transforms,
     summary: &mut ManifestRestore,
 ) -> Vec<Planned> {
     let uid = |o: &Value| o.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string);
@@ -354,6 +422,14 @@ fn plan(
             .is_some_and(|v| pvs.contains(v));
         sanitize(&mut obj, &path, opts, pv_restored);
         let owned = rehome(&mut obj, &path, namespace.as_deref(), &name, &selected_uids, &map_ns);
+        // The transforms see the object as it will be applied; one that does not apply
+        // cleanly fails this object alone, which is then not applied at all.
+        let before = obj.clone();
+        if let Err(why) = transforms.apply(&path, &mut obj) {
+            summary.objects.push(report(&path, shown, Action::Failed, Some(why)));
+            continue;
+        }
+        let changes = transform::changes(&before, &obj);
         let resource = Resource {
             group: path.group.clone(),
             version,
@@ -362,7 +438,7 @@ fn plan(
             namespaced: path.namespace.is_some(),
             verbs: Vec::new(),
         };
-        out.push(Planned { from: path, namespace, name, resource, obj, old_uid, owned });
+        out.push(Planned { from: path, namespace, name, resource, obj, old_uid, owned, changes });
     }
     out.sort_by_key(|p| (p.owned, step(&p.resource.group, &p.resource.resource), p.from.clone()));
     out
@@ -487,7 +563,9 @@ async fn apply_plan(
             if is_crds && a.action != Action::Failed && !args.dry_run {
                 crds.push(p.name.clone());
             }
-            summary.objects.push(report(&p.from, p.display(), a.action, a.reason));
+            let mut r = report(&p.from, p.display(), a.action, a.reason);
+            r.changes = p.changes;
+            summary.objects.push(r);
         }
         for crd in crds {
             if let Err(e) = wait_established(client, &crd, args.crd_timeout).await {
@@ -497,6 +575,7 @@ async fn apply_plan(
                     object: format!("customresourcedefinitions.apiextensions.k8s.io {crd}"),
                     action: Action::Failed,
                     reason: Some(format!("not Established: {e}")),
+                    changes: Vec::new(),
                 });
             }
         }

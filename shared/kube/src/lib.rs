@@ -15,6 +15,7 @@ pub mod selector;
 pub mod semdiff;
 pub mod stored;
 pub mod temp;
+pub mod transform;
 pub mod volsnap;
 pub mod worker;
 
