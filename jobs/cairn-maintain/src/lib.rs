@@ -2,7 +2,6 @@
 //! plus the data of a random share of packs). One summary at the end; the exit code is the
 //! worst outcome of the steps (README, "Exit codes").
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -201,29 +200,14 @@ async fn repository_state(
     check_problems: Option<u64>,
 ) -> cairn_core::Result<RepositoryState> {
     let packs = repo.store().list_info("packs/").await?;
-    let mut sources: BTreeMap<(Option<String>, String), SourceState> = BTreeMap::new();
-    for e in repo.snapshots().await? {
-        let snap = &e.snapshot;
-        let time = snap.time.unix_timestamp_nanos() as f64 / 1e9;
-        let entry =
-            sources.entry((snap.cluster.clone(), snap.source.clone())).or_insert_with(|| {
-                SourceState {
-                    cluster: snap.cluster.clone(),
-                    source: snap.source.clone(),
-                    snapshots: 0,
-                    newest: time,
-                }
-            });
-        entry.snapshots += 1;
-        entry.newest = entry.newest.max(time);
-    }
+    let snapshots = repo.snapshots().await?;
     let expired_locks =
         cairn_core::repo::lock::list_locks(repo).await?.iter().filter(|l| l.expired).count();
     Ok(RepositoryState {
         repository: repo.config().id.to_string(),
         size_bytes: packs.iter().map(|p| p.size).sum(),
         packs: packs.len() as u64,
-        sources: sources.into_values().collect(),
+        sources: SourceState::of(snapshots.iter().map(|e| &e.snapshot)),
         expired_locks: expired_locks as u64,
         check_problems,
     })

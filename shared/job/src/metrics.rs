@@ -252,6 +252,31 @@ pub struct SourceState {
     pub newest: f64,
 }
 
+impl SourceState {
+    /// Snapshots grouped by (cluster, source): how many, and when the newest was taken. What
+    /// the maintenance job pushes and `cairn ui --metrics-listen` serves.
+    pub fn of<'a>(
+        snapshots: impl IntoIterator<Item = &'a cairn_core::repo::Snapshot>,
+    ) -> Vec<SourceState> {
+        let mut by_source: std::collections::BTreeMap<(Option<&str>, &str), SourceState> =
+            std::collections::BTreeMap::new();
+        for snap in snapshots {
+            let time = snap.time.unix_timestamp_nanos() as f64 / 1e9;
+            let s = by_source
+                .entry((snap.cluster.as_deref(), snap.source.as_str()))
+                .or_insert_with(|| SourceState {
+                    cluster: snap.cluster.clone(),
+                    source: snap.source.clone(),
+                    snapshots: 0,
+                    newest: time,
+                });
+            s.snapshots += 1;
+            s.newest = s.newest.max(time);
+        }
+        by_source.into_values().collect()
+    }
+}
+
 /// What the maintenance job reports about the repository.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct RepositoryState {

@@ -365,7 +365,7 @@ fn map_storage_classes(path: &ObjectPath, obj: &mut Value, map: &BTreeMap<String
 }
 
 /// Where a workload keeps its pod spec.
-fn pod_specs(obj: &mut Value) -> Vec<&mut Value> {
+fn pod_spec(obj: &mut Value) -> Option<&mut Value> {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
     let at = match kind.as_str() {
         "Pod" => "/spec",
@@ -374,13 +374,12 @@ fn pod_specs(obj: &mut Value) -> Vec<&mut Value> {
         | "StatefulSet"
         | "DaemonSet"
         | "Job"
-        | "ReplicationController"
-        | "PodTemplate" => "/spec/template/spec",
+        | "ReplicationController" => "/spec/template/spec",
+        "PodTemplate" => "/template/spec",
         "CronJob" => "/spec/jobTemplate/spec/template/spec",
-        _ => return Vec::new(),
+        _ => return None,
     };
-    let at = if kind == "PodTemplate" { "/template/spec" } else { at };
-    obj.pointer_mut(at).into_iter().collect()
+    obj.pointer_mut(at)
 }
 
 /// `from` names a registry or repository prefix; it matches an image at a path boundary.
@@ -392,15 +391,14 @@ fn mapped_image(image: &str, images: &[(String, String)]) -> Option<String> {
 }
 
 fn map_images(obj: &mut Value, images: &[(String, String)]) {
-    for spec in pod_specs(obj) {
-        for list in ["containers", "initContainers", "ephemeralContainers"] {
-            let Some(Value::Array(containers)) = spec.get_mut(list) else { continue };
-            for c in containers {
-                if let Some(Value::String(image)) = c.get_mut("image")
-                    && let Some(new) = mapped_image(image, images)
-                {
-                    *image = new;
-                }
+    let Some(spec) = pod_spec(obj) else { return };
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        let Some(Value::Array(containers)) = spec.get_mut(list) else { continue };
+        for c in containers {
+            if let Some(Value::String(image)) = c.get_mut("image")
+                && let Some(new) = mapped_image(image, images)
+            {
+                *image = new;
             }
         }
     }

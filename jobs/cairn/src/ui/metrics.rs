@@ -7,7 +7,6 @@
 //! serves the same names the maintenance job pushes ([`cairn_job::metrics`]), names of
 //! sources and clusters and times only: nothing a snapshot's contents could reveal.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -16,7 +15,7 @@ use axum::extract::State as AxumState;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cairn_job::metrics::{NEWEST, REPO_SNAPSHOTS};
+use cairn_job::metrics::{NEWEST, REPO_SNAPSHOTS, SourceState};
 
 use super::State;
 
@@ -30,7 +29,7 @@ pub fn router(state: Arc<State>) -> Router {
 async fn metrics(AxumState(state): AxumState<Arc<State>>) -> Response {
     match state.snapshots(false).await {
         Ok(list) => {
-            let sources = per_source(list.entries.iter().map(|e| &e.snapshot));
+            let sources = SourceState::of(list.entries.iter().map(|e| &e.snapshot));
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
                 exposition(&sources, list.unreadable.len()),
@@ -43,42 +42,27 @@ async fn metrics(AxumState(state): AxumState<Arc<State>>) -> Response {
     }
 }
 
-/// (cluster, source) → (snapshots, newest time in Unix seconds).
-type PerSource = BTreeMap<(String, String), (u64, f64)>;
-
-fn per_source<'a>(snapshots: impl Iterator<Item = &'a cairn_core::repo::Snapshot>) -> PerSource {
-    let mut out = PerSource::new();
-    for s in snapshots {
-        let time = s.time.unix_timestamp_nanos() as f64 / 1e9;
-        let key = (s.cluster.clone().unwrap_or_default(), s.source.clone());
-        let e = out.entry(key).or_insert((0, time));
-        e.0 += 1;
-        e.1 = e.1.max(time);
-    }
-    out
-}
-
 /// A label value escaped as the text format wants it.
 fn escape(v: &str) -> String {
     v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
 }
 
-fn exposition(sources: &PerSource, unreadable: usize) -> String {
+fn exposition(sources: &[SourceState], unreadable: usize) -> String {
     let mut out = String::new();
     for (def, pick) in [
-        (REPO_SNAPSHOTS, (|v: &(u64, f64)| v.0 as f64) as fn(&(u64, f64)) -> f64),
-        (NEWEST, |v: &(u64, f64)| v.1),
+        (REPO_SNAPSHOTS, (|s: &SourceState| s.snapshots as f64) as fn(&SourceState) -> f64),
+        (NEWEST, |s: &SourceState| s.newest),
     ] {
         let _ = writeln!(out, "# HELP {} {}", def.prometheus, def.description);
         let _ = writeln!(out, "# TYPE {} gauge", def.prometheus);
-        for ((cluster, source), v) in sources {
+        for s in sources {
             let _ = writeln!(
                 out,
                 "{}{{cairn_cluster=\"{}\",cairn_source=\"{}\"}} {}",
                 def.prometheus,
-                escape(cluster),
-                escape(source),
-                pick(v)
+                escape(s.cluster.as_deref().unwrap_or_default()),
+                escape(&s.source),
+                pick(s)
             );
         }
     }
@@ -97,8 +81,12 @@ mod tests {
 
     #[test]
     fn sources_are_counted_with_their_newest_time_and_labels_escaped() {
-        let mut s = PerSource::new();
-        s.insert(("a\"b".into(), "pvc/ns/x".into()), (3, 1_700_000_000.5));
+        let s = [SourceState {
+            cluster: Some("a\"b".into()),
+            source: "pvc/ns/x".into(),
+            snapshots: 3,
+            newest: 1_700_000_000.5,
+        }];
         let text = exposition(&s, 1);
         assert!(
             text.contains(
