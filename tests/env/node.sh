@@ -101,7 +101,23 @@ TOML
   wait_for containerd 30 ctr --address "$containerd_sock" version
 }
 
-# Every image archive in the images directory, and the sandbox image, into the CRI namespace.
+# The test workload image (test code, not product): Debian's sqlite3 with its libraries and
+# a static busybox as /bin/sh (its applets run without links), for the hook and dump tests'
+# database pods. Copied from this machine's packages (tests/env/install-deps), nothing pulled.
+workload_image() {
+  local out=$1 base="$STATE/images/workload-base" adds=() lib
+  rm -rf "$base"; mkdir -p "$base"
+  python3 "$here/../../images/oci.py" base "$base"
+  adds+=(--add "/bin/busybox=/bin/sh" --add "/usr/bin/sqlite3=/usr/bin/sqlite3")
+  for lib in $(ldd /usr/bin/sqlite3 | grep -o '/[^ ]*'); do
+    adds+=(--add "$(readlink -f "$lib")=$lib")
+  done
+  python3 "$here/../../images/oci.py" archive --tag "$NODE_WORKLOAD_IMAGE" --base "$base" \
+    "${adds[@]}" --entrypoint /bin/sh --out "$out" >/dev/null || die "building the workload image"
+}
+
+# Every image archive in the images directory, the sandbox and the workload image, into the
+# CRI namespace.
 import_images() {
   local dir=${CAIRN_TESTENV_IMAGES:-$here/../../target/images}
   local pause="$STATE/images/pause.tar"
@@ -111,7 +127,9 @@ import_images() {
     python3 "$here/../../images/oci.py" archive --tag "$NODE_PAUSE_IMAGE" --base "$STATE/images/pause-base" \
       --add "$BIN_NODE/pause=/pause" --entrypoint /pause --out "$pause" >/dev/null
   fi
-  local archives=("$pause")
+  local workload="$STATE/images/workload.tar"
+  [ -f "$workload" ] || workload_image "$workload"
+  local archives=("$pause" "$workload")
   if compgen -G "$dir/*.tar" >/dev/null; then archives+=("$dir"/*.tar); else
     log "no image archives in $dir (images/build.sh oci): only the sandbox image is imported"
   fi

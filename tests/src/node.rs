@@ -125,3 +125,103 @@ pub fn driver_log() -> String {
     let path = Path::new(&env("CAIRN_TESTENV_STATE")).join("logs/csi-hostpath.log");
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// A pod of the test workload image (`tests/env/node.sh`: Debian's sqlite3 and a static
+/// busybox as /bin/sh) running `script`, with `claim` mounted at /data when given; waits
+/// until it runs.
+pub async fn workload_pod(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    claim: Option<&str>,
+    annotations: &[(&str, &str)],
+    script: &str,
+) {
+    use k8s_openapi::api::core::v1::Pod;
+    let annotations: BTreeMap<&str, &str> = annotations.iter().copied().collect();
+    let (volumes, mounts) = match claim {
+        Some(c) => (
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": c}}]),
+            json!([{"name": "data", "mountPath": "/data"}]),
+        ),
+        None => (json!([]), json!([])),
+    };
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}, "annotations": annotations},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsUser": 0},
+            "volumes": volumes,
+            "containers": [{
+                "name": "app",
+                "image": env("CAIRN_TEST_WORKLOAD_IMAGE"),
+                "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", script],
+                "volumeMounts": mounts,
+                "resources": {"requests": {"cpu": "10m"}},
+            }],
+        },
+    }))
+    .unwrap();
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &pod).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = api.get(name).await.unwrap();
+        let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        if phase == "Running" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline && phase != "Failed",
+            "pod {ns}/{name} not running within 120 s: {:?}",
+            p.status
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The workload's database: sqlite3 holds `/data/app.db` open for the pod's life (WAL mode,
+/// statements through a FIFO), first filled with `rows` rows of 120 hex characters, then a
+/// row every 200 ms. While `/tmp/freeze` exists it writes nothing: on seeing it, it
+/// checkpoints the WAL into the database (TRUNCATE) and touches `/tmp/frozen` once sqlite3
+/// has done so. `/data/ready` appears once the first rows are in.
+pub fn database_script(rows: u64) -> String {
+    format!(
+        r#"set -e
+mkfifo /tmp/sql
+sqlite3 /data/app.db < /tmp/sql > /tmp/sqlite.out 2>&1 &
+exec 3>/tmp/sql
+echo "PRAGMA journal_mode=WAL;" >&3
+echo "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT);" >&3
+echo "INSERT INTO t(v) SELECT hex(randomblob(60)) FROM (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<{rows}) SELECT i FROM c);" >&3
+echo ".shell touch /data/ready" >&3
+set +e
+state=running
+while true; do
+  if [ -e /tmp/freeze ]; then
+    if [ $state = running ]; then
+      echo "PRAGMA wal_checkpoint(TRUNCATE);" >&3
+      echo ".shell touch /tmp/frozen" >&3
+      state=frozen
+    fi
+  else
+    if [ $state = frozen ]; then rm -f /tmp/frozen; state=running; fi
+    echo "INSERT INTO t(v) VALUES('tick ' || strftime('%s','now'));" >&3
+  fi
+  sleep 0.2
+done
+"#
+    )
+}
+
+/// Wait until `path` (on the host, in a volume) exists.
+pub async fn wait_file(path: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} did not appear within {within:?}", path.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

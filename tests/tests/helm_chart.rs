@@ -650,3 +650,34 @@ async fn helm_install_runs_the_manifest_export_cronjob_on_the_node() {
     assert!(!left.lines().any(|l| l.ends_with(&format!("-{name}"))), "left behind:\n{left}");
     drop(release);
 }
+
+/// `pvcIngest.hooks` and `.dumps`: each off sets its CAIRN_NO_* variable; both off also
+/// drop `pods/exec` from the orchestrator's role (nothing is granted that is not used).
+#[test]
+fn hooks_and_dumps_off_drop_the_exec_right() {
+    let exec_rule = |objs: &BTreeMap<String, Value>| {
+        objs["ClusterRole//cairn-pvc-ingest"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"].as_array().unwrap().iter().any(|x| x == "pods/exec"))
+    };
+    let env_of = |objs: &BTreeMap<String, Value>, name: &str| {
+        let cj = &objs["CronJob/cairn/cairn-pvc-ingest"];
+        container_env(&cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0], name)
+    };
+    let defaults = by_key(template("cairn", "cairn", &[]));
+    assert!(exec_rule(&defaults));
+    assert_eq!(env_of(&defaults, "CAIRN_NO_HOOKS"), None);
+    let no_hooks = by_key(template("cairn", "cairn", &["--set", "pvcIngest.hooks=false"]));
+    assert!(exec_rule(&no_hooks), "dumps still need it");
+    assert_eq!(env_of(&no_hooks, "CAIRN_NO_HOOKS").as_deref(), Some("true"));
+    assert_eq!(env_of(&no_hooks, "CAIRN_NO_DUMPS"), None);
+    let neither = by_key(template(
+        "cairn",
+        "cairn",
+        &["--set", "pvcIngest.hooks=false,pvcIngest.dumps=false"],
+    ));
+    assert!(!exec_rule(&neither));
+    assert_eq!(env_of(&neither, "CAIRN_NO_DUMPS").as_deref(), Some("true"));
+}

@@ -96,6 +96,7 @@ async fn shipped_rbac_grants_each_job_exactly_what_it_uses() {
     }
     for (verb, resource) in [
         ("watch", "pods"),
+        ("create", "pods/exec"),
         ("create", "configmaps"),
         ("patch", "deployments.apps"),
         ("delete", "secrets"),
@@ -103,7 +104,9 @@ async fn shipped_rbac_grants_each_job_exactly_what_it_uses() {
         assert!(!can_i(&kc, &export, verb, resource, true), "export must not {verb} {resource}");
     }
     for job in ["cairn-etcd-snapshot", "cairn-maintain"] {
-        for (verb, resource) in [("get", "secrets"), ("list", "pods"), ("create", "pods")] {
+        for (verb, resource) in
+            [("get", "secrets"), ("list", "pods"), ("create", "pods"), ("create", "pods/exec")]
+        {
             assert!(
                 !can_i(&kc, &sa(job), verb, resource, true),
                 "{job} must not {verb} {resource}"
@@ -122,6 +125,9 @@ async fn shipped_rbac_grants_each_job_exactly_what_it_uses() {
         ("delete", "jobs.batch", true),
         ("list", "pods", true),
         ("create", "secrets", true),
+        // Backup hooks and streamed dumps exec into the pods that opted in.
+        ("get", "pods/exec", true),
+        ("create", "pods/exec", true),
         ("get", "storageclasses.storage.k8s.io", true),
         ("list", "volumesnapshotclasses.snapshot.storage.k8s.io", true),
         ("create", "volumegroupsnapshots.groupsnapshot.storage.k8s.io", true),
@@ -149,6 +155,8 @@ async fn shipped_rbac_grants_each_job_exactly_what_it_uses() {
         ("delete", "jobs.batch", true),
         ("list", "pods", true),
         ("delete", "pods", false),
+        ("get", "pods/exec", true),
+        ("create", "pods/exec", true),
     ] {
         assert_eq!(can_i(&kc, &restore, verb, resource, true), yes, "restore {verb} {resource}");
     }

@@ -751,3 +751,433 @@ async fn the_ingest_context_cannot_write_to_a_volume_and_the_writer_context_can(
     );
     delete_namespaces(&[&ns]);
 }
+
+/// `cairn restore` of a source's latest snapshot into `target` on the host.
+fn restore_latest(repo: &TestRepo, source: &str, target: &Path) {
+    let out = std::process::Command::new(workspace_bin("cairn"))
+        .env("CAIRN_REPO", &repo.url)
+        .env("CAIRN_IDENTITY", repo.identity_text())
+        .args(["restore", "latest", "--source", source, "--target"])
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore {source}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `sqlite3 DB SQL` on the host.
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
+    assert!(out.status.success(), "sqlite3 {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The seconds of an RFC 3339 time (`2026-11-30T11:20:01.5Z` → `2026-11-30T11:20:01`):
+/// VolumeSnapshots carry whole seconds.
+fn second(t: &Value) -> String {
+    t.as_str().unwrap_or_else(|| panic!("not a time: {t}"))[..19].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hooks_quiesce_the_database_around_its_snapshot_and_a_failing_hook_fails_only_its_pvc() {
+    let kc = env("KUBECONFIG");
+    let ns = unique("hooks");
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    let client = kube_world::admin().await;
+    let pre = r#"["/bin/sh", "-c", "touch /tmp/freeze; n=0; while [ ! -e /tmp/frozen ]; do n=$((n+1)); if [ $n -gt 300 ]; then echo 'the writer did not freeze' >&2; exit 1; fi; sleep 0.1; done; echo pre >> /data/hooks.log"]"#;
+    let post = r#"["/bin/sh", "-c", "echo post >> /data/hooks.log; rm -f /tmp/freeze"]"#;
+    let refuse =
+        r#"["/bin/sh", "-c", "echo 'warming up' >&2; echo 'refusing to freeze' >&2; exit 3"]"#;
+    let hang = r#"["/bin/sh", "-c", "sleep 600"]"#;
+    let mark = r#"["/bin/sh", "-c", "date >> /data/post-ran"]"#;
+    let idle = "touch /data/ready; while true; do sleep 3600; done";
+    let mut dirs = BTreeMap::new();
+    for name in ["db", "failing", "lenient", "hung"] {
+        dirs.insert(name, node::create_pvc(&client, &ns, name, &[], &[], false).await);
+    }
+    node::workload_pod(
+        &client,
+        &ns,
+        "db",
+        Some("db"),
+        &[("backup.cairn.dev/pre-hook", pre), ("backup.cairn.dev/post-hook", post)],
+        &node::database_script(20_000),
+    )
+    .await;
+    for (name, ann) in [
+        ("failing", vec![("backup.cairn.dev/pre-hook", refuse)]),
+        (
+            "lenient",
+            vec![
+                ("backup.cairn.dev/pre-hook", refuse),
+                ("backup.cairn.dev/hook-on-error", "continue"),
+            ],
+        ),
+        (
+            "hung",
+            vec![("backup.cairn.dev/pre-hook", hang), ("backup.cairn.dev/hook-timeout", "3s")],
+        ),
+    ] {
+        let mut ann = ann;
+        ann.push(("backup.cairn.dev/post-hook", mark));
+        node::workload_pod(&client, &ns, name, Some(name), &ann, idle).await;
+    }
+    for dir in dirs.values() {
+        node::wait_file(&dir.join("ready"), Duration::from_secs(60)).await;
+    }
+    let repo = repos::init(&s3_repo_url()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    // The shipped RBAC: pods/exec is in it.
+    let sa_kc = shipped_rbac_kubeconfig(&ns, tmp.path());
+    let started = Instant::now();
+    let (code, s) = run_json(orchestrator(&repo, &sa_kc, &[&ns], &["--parallel", "4"])).await;
+    eprintln!("[hooks] run took {:?}", started.elapsed());
+    assert_eq!(code, 3, "two PVCs fail, two are saved: {s:#}");
+    assert_eq!((s["succeeded"].as_u64(), s["failed"].as_u64()), (Some(2), Some(2)), "{s:#}");
+    let full = repo.open_full().await;
+
+    // The database: pre hook, cut, post hook, and the snapshot holds a flushed database.
+    let db = pvc_result(&s, &format!("{ns}/db"));
+    assert_eq!(db["ok"], true, "{db:#}");
+    let snap = full.find_snapshot(db["snapshot"].as_str().unwrap(), None).await.unwrap();
+    let meta = &snap.snapshot.meta;
+    let hooks = &meta["hooks"];
+    assert_eq!(hooks, &db["hooks"], "the snapshot records what the run reports");
+    assert_eq!(hooks["applicationConsistent"], true, "{meta:#}");
+    assert!(
+        meta["consistency"].as_str().unwrap().starts_with("application-consistent"),
+        "{meta:#}"
+    );
+    let runs = hooks["runs"].as_array().unwrap();
+    let phases: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| (r["phase"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(phases, [("pre", "ok"), ("post", "ok")], "{hooks:#}");
+    assert_eq!(runs[0]["pod"], format!("{ns}/db"));
+    assert_eq!(runs[0]["container"], "app");
+    let cut = second(&meta["volumeSnapshot"]["creationTime"]);
+    assert!(second(&runs[0]["ended"]) <= cut, "pre hook ended before the cut: {meta:#}");
+    assert!(cut <= second(&runs[1]["started"]), "post hook started after the cut: {meta:#}");
+    // What the snapshot holds proves the order too: the pre hook's line, not the post hook's;
+    // and the database it holds was checkpointed (an empty WAL) and is whole.
+    let restored = tmp.path().join("db");
+    restore_latest(&repo, &format!("pvc/{ns}/db"), &restored);
+    assert_eq!(std::fs::read_to_string(restored.join("hooks.log")).unwrap(), "pre\n");
+    assert_eq!(std::fs::read_to_string(dirs["db"].join("hooks.log")).unwrap(), "pre\npost\n");
+    let wal = restored.join("app.db-wal");
+    assert_eq!(
+        wal.metadata().map(|m| m.len()).unwrap_or(0),
+        0,
+        "the WAL was flushed before the cut"
+    );
+    assert_eq!(sqlite(&restored.join("app.db"), "PRAGMA integrity_check"), "ok");
+    let rows: u64 = sqlite(&restored.join("app.db"), "SELECT count(*) FROM t").parse().unwrap();
+    assert!(rows >= 20_000, "{rows}");
+    // The writer resumed after the post hook.
+    let rows_at_cut = rows;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let copy = tmp.path().join("live.db");
+    // (A consistent copy of the live database through sqlite's own backup.)
+    sqlite(&dirs["db"].join("app.db"), &format!(".backup {}", copy.display()));
+    let live: u64 = sqlite(&copy, "SELECT count(*) FROM t").parse().unwrap();
+    assert!(live > rows_at_cut, "writes resumed: {live} > {rows_at_cut}");
+
+    // A pre hook that fails under `fail`: that PVC alone fails, nothing is cut, and its
+    // post hook still ran.
+    let failing = pvc_result(&s, &format!("{ns}/failing"));
+    assert_eq!(failing["ok"], false);
+    assert_eq!(failing["exit_code"], 1, "{failing:#}");
+    let err = failing["error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!(
+            "pre hook in pod {ns}/failing container app exited 3: refusing to freeze"
+        )) && err.contains("no snapshot cut"),
+        "{err}"
+    );
+    assert!(
+        dirs["failing"].join("post-ran").exists(),
+        "the post hook ran after the failed pre hook"
+    );
+    let f_runs = failing["hooks"]["runs"].as_array().unwrap();
+    assert_eq!(f_runs.len(), 2, "{failing:#}");
+    assert_eq!(
+        (f_runs[0]["outcome"].as_str(), f_runs[0]["exitCode"].as_i64()),
+        (Some("failed"), Some(3))
+    );
+    assert_eq!(f_runs[1]["outcome"], "ok");
+    assert!(full.find_snapshot("latest", Some(&format!("pvc/{ns}/failing"))).await.is_err());
+
+    // Under `continue`: saved, and recorded as not application-consistent.
+    let lenient = pvc_result(&s, &format!("{ns}/lenient"));
+    assert_eq!(lenient["ok"], true, "{lenient:#}");
+    let snap = full.find_snapshot(lenient["snapshot"].as_str().unwrap(), None).await.unwrap();
+    assert_eq!(snap.snapshot.meta["hooks"]["applicationConsistent"], false);
+    assert!(snap.snapshot.meta["consistency"].as_str().unwrap().starts_with("crash-consistent"));
+    assert!(dirs["lenient"].join("post-ran").exists());
+
+    // A pre hook that hangs is cut off at its 3 s; the post hook runs; the PVC fails.
+    let hung = pvc_result(&s, &format!("{ns}/hung"));
+    assert_eq!(hung["ok"], false);
+    assert!(hung["error"].as_str().unwrap().contains("timed out"), "{hung:#}");
+    let h_runs = hung["hooks"]["runs"].as_array().unwrap();
+    assert_eq!(h_runs[0]["outcome"], "timeout", "{hung:#}");
+    assert_eq!(h_runs[1]["outcome"], "ok", "{hung:#}");
+    assert!(dirs["hung"].join("post-ran").exists(), "the post hook ran after the timeout");
+    assert!(hung["duration_ms"].as_u64().unwrap() < 60_000, "{hung:#}");
+    assert!(full.find_snapshot("latest", Some(&format!("pvc/{ns}/hung"))).await.is_err());
+
+    assert_eq!(leftovers(&ns).await, Vec::<String>::new(), "temporary objects left in {ns}");
+    delete_namespaces(&[&ns]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_dump_dedups_between_runs_and_restores_by_piping_into_a_command() {
+    let kc = env("KUBECONFIG");
+    let ns = unique("dumps");
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    let client = kube_world::admin().await;
+    let dir = node::create_pvc(&client, &ns, "pg", &[], &[], false).await;
+    node::workload_pod(
+        &client,
+        &ns,
+        "pg",
+        Some("pg"),
+        &[("backup.cairn.dev/dump-command", r#"["sqlite3", "/data/app.db", ".dump"]"#)],
+        &node::database_script(300_000),
+    )
+    .await;
+    let broken = r#"["/bin/sh", "-c", "echo 'BEGIN;'; echo 'disk on fire' >&2; exit 7"]"#;
+    node::workload_pod(
+        &client,
+        &ns,
+        "broken",
+        None,
+        &[("backup.cairn.dev/dump-command", broken)],
+        "while true; do sleep 3600; done",
+    )
+    .await;
+    node::wait_file(&dir.join("ready"), Duration::from_secs(120)).await;
+    let repo = repos::init(&s3_repo_url()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let sa_kc = shipped_rbac_kubeconfig(&ns, tmp.path());
+    // No PVC matches the selector: only the dumps run.
+    let only_dumps = ["-l", "cairn-test=none"];
+
+    let (code, s) = run_json(orchestrator(&repo, &sa_kc, &[&ns], &only_dumps)).await;
+    assert_eq!(code, 3, "one dump saved, one failed: {s:#}");
+    let dumps = s["dumps"].as_array().unwrap();
+    let pg_source = format!("dump/{ns}/pg");
+    let first = dumps.iter().find(|d| d["source"] == pg_source.as_str()).unwrap();
+    assert_eq!(first["ok"], true, "{first:#}");
+    let bad = dumps.iter().find(|d| d["source"] == format!("dump/{ns}/broken")).unwrap();
+    assert_eq!(
+        (bad["ok"].as_bool(), bad["command_exit"].as_i64()),
+        (Some(false), Some(7)),
+        "{bad:#}"
+    );
+    assert!(bad["stderr_tail"].as_str().unwrap().contains("disk on fire"), "{bad:#}");
+    assert!(bad["error"].as_str().unwrap().contains("exited 7: disk on fire"), "{bad:#}");
+    let full = repo.open_full().await;
+    assert!(
+        full.find_snapshot("latest", Some(&format!("dump/{ns}/broken"))).await.is_err(),
+        "a failed dump saves nothing"
+    );
+    let snap = full.find_snapshot(first["snapshot"].as_str().unwrap(), None).await.unwrap();
+    let rec = &snap.snapshot.meta["dump"];
+    assert_eq!((rec["pod"].as_str(), rec["exitCode"].as_i64()), (Some("pg"), Some(0)), "{rec:#}");
+    assert_eq!(rec["bytes"], first["bytes"]);
+    let bytes = first["bytes"].as_u64().unwrap();
+    assert!(bytes > 30 << 20, "a dump of 300k rows: {bytes}");
+
+    // A small change in the middle, some rows at the end (the writer's ticks): the second
+    // dump stores few new bytes.
+    kubectl(
+        &kc,
+        &[
+            "exec",
+            "-n",
+            &ns,
+            "pg",
+            "--",
+            "sqlite3",
+            "-cmd",
+            ".timeout 5000",
+            "/data/app.db",
+            "UPDATE t SET v = 'changed' WHERE id = 150000",
+        ],
+        None,
+    );
+    let (code, s2) = run_json(orchestrator(&repo, &sa_kc, &[&ns], &only_dumps)).await;
+    assert_eq!(code, 3, "{s2:#}");
+    let second =
+        s2["dumps"].as_array().unwrap().iter().find(|d| d["source"] == pg_source.as_str()).unwrap();
+    let (b2, new2) = (second["bytes"].as_u64().unwrap(), second["new_bytes"].as_u64().unwrap());
+    eprintln!(
+        "[dump] first {bytes} bytes ({} new), second {b2} bytes, {new2} new ({:.1}%)",
+        first["new_bytes"],
+        100.0 * new2 as f64 / b2 as f64
+    );
+    assert_ne!(second["snapshot"], first["snapshot"]);
+    assert!(b2 > bytes, "the second dump has the new rows");
+    assert!(new2 < b2 / 4, "a changed row and a few new ones store few new bytes: {new2} of {b2}");
+
+    // Restore by piping into sqlite3 in the pod; compare with the dump loaded here.
+    let restore = tokio::process::Command::new(workspace_bin("cairn-restore"))
+        .args(["--json", "dump", "--kubeconfig", &kc, "--source", &pg_source, "--pod", "pg", "--"])
+        .args(["sqlite3", "/data/restored.db"])
+        .env("CAIRN_REPO", &repo.url)
+        .env("CAIRN_IDENTITY", repo.identity_text())
+        .output()
+        .await
+        .unwrap();
+    let r: Value = serde_json::from_slice(&restore.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&restore.stderr)));
+    assert_eq!(restore.status.code(), Some(0), "{r:#}");
+    assert_eq!((r["bytes"].as_u64(), r["command_exit"].as_i64()), (Some(b2), Some(0)), "{r:#}");
+    let local = tmp.path().join("dump");
+    restore_latest(&repo, &pg_source, &local);
+    let sql = std::fs::read(local.join("dump")).unwrap();
+    assert_eq!(sql.len() as u64, b2);
+    let local_db = tmp.path().join("local.db");
+    let loaded = std::process::Command::new("sqlite3")
+        .arg(&local_db)
+        .stdin(std::fs::File::open(local.join("dump")).unwrap())
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    let query =
+        "SELECT count(*), sum(length(v)), max(id), (SELECT v FROM t WHERE id = 150000) FROM t";
+    let want = sqlite(&local_db, query);
+    assert!(want.ends_with("|changed"), "{want}");
+    let got =
+        kubectl(&kc, &["exec", "-n", &ns, "pg", "--", "sqlite3", "/data/restored.db", query], None);
+    assert_eq!(got.trim(), want, "the piped restore holds what the dump held");
+    // The restored database is a file in the live volume, next to the original.
+    assert_eq!(sqlite(&dir.join("restored.db"), "PRAGMA integrity_check"), "ok");
+
+    // A restore command that fails: one line with its status and stderr, exit 1; one that
+    // exits without reading its input is caught by the stall timeout.
+    for (script, want) in [
+        ("cat >/dev/null; echo 'no space left' >&2; exit 5", "exited 5: no space left"),
+        ("head -c 100 >/dev/null; exit 5", "has not read its input for 3s"),
+    ] {
+        let started = Instant::now();
+        let failed = tokio::process::Command::new(workspace_bin("cairn-restore"))
+            .args(["dump", "--kubeconfig", &kc, "--source", &pg_source, "--pod", "pg"])
+            .args(["--stall-timeout", "3s", "--no-precheck", "--", "/bin/sh", "-c", script])
+            .env("CAIRN_REPO", &repo.url)
+            .env("CAIRN_IDENTITY", repo.identity_text())
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert_eq!(failed.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+        assert!(started.elapsed() < Duration::from_secs(60), "{script}: {:?}", started.elapsed());
+    }
+    // Not a dump: a usage error.
+    let not_dump = tokio::process::Command::new(workspace_bin("cairn-restore"))
+        .args([
+            "dump",
+            "--kubeconfig",
+            &kc,
+            "--source",
+            "pvc/nowhere/none",
+            "--pod",
+            "pg",
+            "--",
+            "cat",
+        ])
+        .env("CAIRN_REPO", &repo.url)
+        .env("CAIRN_IDENTITY", repo.identity_text())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(not_dump.status.code(), Some(2), "{}", String::from_utf8_lossy(&not_dump.stderr));
+    delete_namespaces(&[&ns]);
+}
+
+/// A disaster-recovery restore onto other StorageClasses: `--storage-class-map` (the same
+/// flag and variable as the manifest restore) gives each PVC the class its recorded one maps
+/// to; a class that does not exist is one line and exit 2, with nothing created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pvc_restore_maps_its_recorded_storage_class() {
+    use cairn_core::fs::{BackupOptions, backup_dir};
+    use cairn_core::records::{PvcMeta, PvcMode, PvcRecord, SnapshotRecord};
+    let kc = env("KUBECONFIG");
+    let ns = unique("pvcmap");
+    kubectl(&kc, &["create", "namespace", &ns], None);
+    let class = format!("cairn-mapped-{}", &ns[ns.len() - 8..]);
+    let sc = serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": class}, "provisioner": env("CAIRN_TEST_CSI_DRIVER"),
+        "volumeBindingMode": "Immediate",
+    });
+    kubectl(&kc, &["apply", "-f", "-"], Some(&sc.to_string()));
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    trees::generate(&src, &small_tree(71));
+    let repo = repos::init(&s3_repo_url()).await;
+    let record = PvcRecord {
+        namespace: Some("prod".into()),
+        name: Some("data".into()),
+        storage_class_name: Some("fast-ssd".into()),
+        access_modes: Some(vec!["ReadWriteOnce".into()]),
+        volume_mode: "Filesystem".into(),
+        size: Some("1Gi".into()),
+        ..Default::default()
+    };
+    let opts = BackupOptions {
+        source: "pvc/prod/data".into(),
+        meta: PvcMeta::new(record, PvcMode::Snapshot).to_meta(),
+        ..Default::default()
+    };
+    backup_dir(repo.open_write().await, &src, opts).await.unwrap();
+
+    let missing = restore_pvc(
+        &repo,
+        &kc,
+        "pvc/prod/data",
+        "data",
+        &["--target-namespace", &ns, "--storage-class-map", "fast-ssd=no-such-class"],
+    )
+    .output()
+    .await
+    .unwrap();
+    let v: Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!(missing.status.code(), Some(2), "{v:#}");
+    assert!(
+        v["error"].as_str().unwrap().contains("StorageClass \"no-such-class\" does not exist"),
+        "{v:#}"
+    );
+    let none = kubectl(&kc, &["get", "pvc", "-n", &ns, "-o", "name"], None);
+    assert_eq!(none.trim(), "", "nothing created");
+
+    let map = format!("other=unused,fast-ssd={class}");
+    let out = restore_pvc(
+        &repo,
+        &kc,
+        "pvc/prod/data",
+        "data",
+        &["--target-namespace", &ns, "--storage-class-map", &map],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let got = kubectl(
+        &kc,
+        &["get", "pvc", "data", "-n", &ns, "-o", "jsonpath={.spec.storageClassName}"],
+        None,
+    );
+    assert_eq!(got.trim(), class);
+    let client = kube_world::admin().await;
+    let dir = node::wait_bound(&client, &ns, "data").await;
+    assert_eq!(
+        trees::digest(&dir),
+        trees::digest(&src),
+        "restored byte-exact onto the mapped class"
+    );
+    delete_namespaces(&[&ns]);
+    kubectl(&kc, &["delete", "storageclass", &class, "--wait=false"], None);
+}

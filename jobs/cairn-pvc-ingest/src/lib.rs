@@ -2,6 +2,7 @@
 //! VolumeSnapshot, a temporary PVC cloned from it, an ingest Job that reads the clone into
 //! the repository, and cleanup. `ingest` is the same binary inside that Job's pod.
 
+pub mod dump;
 pub mod ingest;
 pub mod orchestrate;
 

@@ -14,12 +14,14 @@ use cairn_core::Exit;
 use cairn_core::filter::NamespaceFilter;
 use cairn_core::progress::human_bytes;
 use cairn_core::records::{
-    PvcMeta, PvcMode, PvcRecord, SnapshotRecord, VolumeGroupSnapshotRecord, VolumeSnapshotRecord,
+    APPLICATION_CONSISTENT, HooksRecord, PvcMeta, PvcMode, PvcRecord, SnapshotRecord,
+    VolumeGroupSnapshotRecord, VolumeSnapshotRecord,
 };
 use cairn_core::repo::lock::{Lock, LockKind};
 use cairn_core::repo::short_id;
 use cairn_job::config::{ChunkingArgs, LockArgs, Need, RepoArgs, SnapshotLabels, parse_duration};
 use cairn_job::metrics::SourceRun;
+use cairn_kube::hooks::{self, Registry};
 use cairn_kube::list::list_all;
 use cairn_kube::podjob::{
     DEVICE_PATH, VOLUME_PATH, WaitOptions, WorkerArgs, WorkerJob, WorkerSecurity, WorkerVolume,
@@ -39,6 +41,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::dump::{self, DumpResult};
 use crate::ingest::IngestReport;
 
 impl Slim for IngestReport {
@@ -148,6 +151,13 @@ pub struct RunArgs {
     /// default PVCs sharing a backup.cairn.dev/group label in a namespace are cut together).
     #[arg(long, env = "CAIRN_NO_GROUP_SNAPSHOTS")]
     pub no_group_snapshots: bool,
+    /// Run no backup hooks (the pods' backup.cairn.dev/pre-hook and post-hook annotations
+    /// are ignored; the orchestrator then needs no pods/exec right for them).
+    #[arg(long, env = "CAIRN_NO_HOOKS")]
+    pub no_hooks: bool,
+    /// Take no streamed dumps (pods' backup.cairn.dev/dump-command annotations are ignored).
+    #[arg(long, env = "CAIRN_NO_DUMPS")]
+    pub no_dumps: bool,
     /// List what would be backed up, change nothing.
     #[arg(long, env = "CAIRN_DRY_RUN")]
     pub dry_run: bool,
@@ -172,6 +182,12 @@ pub struct PvcResult {
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The backup hooks run around its cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<HooksRecord>,
+    /// What went wrong without losing the snapshot (a post hook that failed under `fail`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl PvcResult {
@@ -190,6 +206,8 @@ impl PvcResult {
             volume_snapshot_class: None,
             duration_ms: 0,
             error,
+            hooks: None,
+            warnings: Vec::new(),
         }
     }
 }
@@ -202,6 +220,10 @@ pub struct Summary {
     pub run: String,
     pub mode: Option<Mode>,
     pub pvcs: Vec<PvcResult>,
+    /// Streamed dumps (pods annotated backup.cairn.dev/dump-command).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dumps: Vec<DumpResult>,
+    /// PVCs and dumps.
     pub succeeded: usize,
     pub failed: usize,
     /// PVCs selected but left out (unbound, opted out), with why.
@@ -224,7 +246,13 @@ pub async fn run(repo: &RepoArgs, args: &RunArgs, json: bool) -> Exit {
     let result = orchestrate(repo, args, &mut summary).await;
     let ok = match (summary.succeeded, summary.failed) {
         (_, 0) => Exit::Success,
-        (0, _) => worst(&summary.pvcs),
+        (0, _) => worst(
+            summary
+                .pvcs
+                .iter()
+                .map(|p| p.exit_code)
+                .chain(summary.dumps.iter().map(|d| d.exit_code)),
+        ),
         _ => Exit::Partial,
     };
     let (exit, error) = cairn_core::exit::conclude("cairn-pvc-ingest", result, ok);
@@ -249,7 +277,9 @@ fn run_metrics(s: &Summary, cluster: Option<&str>) -> Vec<SourceRun> {
         source: None,
         outcome: s.exit.to_string(),
         seconds: s.duration_ms as f64 / 1000.0,
-        read_bytes: Some(s.pvcs.iter().map(|p| p.bytes_read).sum()),
+        read_bytes: Some(
+            s.pvcs.iter().map(|p| p.bytes_read).chain(s.dumps.iter().map(|d| d.bytes)).sum(),
+        ),
         files: Some(s.pvcs.iter().map(|p| p.files_read).sum()),
         stored_bytes: Some(s.new_bytes),
         failed_items: Some(s.failed as u64),
@@ -267,17 +297,23 @@ fn run_metrics(s: &Summary, cluster: Option<&str>) -> Vec<SourceRun> {
         stored_bytes: Some(p.new_bytes),
         failed_items: Some(u64::from(!p.ok)),
     });
-    std::iter::once(whole).chain(per_pvc).collect()
+    let per_dump = s.dumps.iter().filter(|d| !d.source.is_empty()).map(|d| SourceRun {
+        cluster: cluster.map(str::to_string),
+        source: Some(d.source.clone()),
+        outcome: Exit::from_code(d.exit_code).as_str().to_string(),
+        seconds: d.duration_ms as f64 / 1000.0,
+        read_bytes: Some(d.bytes),
+        files: Some(u64::from(d.ok)),
+        stored_bytes: Some(d.new_bytes),
+        failed_items: Some(u64::from(!d.ok)),
+    });
+    std::iter::once(whole).chain(per_pvc).chain(per_dump).collect()
 }
 
 /// Nothing succeeded: usage when every PVC failed for a reason of configuration, else
 /// retryable.
-fn worst(results: &[PvcResult]) -> Exit {
-    if results.iter().all(|r| r.exit_code == Exit::Usage.code()) {
-        Exit::Usage
-    } else {
-        Exit::Retryable
-    }
+fn worst(mut codes: impl Iterator<Item = u8>) -> Exit {
+    if codes.all(|c| c == Exit::Usage.code()) { Exit::Usage } else { Exit::Retryable }
 }
 
 fn print_summary(s: &Summary) {
@@ -286,11 +322,15 @@ fn print_summary(s: &Summary) {
         return;
     }
     let secs = s.duration_ms as f64 / 1000.0;
+    let dumps = match s.dumps.len() {
+        0 => String::new(),
+        n => format!(" and dumps, {n} of them"),
+    };
     println!(
-        "pvc ingest run {}: {} of {} PVCs backed up, {} ({} new) in {secs:.1}s",
+        "pvc ingest run {}: {} of {} PVCs{dumps} backed up, {} ({} new) in {secs:.1}s",
         s.run,
         s.succeeded,
-        s.pvcs.len(),
+        s.pvcs.len() + s.dumps.len(),
         human_bytes(s.bytes),
         human_bytes(s.new_bytes)
     );
@@ -310,6 +350,36 @@ fn print_summary(s: &Summary) {
                 "  FAILED  {:<40} exit {}: {}",
                 r.pvc,
                 r.exit_code,
+                err.as_deref().unwrap_or("unknown")
+            ),
+        }
+        if let Some(h) = &r.hooks {
+            let consistent = if h.application_consistent {
+                "application-consistent"
+            } else {
+                "NOT application-consistent"
+            };
+            println!("          hooks: {} run, {consistent}", h.runs.len());
+        }
+        for w in &r.warnings {
+            println!("          WARNING {w}");
+        }
+    }
+    for d in &s.dumps {
+        match (&d.snapshot, &d.error) {
+            (Some(id), None) => println!(
+                "  ok      {:<40} snapshot {}  {} ({} new) from pod {}  {:.1}s",
+                d.source,
+                short_id(id),
+                human_bytes(d.bytes),
+                human_bytes(d.new_bytes),
+                d.pod,
+                d.duration_ms as f64 / 1000.0
+            ),
+            (_, err) => println!(
+                "  FAILED  {:<40} exit {}: {}",
+                if d.source.is_empty() { &d.pod } else { &d.source },
+                d.exit_code,
                 err.as_deref().unwrap_or("unknown")
             ),
         }
@@ -336,6 +406,9 @@ struct Ctx {
     group_version: Option<String>,
     /// Temporary objects not deleted yet: what a cancellation must still clean up.
     live: Mutex<Vec<TempObject>>,
+    /// Post hooks due: a cancellation runs them before anything else.
+    hooks: Registry,
+    run_hooks: bool,
     cleanup_errors: Mutex<Vec<String>>,
 }
 
@@ -362,6 +435,31 @@ struct RunArgsView {
     ingest_lock_wait: Duration,
 }
 
+impl RunArgsView {
+    fn new(args: &RunArgs, image: String, security: WorkerSecurity) -> RunArgsView {
+        RunArgsView {
+            mode: args.mode,
+            cluster: args.labels.cluster.clone(),
+            tags: args.labels.tags.clone(),
+            chunking: args.chunking.clone(),
+            image,
+            command: args.ingest_command.clone(),
+            pull_policy: args.worker.image_pull_policy.clone(),
+            service_account: args.ingest_service_account.clone(),
+            security,
+            resources: resources(&args.ingest_cpu, &args.ingest_memory),
+            clone_access_mode: args.clone_access_mode.clone(),
+            snapshot_timeout: args.snapshot_timeout,
+            job_timeout: args.worker.job_timeout,
+            pending_timeout: args.worker.pending_timeout,
+            cleanup_timeout: args.worker.cleanup_timeout,
+            poll: args.worker.poll,
+            lock_lease: args.lock.lock_lease,
+            ingest_lock_wait: args.ingest_lock_wait,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum TempObject {
     /// A worker Job and the clone made for it.
@@ -384,6 +482,7 @@ struct GivenSnapshot {
     name: String,
     class: String,
     group: String,
+    hooks: Option<HooksRecord>,
 }
 
 async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> anyhow::Result<()> {
@@ -415,7 +514,7 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
             .await?;
     // The ingest pods get the same repository and write key: open it here first, so a bad
     // credential fails once, not once per PVC.
-    let repository = repo.open(Need::Write).await.context("opening the repository")?;
+    let repository = Arc::new(repo.open(Need::Write).await.context("opening the repository")?);
     let write_key = repository.write_key().to_text();
     let secret_data = args.worker.secret_env(BTreeMap::from([
         ("CAIRN_REPO".to_string(), repo.url()?.to_string()),
@@ -440,9 +539,22 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
         _ => None,
     };
     let pvcs = select_pvcs(&client, args, &ns_filter, summary).await?;
+    let dumps = match args.no_dumps {
+        true => (Vec::new(), Vec::new()),
+        false => dump::plan(dump::select(&client, &ns_filter).await?),
+    };
     if args.dry_run {
         for p in &pvcs {
             println!("would back up {}", pvc_key(p));
+        }
+        for d in &dumps.0 {
+            println!(
+                "would dump {} from pod {}/{}: {:?}",
+                d.source(),
+                d.namespace,
+                d.pod,
+                d.command
+            );
         }
         return Ok(());
     }
@@ -456,33 +568,16 @@ async fn orchestrate(repo: &RepoArgs, args: &RunArgs, summary: &mut Summary) -> 
     .with_context(|| format!("locking {lock_name}"))?;
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        args: RunArgsView {
-            mode: args.mode,
-            cluster: args.labels.cluster.clone(),
-            tags: args.labels.tags.clone(),
-            chunking: args.chunking.clone(),
-            image,
-            command: args.ingest_command.clone(),
-            pull_policy: args.worker.image_pull_policy.clone(),
-            service_account: args.ingest_service_account.clone(),
-            security,
-            resources: resources(&args.ingest_cpu, &args.ingest_memory),
-            clone_access_mode: args.clone_access_mode.clone(),
-            snapshot_timeout: args.snapshot_timeout,
-            job_timeout: args.worker.job_timeout,
-            pending_timeout: args.worker.pending_timeout,
-            cleanup_timeout: args.worker.cleanup_timeout,
-            poll: args.worker.poll,
-            lock_lease: args.lock.lock_lease,
-            ingest_lock_wait: args.ingest_lock_wait,
-        },
+        args: RunArgsView::new(args, image, security),
         owner,
         secret_data,
         group_version,
         live: Mutex::new(Vec::new()),
+        hooks: Registry::default(),
+        run_hooks: !args.no_hooks,
         cleanup_errors: Mutex::new(Vec::new()),
     });
-    let result = run_locked(&ctx, args, &ns_filter, pvcs, summary).await;
+    let result = run_locked(&ctx, args, &ns_filter, pvcs, dumps, &repository, summary).await;
     summary.cleanup_errors = ctx.cleanup_errors.lock().clone();
     let released = lock.release().await;
     result?;
@@ -495,6 +590,8 @@ async fn run_locked(
     args: &RunArgs,
     ns_filter: &NamespaceFilter,
     pvcs: Vec<PersistentVolumeClaim>,
+    (dumps, bad_dumps): (Vec<dump::DumpSpec>, Vec<(String, String)>),
+    repository: &Arc<cairn_core::repo::Repository>,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     // We hold the instance lock: whatever another run of this instance left is garbage.
@@ -514,22 +611,53 @@ async fn run_locked(
     }))
     .buffer_unordered(args.parallel)
     .collect::<Vec<Vec<PvcResult>>>();
-    let results = tokio::select! {
-        r = work => r,
+    let lock = args.lock.options("dump");
+    let dump_ctx = dump::DumpCtx {
+        client: &ctx.client,
+        repo: repository,
+        lock: &lock,
+        cluster: args.labels.cluster.as_deref(),
+        tags: args.labels.tag_map(),
+        chunking: &args.chunking,
+    };
+    let dumped = futures::stream::iter(dumps.iter().map(|d| dump::run_one(&dump_ctx, d)))
+        .buffer_unordered(args.parallel)
+        .collect::<Vec<DumpResult>>();
+    let (results, dumped) = tokio::select! {
+        r = async { (work.await, dumped.await) } => r,
         sig = cairn_job::signal::shutdown() => {
-            tracing::warn!(signal = sig, "cancelled: cleaning up temporary objects");
+            tracing::warn!(signal = sig, "cancelled: running due post hooks, cleaning up temporary objects");
+            ctx.hooks.release_all(&ctx.client).await;
             cleanup_all(ctx).await;
-            return Err(anyhow::anyhow!("cancelled by {sig}; temporary objects cleaned up"));
+            return Err(anyhow::anyhow!("cancelled by {sig}; post hooks run, temporary objects cleaned up"));
         }
     };
     cleanup_all(ctx).await;
+    let mut dumped = dumped;
+    dumped.extend(bad_dumps.into_iter().map(|(pod, why)| DumpResult {
+        source: String::new(),
+        pod,
+        ok: false,
+        exit_code: Exit::Usage.code(),
+        snapshot: None,
+        bytes: 0,
+        new_bytes: 0,
+        command_exit: None,
+        stderr_tail: String::new(),
+        duration_ms: 0,
+        error: Some(why),
+    }));
+    dumped.sort_by(|a, b| (&a.source, &a.pod).cmp(&(&b.source, &b.pod)));
     let mut results: Vec<PvcResult> = results.into_iter().flatten().collect();
     results.sort_by(|a, b| a.pvc.cmp(&b.pvc));
-    summary.succeeded = results.iter().filter(|r| r.ok).count();
-    summary.failed = results.len() - summary.succeeded;
-    summary.bytes = results.iter().map(|r| r.bytes).sum();
-    summary.new_bytes = results.iter().map(|r| r.new_bytes).sum();
+    summary.succeeded =
+        results.iter().filter(|r| r.ok).count() + dumped.iter().filter(|d| d.ok).count();
+    summary.failed = results.len() + dumped.len() - summary.succeeded;
+    summary.bytes = results.iter().map(|r| r.bytes).chain(dumped.iter().map(|d| d.bytes)).sum();
+    summary.new_bytes =
+        results.iter().map(|r| r.new_bytes).chain(dumped.iter().map(|d| d.new_bytes)).sum();
     summary.pvcs = results;
+    summary.dumps = dumped;
     Ok(())
 }
 
@@ -667,6 +795,12 @@ async fn backup_one(
             result.new_bytes = report.new_bytes;
             result.files_read = report.files_read;
             result.bytes_read = report.bytes_read;
+            // The snapshot is saved, but a post hook failed: the application may need a
+            // look. Partial, not failed.
+            if result.ok && !result.warnings.is_empty() && result.exit_code == Exit::Success.code()
+            {
+                result.exit_code = Exit::Partial.code();
+            }
             if !result.ok {
                 result.error =
                     Some(report.error.unwrap_or_else(|| format!("ingest exited {}", report.exit)));
@@ -708,6 +842,7 @@ async fn snapshot_clone(
         Some(g) => {
             meta.volume_group_snapshot =
                 Some(VolumeGroupSnapshotRecord { name: g.group.clone(), class: g.class.clone() });
+            record_hooks(meta, result, g.hooks.clone());
             (g.name.clone(), g.class.clone())
         }
         None => {
@@ -717,9 +852,36 @@ async fn snapshot_clone(
                 .await
                 .with_context(|| format!("choosing a VolumeSnapshotClass for {ns}/{name}"))?;
             let snap = object_name("cairn", &name, run, 63);
-            track(ctx, mine, TempObject::Snapshot(ns.clone(), snap.clone()));
-            volsnap::create(&ctx.client, &ns, &snap, &name, &class, &labels, &annotations).await?;
-            tracing::info!(pvc = %format!("{ns}/{name}"), snapshot = %snap, class = %class, "VolumeSnapshot created");
+            let pod_hooks = pod_hooks(ctx, &ns, &[name.as_str()]).await?;
+            // Pre hooks, the cut, post hooks: nothing between them may return early, so
+            // that a pre hook's post hook always runs.
+            let mut session = hooks::run_pre(&ctx.client, &ctx.hooks, &pod_hooks).await;
+            let cut = match &session.refused {
+                Some(why) => Err(anyhow::Error::from(cairn_core::Error::Retryable(format!(
+                    "{why} (on-error fail: no snapshot cut)"
+                )))),
+                None => {
+                    async {
+                        track(ctx, mine, TempObject::Snapshot(ns.clone(), snap.clone()));
+                        volsnap::create(&ctx.client, &ns, &snap, &name, &class, &labels, &annotations)
+                            .await?;
+                        tracing::info!(pvc = %format!("{ns}/{name}"), snapshot = %snap, class = %class, "VolumeSnapshot created");
+                        if pod_hooks.is_empty() {
+                            return anyhow::Ok(());
+                        }
+                        // The post hooks wait for the cut only, not for the upload.
+                        volsnap::wait_cut(&ctx.client, &ns, &snap, a.snapshot_timeout, a.poll).await?;
+                        Ok(())
+                    }
+                    .await
+                }
+            };
+            hooks::run_post(&ctx.client, &mut session).await;
+            if !pod_hooks.is_empty() {
+                result.warnings.extend(session.post_failure());
+                record_hooks(meta, result, Some(session.record()));
+            }
+            cut?;
             (snap, class)
         }
     };
@@ -731,6 +893,7 @@ async fn snapshot_clone(
         driver: driver.clone(),
         restore_size: ready.restore_size.clone(),
         ready_after_ms: ready.waited.as_millis() as u64,
+        creation_time: ready.creation_time.clone(),
     });
     let access = clone_access_mode(pvc, sc.as_ref(), &a.clone_access_mode);
     let size = larger_size(ready.restore_size.as_deref(), requested_size(pvc).as_deref());
@@ -845,6 +1008,27 @@ async fn backup_one_inner(
     Ok(end.result?)
 }
 
+/// The hooks of the running pods that mount `claims` (none with --no-hooks).
+async fn pod_hooks(ctx: &Ctx, ns: &str, claims: &[&str]) -> anyhow::Result<Vec<hooks::PodHooks>> {
+    if !ctx.run_hooks {
+        return Ok(Vec::new());
+    }
+    Ok(hooks::for_claims(&ctx.client, ns, claims).await?)
+}
+
+/// The hooks' record goes into the snapshot (and the run's report); all pre hooks
+/// succeeding makes the snapshot application-consistent.
+fn record_hooks(meta: &mut PvcMeta, result: &mut PvcResult, record: Option<HooksRecord>) {
+    if let Some(r) = &record
+        && r.application_consistent
+        && !r.runs.is_empty()
+    {
+        meta.consistency = APPLICATION_CONSISTENT.to_string();
+    }
+    meta.hooks = record.clone();
+    result.hooks = record;
+}
+
 fn track(ctx: &Ctx, mine: &mut Vec<TempObject>, obj: TempObject) {
     ctx.live.lock().push(obj.clone());
     mine.push(obj);
@@ -923,6 +1107,8 @@ async fn backup_group(
     let version = ctx.group_version.clone().unwrap_or_default();
     let name = object_name("cairn-group", group, &ctx.owner.run, 63);
     let mut mine = Vec::new();
+    // The hooks' record and post failure, kept for the members even when the cut failed.
+    let group_hooks: Mutex<Option<(HooksRecord, Option<String>)>> = Mutex::new(None);
     let members = async {
         let (driver, _) = driver_of(&ctx.client, &pvcs[0]).await?;
         for p in &pvcs[1..] {
@@ -932,34 +1118,29 @@ async fn backup_group(
                 )));
             }
         }
-        let requested = pvcs
-            .iter()
-            .find_map(|p| p.metadata.annotations.as_ref()?.get(volsnap::GROUP_CLASS_ANNOTATION).cloned());
-        let class = volsnap::choose_group_class(&ctx.client, &version, &driver, requested.as_deref())
-            .await
-            .with_context(|| format!("choosing a VolumeGroupSnapshotClass for group {ns}/{group}"))?;
-        track(ctx, &mut mine, TempObject::Group(version.clone(), ns.to_string(), name.clone()));
-        volsnap::create_group(
-            &ctx.client,
-            &version,
-            ns,
-            &name,
-            group,
-            &class,
-            &ctx.owner.labels(),
-            &ctx.owner.annotations(),
-        )
-        .await?;
-        tracing::info!(group = %format!("{ns}/{group}"), snapshot = %name, pvcs = pvcs.len(), "VolumeGroupSnapshot created");
-        let by_volume = volsnap::wait_group_members(
-            &ctx.client,
-            &version,
-            ns,
-            &name,
-            ctx.args.snapshot_timeout,
-            ctx.args.poll,
-        )
-        .await?;
+        let requested = pvcs.iter().find_map(|p| {
+            p.metadata.annotations.as_ref()?.get(volsnap::GROUP_CLASS_ANNOTATION).cloned()
+        });
+        let class =
+            volsnap::choose_group_class(&ctx.client, &version, &driver, requested.as_deref())
+                .await
+                .with_context(|| {
+                    format!("choosing a VolumeGroupSnapshotClass for group {ns}/{group}")
+                })?;
+        // Every member's pods: all pre hooks before the group is cut, all post hooks after.
+        let claims: Vec<&str> = pvcs.iter().filter_map(|p| p.metadata.name.as_deref()).collect();
+        let pod_hooks = pod_hooks(ctx, ns, &claims).await?;
+        let mut session = hooks::run_pre(&ctx.client, &ctx.hooks, &pod_hooks).await;
+        let cut = match &session.refused {
+            Some(why) => Err(anyhow::Error::from(cairn_core::Error::Retryable(format!(
+                "{why} (on-error fail: no group snapshot cut)"
+            )))),
+            None => cut_group(ctx, &mut mine, &version, ns, &name, group, &class, pvcs.len()).await,
+        };
+        hooks::run_post(&ctx.client, &mut session).await;
+        let hooks_record = (!pod_hooks.is_empty()).then(|| session.record());
+        *group_hooks.lock() = hooks_record.clone().map(|r| (r, session.post_failure()));
+        let by_volume = cut?;
         let mut given = BTreeMap::new();
         for p in &pvcs {
             let key = pvc_key(p);
@@ -967,7 +1148,15 @@ async fn backup_group(
             let snap = handle.and_then(|h| by_volume.get(&h).cloned()).ok_or_else(|| {
                 anyhow::anyhow!("VolumeGroupSnapshot {ns}/{name} has no member for {key}")
             })?;
-            given.insert(key, GivenSnapshot { name: snap, class: class.clone(), group: name.clone() });
+            given.insert(
+                key,
+                GivenSnapshot {
+                    name: snap,
+                    class: class.clone(),
+                    group: name.clone(),
+                    hooks: hooks_record.clone(),
+                },
+            );
         }
         anyhow::Ok(given)
     }
@@ -988,8 +1177,58 @@ async fn backup_group(
             pvcs.iter().map(|p| PvcResult::failed(pvc_key(p), code, Some(line.clone()))).collect()
         }
     };
+    let mut results = results;
+    if let Some((record, post_failure)) = group_hooks.into_inner() {
+        for r in &mut results {
+            r.hooks.get_or_insert_with(|| record.clone());
+            if let Some(w) = &post_failure {
+                r.warnings.push(w.clone());
+                if r.ok && r.exit_code == Exit::Success.code() {
+                    r.exit_code = Exit::Partial.code();
+                }
+            }
+        }
+    }
     cleanup(ctx, &mine).await;
     results
+}
+
+/// Create the VolumeGroupSnapshot and wait until every member is ready: the members'
+/// VolumeSnapshots by volume handle.
+#[allow(clippy::too_many_arguments)]
+async fn cut_group(
+    ctx: &Ctx,
+    mine: &mut Vec<TempObject>,
+    version: &str,
+    ns: &str,
+    name: &str,
+    group: &str,
+    class: &str,
+    members: usize,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    track(ctx, mine, TempObject::Group(version.to_string(), ns.to_string(), name.to_string()));
+    volsnap::create_group(
+        &ctx.client,
+        version,
+        ns,
+        name,
+        group,
+        class,
+        &ctx.owner.labels(),
+        &ctx.owner.annotations(),
+    )
+    .await?;
+    tracing::info!(group = %format!("{ns}/{group}"), snapshot = %name, pvcs = members, "VolumeGroupSnapshot created");
+    let by_volume = volsnap::wait_group_members(
+        &ctx.client,
+        version,
+        ns,
+        name,
+        ctx.args.snapshot_timeout,
+        ctx.args.poll,
+    )
+    .await?;
+    Ok(by_volume)
 }
 
 /// The CSI volume handle of a PVC's bound PV.

@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 /// The database file inside an etcd snapshot (as `cairn-etcd-snapshot` stores it).
+pub mod dump;
 pub mod manifests;
 pub mod pvc;
 
@@ -59,6 +60,9 @@ pub enum Command {
     Pvc(Box<pvc::PvcArgs>),
     /// Restore into a mounted volume or block device (inside the writer Job's pod).
     PvcWriter(pvc::WriterArgs),
+    /// Stream a dump (source dump/<namespace>/<name>) into a command's stdin in a pod, e.g.
+    /// `cairn-restore dump --source dump/prod/pg -- psql --single-transaction`.
+    Dump(Box<dump::DumpArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -158,6 +162,16 @@ pub async fn run(cli: Cli) -> Exit {
         Command::PvcWriter(args) => pvc::run_writer(&cli.repo, args, json).await,
         Command::Manifests(args) => {
             let report = manifests::execute(&cli.repo, args).await;
+            report.print(PROG, json);
+            report.exit_class()
+        }
+        Command::Dump(args) => {
+            let report = report::run(
+                PROG,
+                dump::DumpRestore::default(),
+                async |d: &mut dump::DumpRestore| dump::restore(&cli.repo, args, d).await,
+            )
+            .await;
             report.print(PROG, json);
             report.exit_class()
         }

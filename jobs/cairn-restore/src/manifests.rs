@@ -99,7 +99,7 @@ pub struct ManifestArgs {
     pub crd_timeout: Duration,
 }
 
-fn parse_map(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_map(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
         _ => Err(format!("{s:?}: expected OLD=NEW")),

@@ -77,9 +77,14 @@ pub struct PvcArgs {
     /// Name of the target PVC (default: the recorded one).
     #[arg(long = "target-name", env = "CAIRN_TARGET_NAME")]
     pub target_name: Option<String>,
-    /// StorageClass of a new PVC (default: the recorded one).
+    /// StorageClass of a new PVC (default: the recorded one, through --storage-class-map).
     #[arg(long, env = "CAIRN_STORAGE_CLASS")]
     pub storage_class: Option<String>,
+    /// Map the recorded StorageClass OLD to NEW, repeatable: the same map as
+    /// `cairn-restore manifests --storage-class-map` (and the same variable), so one
+    /// disaster-recovery Job setting serves every PVC. --storage-class wins over it.
+    #[arg(long = "storage-class-map", value_parser = crate::manifests::parse_map, env = "CAIRN_STORAGE_CLASS_MAP", value_delimiter = ',')]
+    pub storage_class_map: Vec<(String, String)>,
     /// Size of a new PVC (default: the recorded request; at least the data's size).
     #[arg(long, env = "CAIRN_SIZE")]
     pub size: Option<String>,
@@ -196,6 +201,55 @@ fn finish(prog: &str, result: anyhow::Result<()>, s: &mut PvcSummary, started: I
     s.duration_ms = started.elapsed().as_millis() as u64;
 }
 
+/// The StorageClass of a new claim: --storage-class, else the recorded one through the map.
+fn target_class(args: &PvcArgs, recorded: &PvcRecord) -> Option<String> {
+    args.storage_class.clone().or_else(|| {
+        let old = recorded.storage_class_name.clone()?;
+        Some(
+            args.storage_class_map
+                .iter()
+                .find(|(from, _)| *from == old)
+                .map_or(old, |(_, to)| to.clone()),
+        )
+    })
+}
+
+/// The target claim: the flags, else the recorded namespace and name.
+fn target_of(args: &PvcArgs, recorded: &PvcRecord) -> anyhow::Result<(String, String)> {
+    let ns =
+        args.target_namespace.clone().or_else(|| recorded.namespace.clone()).ok_or_else(|| {
+            cairn_core::exit::usage(
+                "the snapshot records no PVC: give --target-namespace and --target-name",
+            )
+        })?;
+    let name = args.target_name.clone().or_else(|| recorded.name.clone()).ok_or_else(|| {
+        cairn_core::exit::usage("the snapshot records no PVC: give --target-name")
+    })?;
+    Ok((ns, name))
+}
+
+/// A class the operator named (or mapped to) must exist: a claim on a missing class would
+/// wait Pending until the writer's deadline.
+async fn check_class(
+    client: &kube::Client,
+    args: &PvcArgs,
+    recorded: &PvcRecord,
+) -> anyhow::Result<()> {
+    let named = args.storage_class.is_some() || !args.storage_class_map.is_empty();
+    let Some(class) = target_class(args, recorded).filter(|_| named) else { return Ok(()) };
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client.clone());
+    let found = classes
+        .get_opt(&class)
+        .await
+        .map_err(|e| classify(&format!("reading StorageClass {class}"), e))?;
+    if found.is_none() {
+        return Err(cairn_core::exit::usage(format!(
+            "StorageClass {class:?} does not exist in the target cluster"
+        )));
+    }
+    Ok(())
+}
+
 /// The claim a restore creates when none exists: the recorded spec, with the operator's
 /// overrides (size, StorageClass), labelled with the snapshot it came from.
 fn new_claim(
@@ -218,8 +272,7 @@ fn new_claim(
         "volumeMode": if block { "Block" } else { "Filesystem" },
         "resources": { "requests": { "storage": size } },
     });
-    if let Some(class) = args.storage_class.clone().or_else(|| recorded.storage_class_name.clone())
-    {
+    if let Some(class) = target_class(args, recorded) {
         spec["storageClassName"] = json!(class);
     }
     let mut labels = recorded.labels.clone();
@@ -242,15 +295,7 @@ async fn restore_pvc(
     let node = repository.lookup(&snap.snapshot, &args.path).await?;
     let meta = PvcMeta::of(&snap.snapshot)?;
     let recorded = meta.as_ref().map(|m| m.pvc.clone()).unwrap_or_default();
-    let ns =
-        args.target_namespace.clone().or_else(|| recorded.namespace.clone()).ok_or_else(|| {
-            cairn_core::exit::usage(
-                "the snapshot records no PVC: give --target-namespace and --target-name",
-            )
-        })?;
-    let name = args.target_name.clone().or_else(|| recorded.name.clone()).ok_or_else(|| {
-        cairn_core::exit::usage("the snapshot records no PVC: give --target-name")
-    })?;
+    let (ns, name) = target_of(args, &recorded)?;
     summary.pvc = Some(format!("{ns}/{name}"));
     let block = meta.as_ref().is_some_and(PvcMeta::is_block) && args.path.is_empty();
     if block && node.kind != NodeKind::Dir {
@@ -274,6 +319,7 @@ async fn restore_pvc(
         }
         (Some(_), _) => {}
         (None, _) => {
+            check_class(&client, args, &recorded).await?;
             let body = new_claim(args, &recorded, &snap, &ns, &name, block)?;
             claims
                 .create(&PostParams::default(), &body)

@@ -1,6 +1,6 @@
 //! What the jobs record in a snapshot's `meta` for the jobs that read it back: one type per
 //! record, shared by writer and reader, so a renamed field is a compile error rather than a
-//! check that silently stops running (FORMAT.md §10.1–10.3 give the wire forms).
+//! check that silently stops running (FORMAT.md §10.1–10.3 and §10.5 give the wire forms).
 //!
 //! Each record is the whole `meta` object of its snapshot; [`SnapshotRecord::from_meta`]
 //! says `None` when a snapshot carries another kind and fails when one is present but
@@ -102,6 +102,9 @@ pub struct PvcMeta {
     pub volume_snapshot: Option<VolumeSnapshotRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_group_snapshot: Option<VolumeGroupSnapshotRecord>,
+    /// The backup hooks run around the cut, when the PVC's pods declare any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<HooksRecord>,
 }
 
 impl SnapshotRecord for PvcMeta {
@@ -116,6 +119,7 @@ impl PvcMeta {
             consistency: mode.consistency().to_string(),
             volume_snapshot: None,
             volume_group_snapshot: None,
+            hooks: None,
         }
     }
 
@@ -170,12 +174,92 @@ pub struct VolumeSnapshotRecord {
     pub driver: String,
     pub restore_size: Option<String>,
     pub ready_after_ms: u64,
+    /// `status.creationTime`: the point in time the snapshot holds (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_time: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeGroupSnapshotRecord {
     pub name: String,
     pub class: String,
+}
+
+/// The consistency word of a snapshot whose pre hooks all succeeded.
+pub const APPLICATION_CONSISTENT: &str = "application-consistent (hooks around a CSI snapshot)";
+
+/// Backup hooks run around a PVC's cut (pre hooks before it, post hooks after it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HooksRecord {
+    /// Every pre hook succeeded: the application was quiesced when the snapshot was cut.
+    pub application_consistent: bool,
+    /// In the order they ran.
+    pub runs: Vec<HookRun>,
+}
+
+/// One hook in one container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookRun {
+    /// `pre` or `post`.
+    pub phase: HookPhase,
+    /// `namespace/pod`.
+    pub pod: String,
+    pub container: Option<String>,
+    pub command: Vec<String>,
+    /// RFC 3339, when the exec started and ended.
+    pub started: String,
+    pub ended: String,
+    /// `ok`, `failed` (exit status ≠ 0), `timeout` or `error` (could not run).
+    pub outcome: String,
+    pub exit_code: Option<i32>,
+    /// The end of stderr (at most 1 KiB), or why it could not run.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// `fail` or `continue`: what a failure of this hook does.
+    pub on_error: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookPhase {
+    Pre,
+    Post,
+}
+
+/// The source prefix of streamed dumps: `dump/<namespace>/<name>`.
+pub fn dump_source(namespace: &str, name: &str) -> String {
+    format!("dump/{namespace}/{name}")
+}
+
+/// `meta` of a streamed dump (a command's stdout, stored as one file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DumpMeta {
+    pub dump: DumpRecord,
+}
+
+impl SnapshotRecord for DumpMeta {
+    const KEY: &'static str = "dump";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpRecord {
+    pub namespace: String,
+    /// The pod the command ran in (pods come and go; the source name stays).
+    pub pod: String,
+    pub container: Option<String>,
+    pub command: Vec<String>,
+    /// The file in the snapshot's root that holds stdout.
+    pub file: String,
+    pub bytes: u64,
+    /// Always 0 in a saved snapshot: a dump that exits otherwise is not saved.
+    pub exit_code: i32,
+    /// The end of stderr (at most 1 KiB).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr_tail: String,
+    pub duration_ms: u64,
 }
 
 /// `meta` of a manifest export.
@@ -255,6 +339,7 @@ mod tests {
             driver: "d".into(),
             restore_size: None,
             ready_after_ms: 5,
+            creation_time: None,
         });
         let v = meta.to_meta();
         assert_eq!(v["pvc"]["storageClassName"], "fast");
@@ -297,5 +382,64 @@ mod tests {
             }};
             prop_assert_eq!(ManifestsMeta::from_meta(&meta.to_meta()).unwrap(), Some(meta));
         }
+    }
+
+    #[test]
+    fn hook_and_dump_records_have_their_wire_form() {
+        let mut meta = PvcMeta::new(PvcRecord::default(), PvcMode::Snapshot);
+        meta.hooks = Some(HooksRecord {
+            application_consistent: false,
+            runs: vec![HookRun {
+                phase: HookPhase::Pre,
+                pod: "prod/db-0".into(),
+                container: Some("db".into()),
+                command: vec!["sync".into()],
+                started: "2026-11-30T11:00:00Z".into(),
+                ended: "2026-11-30T11:00:01Z".into(),
+                outcome: "failed".into(),
+                exit_code: Some(3),
+                message: String::new(),
+                on_error: "continue".into(),
+            }],
+        });
+        let v = meta.to_meta();
+        assert_eq!(v["hooks"]["applicationConsistent"], false);
+        let run = &v["hooks"]["runs"][0];
+        assert_eq!(
+            (run["phase"].as_str(), run["exitCode"].as_i64(), run["onError"].as_str()),
+            (Some("pre"), Some(3), Some("continue"))
+        );
+        assert!(run.get("message").is_none(), "an empty message is left out");
+        assert_eq!(PvcMeta::from_meta(&v).unwrap().unwrap(), meta);
+        // Records written before hooks existed still read.
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("hooks");
+        assert_eq!(PvcMeta::from_meta(&old).unwrap().unwrap().hooks, None);
+
+        let dump = DumpMeta {
+            dump: DumpRecord {
+                namespace: "prod".into(),
+                pod: "pg-0".into(),
+                container: Some("pg".into()),
+                command: vec!["pg_dumpall".into()],
+                file: "dump".into(),
+                bytes: 42,
+                exit_code: 0,
+                stderr_tail: String::new(),
+                duration_ms: 7,
+            },
+        };
+        let v = dump.to_meta();
+        assert_eq!(
+            (v["dump"]["exitCode"].as_i64(), v["dump"]["durationMs"].as_u64()),
+            (Some(0), Some(7))
+        );
+        assert_eq!(DumpMeta::from_meta(&v).unwrap().unwrap(), dump);
+        assert_eq!(
+            DumpMeta::from_meta(&meta.to_meta()).unwrap(),
+            None,
+            "a PVC record is not a dump"
+        );
+        assert_eq!(dump_source("prod", "pg"), "dump/prod/pg");
     }
 }

@@ -6,6 +6,8 @@
 pub mod collect;
 pub mod compare;
 pub mod discovery;
+pub mod exec;
+pub mod hooks;
 pub mod layout;
 pub mod list;
 pub mod normalize;

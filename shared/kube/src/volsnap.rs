@@ -162,7 +162,22 @@ pub struct Ready {
     /// `status.restoreSize`: the smallest PVC that can hold it.
     pub restore_size: Option<String>,
     pub content: Option<String>,
+    /// `status.creationTime`: the point in time the snapshot holds.
+    pub creation_time: Option<String>,
     pub waited: Duration,
+}
+
+/// Wait until the snapshot is cut: `status.creationTime` set (the point in time is fixed,
+/// though the driver may still be uploading) or `readyToUse`. What backup hooks wait for
+/// before they let the application go on.
+pub async fn wait_cut(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<Ready> {
+    wait_for(client, ns, name, timeout, poll, true).await
 }
 
 /// Wait until the snapshot is `readyToUse`. `status.error` fails at once with the driver's
@@ -175,6 +190,17 @@ pub async fn wait_ready(
     timeout: Duration,
     poll: Duration,
 ) -> Result<Ready> {
+    wait_for(client, ns, name, timeout, poll, false).await
+}
+
+async fn wait_for(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    poll: Duration,
+    cut_is_enough: bool,
+) -> Result<Ready> {
     let api = snapshots_api(client, ns);
     let started = Instant::now();
     loop {
@@ -183,10 +209,12 @@ pub async fn wait_ready(
             .await
             .map_err(|e| classify(&format!("reading VolumeSnapshot {ns}/{name}"), e))?;
         let status = snap.data.get("status").cloned().unwrap_or(Value::Null);
-        if status["readyToUse"] == Value::Bool(true) {
+        let cut = cut_is_enough && status["creationTime"].is_string();
+        if cut || status["readyToUse"] == Value::Bool(true) {
             return Ok(Ready {
                 restore_size: status["restoreSize"].as_str().map(String::from),
                 content: status["boundVolumeSnapshotContentName"].as_str().map(String::from),
+                creation_time: status["creationTime"].as_str().map(String::from),
                 waited: started.elapsed(),
             });
         }
@@ -195,8 +223,9 @@ pub async fn wait_ready(
         }
         if started.elapsed() > timeout {
             return Err(Error::Retryable(format!(
-                "VolumeSnapshot {ns}/{name} not ready within {} (is the snapshot controller \
+                "VolumeSnapshot {ns}/{name} not {} within {} (is the snapshot controller \
                  running, and the CSI driver able to snapshot?)",
+                if cut_is_enough { "cut" } else { "ready" },
                 humantime::format_duration(timeout)
             )));
         }
