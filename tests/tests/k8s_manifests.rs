@@ -52,7 +52,12 @@ async fn every_overlay_passes_a_server_side_dry_run() {
 }
 
 fn can_i(kc: &str, sa: &str, verb: &str, resource: &str, all_namespaces: bool) -> bool {
+    // A subresource (`pods/exec`) is asked for with --subresource: `can-i create pods/exec`
+    // answers for a resource of that name.
+    let (resource, sub) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
+    let sub_flag = sub.map(|s| format!("--subresource={s}"));
     let mut args = vec!["auth", "can-i", "--as", sa, verb, resource];
+    args.extend(sub_flag.as_deref());
     if all_namespaces {
         args.push("--all-namespaces");
     }
