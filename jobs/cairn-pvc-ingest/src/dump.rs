@@ -29,7 +29,7 @@ use cairn_core::repo::lock::{BackupLocks, LockOptions};
 use cairn_core::{Error, Result};
 use cairn_job::config::ChunkingArgs;
 use cairn_kube::exec::{self, Ended, Exec};
-use cairn_kube::hooks::parse_command;
+use cairn_kube::hooks::PodAnnotations;
 use cairn_kube::list::list_all;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -82,39 +82,52 @@ pub struct DumpResult {
     pub error: Option<String>,
 }
 
+impl DumpResult {
+    /// An item that has not got anywhere (yet): failed, with `exit_code`.
+    pub fn failed(source: String, pod: String, exit_code: u8, error: Option<String>) -> DumpResult {
+        DumpResult {
+            source,
+            pod,
+            ok: false,
+            exit_code,
+            snapshot: None,
+            bytes: 0,
+            new_bytes: 0,
+            command_exit: None,
+            stderr_tail: String::new(),
+            duration_ms: 0,
+            error,
+        }
+    }
+}
+
 /// The dump `pod` declares; a malformed annotation is an error naming it.
 pub fn dump_spec(pod: &Pod) -> Result<Option<DumpSpec>> {
-    let ann = pod.metadata.annotations.clone().unwrap_or_default();
-    let Some(command) = ann.get(DUMP_COMMAND) else { return Ok(None) };
-    let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let bad = |key: &str, why: String| {
-        Error::Invalid(format!("pod {namespace}/{pod_name}: {key}: {why}"))
-    };
-    let command = parse_command(command).map_err(|why| bad(DUMP_COMMAND, why))?;
-    let containers: Vec<String> =
-        pod.spec.iter().flat_map(|s| s.containers.iter().map(|c| c.name.clone())).collect();
-    let container = match ann.get(DUMP_CONTAINER) {
-        Some(c) if containers.contains(c) => c.clone(),
-        Some(c) => return Err(bad(DUMP_CONTAINER, format!("no container {c:?} in the pod"))),
-        None => containers.first().cloned().ok_or_else(|| bad("spec", "no containers".into()))?,
-    };
-    let timeout = match ann.get(DUMP_TIMEOUT) {
-        Some(t) => cairn_core::parse::duration(t).map_err(|e| bad(DUMP_TIMEOUT, e.to_string()))?,
-        None => DEFAULT_TIMEOUT,
-    };
+    let ann = PodAnnotations::of(pod);
+    let Some(command) = ann.command(DUMP_COMMAND)? else { return Ok(None) };
+    let container = ann.container(DUMP_CONTAINER)?;
+    let timeout = ann.duration(DUMP_TIMEOUT, DEFAULT_TIMEOUT)?;
     let name = match ann.get(DUMP_NAME) {
         Some(n) => n.clone(),
         None => workload_name(pod),
     };
     if name.is_empty() || name.contains('/') {
-        return Err(bad(DUMP_NAME, format!("{name:?}: a name without '/'")));
+        return Err(ann.bad(DUMP_NAME, format!("{name:?}: a name without '/'")));
     }
     let file = ann.get(DUMP_FILE).cloned().unwrap_or_else(|| DEFAULT_FILE.to_string());
     if file.is_empty() || file.contains('/') {
-        return Err(bad(DUMP_FILE, format!("{file:?}: a file name without '/'")));
+        return Err(ann.bad(DUMP_FILE, format!("{file:?}: a file name without '/'")));
     }
-    Ok(Some(DumpSpec { namespace, pod: pod_name, name, container, command, timeout, file }))
+    let (namespace, pod_name) = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+    Ok(Some(DumpSpec {
+        namespace: namespace.unwrap_or_default(),
+        pod: pod_name.unwrap_or_default(),
+        name,
+        container,
+        command,
+        timeout,
+        file,
+    }))
 }
 
 /// A name that outlives the pod: its controller's (a ReplicaSet's without the template
@@ -200,21 +213,10 @@ pub struct DumpCtx<'a> {
 /// Take one dump; never fails the run: the result says how it went.
 pub async fn run_one(ctx: &DumpCtx<'_>, spec: &DumpSpec) -> DumpResult {
     let started = Instant::now();
-    let mut result = DumpResult {
-        source: spec.source(),
-        pod: format!("{}/{}", spec.namespace, spec.pod),
-        ok: false,
-        exit_code: Exit::Retryable.code(),
-        snapshot: None,
-        bytes: 0,
-        new_bytes: 0,
-        command_exit: None,
-        stderr_tail: String::new(),
-        duration_ms: 0,
-        error: None,
-    };
+    let pod = format!("{}/{}", spec.namespace, spec.pod);
+    let mut result = DumpResult::failed(spec.source(), pod, Exit::Retryable.code(), None);
     if let Err(e) = take(ctx, spec, &mut result).await {
-        let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+        let line = cairn_core::exit::one_line(&e);
         tracing::error!(source = %result.source, "{line}");
         result.exit_code = Exit::from_error(&e).code();
         result.error = Some(line);

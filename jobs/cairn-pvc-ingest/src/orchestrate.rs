@@ -634,19 +634,11 @@ async fn run_locked(
     };
     cleanup_all(ctx).await;
     let mut dumped = dumped;
-    dumped.extend(bad_dumps.into_iter().map(|(pod, why)| DumpResult {
-        source: String::new(),
-        pod,
-        ok: false,
-        exit_code: Exit::Usage.code(),
-        snapshot: None,
-        bytes: 0,
-        new_bytes: 0,
-        command_exit: None,
-        stderr_tail: String::new(),
-        duration_ms: 0,
-        error: Some(why),
-    }));
+    dumped.extend(
+        bad_dumps.into_iter().map(|(pod, why)| {
+            DumpResult::failed(String::new(), pod, Exit::Usage.code(), Some(why))
+        }),
+    );
     dumped.sort_by(|a, b| (&a.source, &a.pod).cmp(&(&b.source, &b.pod)));
     let mut results: Vec<PvcResult> = results.into_iter().flatten().collect();
     results.sort_by(|a, b| a.pvc.cmp(&b.pvc));
@@ -810,7 +802,7 @@ async fn backup_one(
             }
         }
         Err(e) => {
-            let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            let line = cairn_core::exit::one_line(&e);
             tracing::error!(pvc = %key, "{line}");
             result.exit_code = Exit::from_error(&e).code();
             result.error = Some(line);
@@ -1172,7 +1164,7 @@ async fn backup_group(
             .await
         }
         Err(e) => {
-            let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            let line = cairn_core::exit::one_line(&e);
             let code = Exit::from_error(&e).code();
             pvcs.iter().map(|p| PvcResult::failed(pvc_key(p), code, Some(line.clone()))).collect()
         }
@@ -1352,13 +1344,7 @@ async fn consumer_node(
     Ok(pods
         .into_iter()
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .filter(|p| {
-            p.spec.as_ref().is_some_and(|s| {
-                s.volumes.iter().flatten().any(|v| {
-                    v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == claim)
-                })
-            })
-        })
+        .filter(|p| hooks::mounts_any(p, &[claim]))
         .find_map(|p| p.spec.and_then(|s| s.node_name)))
 }
 

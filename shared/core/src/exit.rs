@@ -81,10 +81,15 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     ExitError(Exit::Usage, msg.into()).into()
 }
 
+/// An error and its causes on one line: `context: cause: root cause`.
+pub fn one_line(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
 /// A job's failure, reported the one way: `prog: context: cause` on stderr. Returns the exit
 /// code and the line (for the JSON summary).
 pub fn report_failure(prog: &str, e: &anyhow::Error) -> (Exit, String) {
-    let line = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+    let line = one_line(e);
     eprintln!("{prog}: {line}");
     (Exit::from_error(e), line)
 }

@@ -90,38 +90,81 @@ pub fn parse_command(value: &str) -> std::result::Result<Vec<String>, String> {
     Ok(cmd)
 }
 
+/// A pod's annotations, read with errors that name the pod and the key (hooks and dumps
+/// share the reading of commands, containers and durations).
+pub struct PodAnnotations<'a> {
+    pod: &'a Pod,
+    ann: BTreeMap<String, String>,
+}
+
+impl<'a> PodAnnotations<'a> {
+    pub fn of(pod: &'a Pod) -> PodAnnotations<'a> {
+        PodAnnotations { pod, ann: pod.metadata.annotations.clone().unwrap_or_default() }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.ann.get(key)
+    }
+
+    /// A malformed annotation: `pod NS/NAME: KEY: why`.
+    pub fn bad(&self, key: &str, why: impl std::fmt::Display) -> Error {
+        let m = &self.pod.metadata;
+        Error::Invalid(format!(
+            "pod {}/{}: {key}: {why}",
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default()
+        ))
+    }
+
+    /// A command annotation ([`parse_command`]), if present.
+    pub fn command(&self, key: &str) -> Result<Option<Vec<String>>> {
+        self.get(key).map(|v| parse_command(v).map_err(|why| self.bad(key, why))).transpose()
+    }
+
+    /// The container named by `key`, which must exist; else the pod's first.
+    pub fn container(&self, key: &str) -> Result<String> {
+        let mut names = self.pod.spec.iter().flat_map(|s| s.containers.iter().map(|c| &c.name));
+        match self.get(key) {
+            Some(c) if names.any(|n| n == c) => Ok(c.clone()),
+            Some(c) => Err(self.bad(key, format!("no container {c:?} in the pod"))),
+            None => names.next().cloned().ok_or_else(|| self.bad("spec", "no containers")),
+        }
+    }
+
+    /// A duration annotation, else `default`.
+    pub fn duration(&self, key: &str, default: Duration) -> Result<Duration> {
+        match self.get(key) {
+            Some(t) => cairn_core::parse::duration(t).map_err(|e| self.bad(key, e)),
+            None => Ok(default),
+        }
+    }
+}
+
 /// The hooks `pod` declares, `None` when it declares none. A malformed annotation is an
 /// error naming it (the PVC then fails as a configuration error).
 pub fn pod_hooks(pod: &Pod) -> Result<Option<PodHooks>> {
-    let ann = pod.metadata.annotations.clone().unwrap_or_default();
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let bad =
-        |key: &str, why: String| Error::Invalid(format!("pod {namespace}/{name}: {key}: {why}"));
-    let command = |key: &str| -> Result<Option<Vec<String>>> {
-        ann.get(key).map(|v| parse_command(v).map_err(|why| bad(key, why))).transpose()
-    };
-    let (pre, post) = (command(PRE_HOOK)?, command(POST_HOOK)?);
+    let ann = PodAnnotations::of(pod);
+    let (pre, post) = (ann.command(PRE_HOOK)?, ann.command(POST_HOOK)?);
     if pre.is_none() && post.is_none() {
         return Ok(None);
     }
-    let containers: Vec<String> =
-        pod.spec.iter().flat_map(|s| s.containers.iter().map(|c| c.name.clone())).collect();
-    let container = match ann.get(HOOK_CONTAINER) {
-        Some(c) if containers.contains(c) => c.clone(),
-        Some(c) => return Err(bad(HOOK_CONTAINER, format!("no container {c:?} in the pod"))),
-        None => containers.first().cloned().ok_or_else(|| bad("spec", "no containers".into()))?,
-    };
-    let timeout = match ann.get(HOOK_TIMEOUT) {
-        Some(t) => cairn_core::parse::duration(t).map_err(|e| bad(HOOK_TIMEOUT, e.to_string()))?,
-        None => DEFAULT_TIMEOUT,
-    };
+    let container = ann.container(HOOK_CONTAINER)?;
+    let timeout = ann.duration(HOOK_TIMEOUT, DEFAULT_TIMEOUT)?;
     let on_error = match ann.get(HOOK_ON_ERROR).map(|s| s.to_ascii_lowercase()).as_deref() {
         None | Some("fail") => OnError::Fail,
         Some("continue") => OnError::Continue,
-        Some(other) => return Err(bad(HOOK_ON_ERROR, format!("{other:?}: fail or continue"))),
+        Some(other) => return Err(ann.bad(HOOK_ON_ERROR, format!("{other:?}: fail or continue"))),
     };
-    Ok(Some(PodHooks { namespace, pod: name, container, pre, post, timeout, on_error }))
+    let (namespace, pod) = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+    Ok(Some(PodHooks {
+        namespace: namespace.unwrap_or_default(),
+        pod: pod.unwrap_or_default(),
+        container,
+        pre,
+        post,
+        timeout,
+        on_error,
+    }))
 }
 
 /// Whether `pod` mounts one of `claims`.
