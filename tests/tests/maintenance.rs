@@ -342,7 +342,7 @@ async fn a_writer_outliving_mark_and_delete_does_not_commit() {
         root.subtree =
             vec![writer.add_blob(BlobKind::Tree, &TreeBlob::encode(&[file])).unwrap().id];
         writer.flush().unwrap();
-        (writer.relied_blobs(), root)
+        (writer.relied_blobs().unwrap(), root)
     })
     .await
     .unwrap();

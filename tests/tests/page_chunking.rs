@@ -196,7 +196,7 @@ async fn check_and_repair_see_data_lost_behind_an_extent_list() {
     let list = full.read_extent_list(&db.extent_lists[0]).await.unwrap();
     let blob = list.iter().rev().find_map(|e| e.id).unwrap();
     let index = full.index().await.unwrap();
-    let pack = index.pack(index.get(&blob).unwrap().pack).id;
+    let pack = index.pack(index.get(&blob).unwrap().unwrap().pack).id;
     full.store().delete(&cairn_core::repo::pack_key(&pack)).await.unwrap();
 
     let full = repo.open_full().await;

@@ -415,7 +415,7 @@ async fn first_data_pack(
     let mut stack = vec![root.clone()];
     while let Some(node) = stack.pop() {
         if let Some(id) = node.content.iter().find_map(|e| e.id) {
-            let loc = index.get(&id).unwrap();
+            let loc = index.get(&id).unwrap().unwrap();
             return cairn_core::repo::pack_key(&index.pack(loc.pack).id);
         }
         if !node.subtree.is_empty() {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use cairn_core::repo::{Access, Repository, Store, Unlock, WriteKey};
+use cairn_core::repo::{Access, IndexBudget, Repository, Store, Unlock, WriteKey};
 use cairn_core::{Error, Result};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -24,6 +24,56 @@ pub struct RepoArgs {
     /// Read the passphrase from this file (else the CAIRN_PASSPHRASE variable).
     #[arg(long, env = "CAIRN_PASSPHRASE_FILE", global = true)]
     pub passphrase_file: Option<PathBuf>,
+    /// Memory this run may use, e.g. 384MiB. The repository's index stays in memory up to
+    /// a quarter of it; past that it goes to --cache-dir, so memory does not grow with the
+    /// bucket. Default: 3/4 of the container's memory limit (cgroup), else 1GiB; at least
+    /// 64MiB.
+    #[arg(long, env = "CAIRN_MEMORY_BUDGET", global = true, value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
+    /// Directory for the index's local files when it outgrows its memory (the pod's
+    /// emptyDir). Files are unlinked as they are created: nothing is left behind.
+    /// Default: $TMPDIR, else /tmp.
+    #[arg(long, env = "CAIRN_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The least memory a run is allowed: below it, packs being built and uploaded, read
+/// windows and buffers do not fit, whatever the repository's size.
+pub const MIN_MEMORY_BUDGET: u64 = 64 << 20;
+/// The budget where no flag and no container limit says otherwise.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 1 << 30;
+
+/// The container's memory limit: cgroup v2 `memory.max`, else v1 `memory.limit_in_bytes`.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok();
+    read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        // v1 reports "no limit" as a number near 2^63.
+        .filter(|&l| l < 1 << 60)
+}
+
+/// The run's memory budget: the flag, else 3/4 of the container's limit (the rest is
+/// the runtime's, the page cache's and the allocator's slack), else the default. Refused
+/// below [`MIN_MEMORY_BUDGET`] with a line naming where it came from.
+pub fn memory_budget(flag: Option<u64>, limit: Option<u64>) -> Result<u64> {
+    let (budget, from) = match (flag, limit) {
+        (Some(b), _) => (b, "--memory-budget (CAIRN_MEMORY_BUDGET)".to_string()),
+        (None, Some(l)) => (l / 4 * 3, format!("3/4 of the container's memory limit {}", mib(l))),
+        (None, None) => (DEFAULT_MEMORY_BUDGET, "the default".to_string()),
+    };
+    if budget < MIN_MEMORY_BUDGET {
+        return Err(Error::Invalid(format!(
+            "memory budget {} from {from} is below the {} a run needs; raise --memory-budget \
+             (CAIRN_MEMORY_BUDGET) or the container's memory limit",
+            mib(budget),
+            mib(MIN_MEMORY_BUDGET)
+        )));
+    }
+    Ok(budget)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes >> 20)
 }
 
 /// What a command needs.
@@ -118,8 +168,25 @@ impl RepoArgs {
         Ok(env)
     }
 
+    /// Where the index goes and how much of it stays in memory: a quarter of the budget.
+    pub fn index_budget(&self) -> Result<IndexBudget> {
+        let budget = memory_budget(self.memory_budget, cgroup_memory_limit())?;
+        let memory = usize::try_from(budget / 4).unwrap_or(usize::MAX);
+        Ok(match &self.cache_dir {
+            Some(dir) => IndexBudget { memory, dir: dir.clone(), fallback_to_memory: false },
+            None => IndexBudget { memory, ..IndexBudget::default() },
+        })
+    }
+
     /// Open the repository with the strongest access given, checking it covers `need`.
     pub async fn open(&self, need: Need) -> Result<Repository> {
+        let budget = self.index_budget()?;
+        let mut repo = self.open_unbudgeted(need).await?;
+        repo.set_index_budget(budget);
+        Ok(repo)
+    }
+
+    async fn open_unbudgeted(&self, need: Need) -> Result<Repository> {
         let store = self.store()?;
         if let Some(unlock) = self.unlock()? {
             return Repository::open(store, Access::Unlock(unlock)).await;
@@ -332,5 +399,28 @@ mod chunking_tests {
         assert_eq!(policy.page_files, vec!["**/*.img", "vm/*.raw"]);
         assert!(policy.no_detect && policy.force.is_none());
         assert!(Cli::parse_from(["x"]).chunking.env().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_budget_comes_from_the_flag_then_the_limit_then_the_default() {
+        assert_eq!(memory_budget(Some(100 << 20), Some(1 << 30)).unwrap(), 100 << 20);
+        assert_eq!(memory_budget(None, Some(512 << 20)).unwrap(), 384 << 20);
+        assert_eq!(memory_budget(None, None).unwrap(), DEFAULT_MEMORY_BUDGET);
+    }
+
+    /// A budget no run fits in is refused at start, naming where it came from (exit 2).
+    #[test]
+    fn a_budget_below_the_floor_is_refused_naming_its_source() {
+        let e = memory_budget(Some(10 << 20), None).unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
+        assert_eq!(e.exit(), cairn_core::Exit::Usage);
+        assert!(e.to_string().contains("--memory-budget"), "{e}");
+        let e = memory_budget(None, Some(64 << 20)).unwrap_err();
+        assert!(e.to_string().contains("container's memory limit 64 MiB"), "{e}");
     }
 }

@@ -9,3 +9,8 @@ pub mod metrics;
 pub mod report;
 pub mod signal;
 pub mod telemetry;
+
+/// Every job links this crate, so this is the allocator of every static binary we ship.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -542,7 +542,7 @@ where
         let stats = (
             writer.stats.new_blobs.load(Ordering::Relaxed),
             writer.stats.new_bytes.load(Ordering::Relaxed),
-            writer.relied_blobs(),
+            writer.relied_blobs()?,
         );
         Ok((root, failures, counts, stats))
     })
@@ -806,13 +806,20 @@ fn file_content(
 
 /// Are all blobs of a parent's file node still stored (its extent lists read to see)?
 fn all_known(ctx: &Ctx<'_>, node: &Node) -> Result<bool> {
-    let known =
-        |extents: &[Extent]| extents.iter().all(|e| e.id.is_none_or(|id| ctx.writer.is_known(&id)));
-    if !known(&node.content) {
+    let known = |extents: &[Extent]| -> Result<bool> {
+        for id in extents.iter().filter_map(|e| e.id.as_ref()) {
+            if !ctx.writer.is_known(id)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    if !known(&node.content)? {
         return Ok(false);
     }
     for id in &node.extent_lists {
-        if !ctx.writer.is_known(id) || !known(&ctx.handle.block_on(ctx.repo.read_extent_list(id))?)
+        if !ctx.writer.is_known(id)?
+            || !known(&ctx.handle.block_on(ctx.repo.read_extent_list(id))?)?
         {
             return Ok(false);
         }

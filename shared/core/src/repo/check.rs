@@ -162,7 +162,7 @@ async fn check_index_objects(repo: &Repository, found: &mut Findings) -> Result<
     let index_keys = store.list("index/").await?;
     let mut indexed = Indexed {
         objects: index_keys.len(),
-        master: MasterIndex::default(),
+        master: MasterIndex::new(repo.index_budget().clone()),
         headers: HashMap::new(),
     };
     let mut named = Vec::new();
@@ -180,7 +180,7 @@ async fn check_index_objects(repo: &Repository, found: &mut Findings) -> Result<
         match opened {
             Ok(file) => {
                 for (pack, header) in file.packs {
-                    indexed.master.add_pack(pack, &header);
+                    indexed.master.add_pack(pack, &header)?;
                     indexed.headers.insert(pack, header);
                 }
             }
@@ -189,7 +189,7 @@ async fn check_index_objects(repo: &Repository, found: &mut Findings) -> Result<
             }
         }
     }
-    indexed.master.finish();
+    indexed.master.finish()?;
     Ok(indexed)
 }
 
@@ -382,11 +382,16 @@ async fn walk_snapshot(
                 let check_data = |extents: &[Extent], found: &mut Findings| {
                     let mut bad = false;
                     for id in extents.iter().filter_map(|ext| ext.id.as_ref()) {
-                        if !master.contains(id) {
-                            found.add("missing-blob", &id.to_hex(), "data blob is in no index");
-                            bad = true;
-                        } else if found.bad_blobs.contains(id) {
-                            bad = true;
+                        match master.contains(id) {
+                            Ok(true) => bad |= found.bad_blobs.contains(id),
+                            Ok(false) => {
+                                found.add("missing-blob", &id.to_hex(), "data blob is in no index");
+                                bad = true;
+                            }
+                            Err(e) => {
+                                found.failed("index-cache", &id.to_hex(), &e);
+                                bad = true;
+                            }
                         }
                     }
                     bad
@@ -459,9 +464,16 @@ async fn read_tree_blob(
     seen_trees: &mut HashSet<BlobId>,
     what: &str,
 ) -> Option<Vec<u8>> {
-    if !master.contains(tree_id) {
-        found.add("missing-blob", &tree_id.to_hex(), &format!("{what} blob is in no index"));
-        return None;
+    match master.contains(tree_id) {
+        Ok(true) => {}
+        Ok(false) => {
+            found.add("missing-blob", &tree_id.to_hex(), &format!("{what} blob is in no index"));
+            return None;
+        }
+        Err(e) => {
+            found.failed("index-cache", &tree_id.to_hex(), &e);
+            return None;
+        }
     }
     if found.bad_blobs.contains(tree_id) {
         return None;
@@ -534,8 +546,14 @@ async fn read_pack_blobs(repo: &Repository, master: &MasterIndex, id: &PackId) -
     };
     let mut failures = Vec::new();
     for e in &header.entries {
-        let Some(loc) = master.get(&e.id) else { continue };
-        let mut loc = loc;
+        let mut loc = match master.get(&e.id) {
+            Ok(Some(loc)) => loc,
+            Ok(None) => continue,
+            Err(err) => {
+                failures.push((None, err));
+                continue;
+            }
+        };
         // The blob may be indexed in another pack too; check this copy.
         if let Some(slot) = repo_index.pack_slot(id) {
             loc.pack = slot;
@@ -587,7 +605,7 @@ mod tests {
     /// Flip one byte inside a blob, leaving the pack's header (at its tail) intact.
     async fn corrupt_blob(repo: &Repository, blob: &BlobId) {
         let index = repo.index().await.unwrap();
-        let loc = index.get(blob).unwrap();
+        let loc = index.get(blob).unwrap().unwrap();
         let key = pack_key(&index.pack(loc.pack).id);
         let mut bytes = repo.store().get(&key).await.unwrap().to_vec();
         bytes[loc.offset as usize + 20] ^= 0x55;

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use super::blob_table::{Builder, IndexBudget, Table};
 use super::crypto::{SymKey, domain};
 use super::ids::{BlobId, IndexId, PackId};
 use super::pack::{BlobKind, PackHeader, Reader};
@@ -96,53 +97,53 @@ pub struct PackRecord {
     pub body_end: u64,
 }
 
-const FANOUT_LEN: usize = (1 << 16) + 1;
-
-/// The fan-out table of sorted entries (see `MasterIndex::fanout`).
-fn fanout(entries: &[(BlobId, Location)]) -> Vec<u32> {
-    let mut table = vec![0u32; FANOUT_LEN];
-    for (id, _) in entries {
-        table[usize::from(u16::from_be_bytes([id.0[0], id.0[1]])) + 1] += 1;
-    }
-    for p in 1..FANOUT_LEN {
-        table[p] += table[p - 1];
-    }
-    table
-}
-
-/// The merged index: a sorted array of (blob id, location), binary-searched.
-#[derive(Debug, Clone)]
+/// The merged index: every blob's location, sorted by id (see [`super::blob_table`]: in
+/// memory while it fits the budget, else on local disk with fence pointers in memory), and
+/// the packs it names, which stay in memory (per pack, not per blob).
+#[derive(Debug, Default)]
 pub struct MasterIndex {
     pub packs: Vec<PackRecord>,
     pack_slots: HashMap<PackId, u32>,
-    entries: Vec<(BlobId, Location)>,
-    sorted: bool,
-    /// `fanout[p]..fanout[p + 1]`: the entries whose id starts with the two bytes `p`. Ids
-    /// are keyed hashes, spread evenly: a lookup searches ~n/65536 entries, not n (a
-    /// restore of a database in 4 KiB pages looks up every page).
-    fanout: Vec<u32>,
+    /// Entries added since the last [`MasterIndex::finish`].
+    building: Option<Builder>,
+    table: Table,
     /// Per pack slot: marked for deletion by prune (FORMAT.md §15). Readers still read such
     /// packs; writers never dedup against them.
     marked: Vec<bool>,
+    budget: IndexBudget,
 }
 
-impl Default for MasterIndex {
-    fn default() -> Self {
+/// A copy of the finished index (entries added since the last `finish` are not copied).
+impl Clone for MasterIndex {
+    fn clone(&self) -> Self {
+        debug_assert!(self.building.is_none(), "MasterIndex::finish before clone");
         MasterIndex {
-            packs: Vec::new(),
-            pack_slots: HashMap::new(),
-            entries: Vec::new(),
-            sorted: true,
-            fanout: Vec::new(),
-            marked: Vec::new(),
+            packs: self.packs.clone(),
+            pack_slots: self.pack_slots.clone(),
+            building: None,
+            table: self.table.clone(),
+            marked: self.marked.clone(),
+            budget: self.budget.clone(),
         }
     }
 }
 
 impl MasterIndex {
-    pub fn add_pack(&mut self, id: PackId, header: &PackHeader) {
+    /// An empty index whose entries go to disk past `budget`.
+    pub fn new(budget: IndexBudget) -> MasterIndex {
+        MasterIndex { budget, ..Default::default() }
+    }
+
+    fn builder(&mut self) -> &mut Builder {
+        let (budget, table) = (&self.budget, &mut self.table);
+        self.building
+            .get_or_insert_with(|| Builder::from_table(budget.clone(), std::mem::take(table)))
+    }
+
+    /// Add a pack's blobs. Fails only when the local disk for the index cannot be written.
+    pub fn add_pack(&mut self, id: PackId, header: &PackHeader) -> Result<()> {
         if self.pack_slots.contains_key(&id) {
-            return;
+            return Ok(());
         }
         let slot = self.packs.len() as u32;
         let body_end = header
@@ -159,8 +160,9 @@ impl MasterIndex {
         });
         self.pack_slots.insert(id, slot);
         self.marked.push(false);
+        let builder = self.builder();
         for e in &header.entries {
-            self.entries.push((
+            builder.push(
                 e.id,
                 Location {
                     pack: slot,
@@ -170,10 +172,9 @@ impl MasterIndex {
                     flags: e.flags,
                     kind: header.kind,
                 },
-            ));
+            )?;
         }
-        self.sorted = false;
-        self.fanout.clear();
+        Ok(())
     }
 
     /// Mark packs as condemned by prune. Call before [`MasterIndex::finish`], so that of
@@ -182,64 +183,52 @@ impl MasterIndex {
         for (slot, record) in self.packs.iter().enumerate() {
             self.marked[slot] = packs.contains(&record.id);
         }
-        self.sorted = false;
-        self.fanout.clear();
+        self.builder();
     }
 
     /// Sort and drop duplicate blobs (the same blob in two packs: either copy will do, but
-    /// a copy in an unmarked pack is preferred).
-    pub fn finish(&mut self) {
-        if !self.sorted {
+    /// a copy in an unmarked pack is preferred). Fails only on the local disk.
+    pub fn finish(&mut self) -> Result<()> {
+        if let Some(builder) = self.building.take() {
             let marked = &self.marked;
-            self.entries.sort_unstable_by(|a, b| {
-                a.0.cmp(&b.0)
-                    .then(marked[a.1.pack as usize].cmp(&marked[b.1.pack as usize]))
-                    .then(a.1.pack.cmp(&b.1.pack))
-            });
-            self.entries.dedup_by(|a, b| a.0 == b.0);
-            self.entries.shrink_to_fit();
-            self.sorted = true;
-            self.fanout = fanout(&self.entries);
+            self.table = builder.finish(|slot| (marked[slot as usize], slot))?;
         }
+        Ok(())
     }
 
-    pub fn get(&self, id: &BlobId) -> Option<Location> {
-        self.position(id).map(|i| self.entries[i].1)
+    pub fn get(&self, id: &BlobId) -> Result<Option<Location>> {
+        Ok(self.find(id)?.map(|(_, l)| l))
     }
 
-    pub fn contains(&self, id: &BlobId) -> bool {
-        self.get(id).is_some()
+    pub fn contains(&self, id: &BlobId) -> Result<bool> {
+        Ok(self.find(id)?.is_some())
     }
 
     /// The blob's location if a writer may reuse it: in a pack that is not marked.
-    pub fn get_live(&self, id: &BlobId) -> Option<Location> {
-        self.get(id).filter(|l| !self.marked[l.pack as usize])
+    pub fn get_live(&self, id: &BlobId) -> Result<Option<Location>> {
+        Ok(self.find_live(id)?.map(|(_, l)| l))
     }
 
     /// Position and location of a blob a writer may reuse (in an unmarked pack).
-    pub fn find_live(&self, id: &BlobId) -> Option<(usize, Location)> {
-        let i = self.position(id)?;
-        let loc = self.entries[i].1;
-        (!self.marked[loc.pack as usize]).then_some((i, loc))
+    pub fn find_live(&self, id: &BlobId) -> Result<Option<(usize, Location)>> {
+        Ok(self.find(id)?.filter(|(_, loc)| !self.marked[loc.pack as usize]))
+    }
+
+    /// Position (for per-blob bitmaps, 1 bit per blob) and location of a blob.
+    pub fn find(&self, id: &BlobId) -> Result<Option<(usize, Location)>> {
+        debug_assert!(self.building.is_none(), "MasterIndex::finish before lookups");
+        self.table.find(id)
     }
 
     /// The blob at a position and the pack holding it.
-    pub fn entry(&self, i: usize) -> (BlobId, PackId) {
-        let (id, loc) = self.entries[i];
-        (id, self.packs[loc.pack as usize].id)
+    pub fn entry(&self, i: usize) -> Result<(BlobId, PackId)> {
+        let (id, loc) = self.table.at(i)?;
+        Ok((id, self.packs[loc.pack as usize].id))
     }
 
     /// Position of a blob in the sorted entries (for per-blob bitmaps, 1 bit per blob).
-    pub fn position(&self, id: &BlobId) -> Option<usize> {
-        debug_assert!(self.sorted, "MasterIndex::finish before lookups");
-        let (start, end) = match self.fanout.len() {
-            FANOUT_LEN => {
-                let p = usize::from(u16::from_be_bytes([id.0[0], id.0[1]]));
-                (self.fanout[p] as usize, self.fanout[p + 1] as usize)
-            }
-            _ => (0, self.entries.len()),
-        };
-        self.entries[start..end].binary_search_by(|e| e.0.cmp(id)).ok().map(|i| start + i)
+    pub fn position(&self, id: &BlobId) -> Result<Option<usize>> {
+        Ok(self.find(id)?.map(|(i, _)| i))
     }
 
     pub fn pack(&self, slot: u32) -> &PackRecord {
@@ -251,15 +240,26 @@ impl MasterIndex {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.table.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &(BlobId, Location)> {
-        self.entries.iter()
+    /// True when the entries went to local disk (they did not fit the budget).
+    pub fn on_disk(&self) -> bool {
+        self.table.on_disk()
+    }
+
+    /// Bytes of memory the entries (or their fence pointers) hold.
+    pub fn memory(&self) -> usize {
+        self.table.memory()
+    }
+
+    /// Every entry in id order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(BlobId, Location)>> + '_ {
+        self.table.iter()
     }
 }
 
@@ -294,13 +294,13 @@ mod tests {
         assert_eq!(back, file);
         let mut m = MasterIndex::default();
         for (id, h) in &back.packs {
-            m.add_pack(*id, h);
+            m.add_pack(*id, h).unwrap();
         }
-        m.finish();
+        m.finish().unwrap();
         assert_eq!(m.len(), 5);
-        let loc = m.get(&BlobId([4; 32])).unwrap();
+        let loc = m.get(&BlobId([4; 32])).unwrap().unwrap();
         assert_eq!(m.pack(loc.pack).id, PackId([2; 32]));
-        assert!(m.get(&BlobId([9; 32])).is_none());
+        assert!(m.get(&BlobId([9; 32])).unwrap().is_none());
         assert!(IndexFile::decode(&file.encode()[..20]).is_err());
     }
 
@@ -328,19 +328,19 @@ mod tests {
         };
         let pack = |entries| PackHeader { kind: BlobKind::Tree, wrapped_key: Vec::new(), entries };
         let mut m = MasterIndex::default();
-        m.add_pack(PackId([1; 32]), &pack(entries(0..100_000)));
-        m.finish();
+        m.add_pack(PackId([1; 32]), &pack(entries(0..100_000))).unwrap();
+        m.finish().unwrap();
         for i in (0..100_000).step_by(7).chain([0, 1000, 2000, 99_000]) {
-            assert_eq!(m.get(&id_of(i)).map(|l| l.offset), Some(i), "blob {i}");
+            assert_eq!(m.get(&id_of(i)).unwrap().map(|l| l.offset), Some(i), "blob {i}");
         }
         for i in 100_000..100_500 {
-            assert!(m.get(&id_of(i)).is_none(), "blob {i} is not indexed");
+            assert!(m.get(&id_of(i)).unwrap().is_none(), "blob {i} is not indexed");
         }
-        m.add_pack(PackId([2; 32]), &pack(entries(100_000..100_500)));
-        m.finish();
-        assert_eq!(m.get(&id_of(100_499)).map(|l| l.offset), Some(100_499));
-        assert_eq!(&m.entry(0).0.0[..2], &[0, 0], "0x0000 prefixes sort first");
-        assert_eq!(&m.entry(m.len() - 1).0.0[..2], &[0xff, 0xff], "0xffff prefixes last");
+        m.add_pack(PackId([2; 32]), &pack(entries(100_000..100_500))).unwrap();
+        m.finish().unwrap();
+        assert_eq!(m.get(&id_of(100_499)).unwrap().map(|l| l.offset), Some(100_499));
+        assert_eq!(&m.entry(0).unwrap().0.0[..2], &[0, 0], "0x0000 prefixes sort first");
+        assert_eq!(&m.entry(m.len() - 1).unwrap().0.0[..2], &[0xff, 0xff], "0xffff prefixes last");
     }
 
     mod props {

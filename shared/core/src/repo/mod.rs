@@ -3,6 +3,7 @@
 //! Layout of objects (see `shared/FORMAT.md`, the normative spec):
 //! `config`, `keys/<id>`, `packs/<xx>/<id>`, `index/<id>`, `snapshots/<id>`, `locks/…`.
 
+pub mod blob_table;
 pub mod check;
 pub mod chunker;
 pub mod crypto;
@@ -31,6 +32,7 @@ use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
+pub use blob_table::IndexBudget;
 pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::{DataIdentity, KeyMaterial, KeyRecipient, SymKey, Unlock, WriteKey};
 pub use ids::{BlobId, IndexId, KeyId, PackId, RepoId, SnapshotId, short_id};
@@ -107,6 +109,8 @@ pub struct Repository {
     index: RwLock<Option<Arc<MasterIndex>>>,
     /// One index load at a time when several readers ask for it first.
     index_loading: tokio::sync::Mutex<()>,
+    /// Memory the index's entries may take before they go to local disk, and where.
+    index_budget: IndexBudget,
     pack_keys: Mutex<HashMap<u32, SymKey>>,
     windows: Mutex<WindowCache>,
     /// Mark objects seen by the last index load: a commit checks for marks written since.
@@ -283,6 +287,7 @@ impl Repository {
             chunker,
             index: RwLock::new(None),
             index_loading: tokio::sync::Mutex::new(()),
+            index_budget: IndexBudget::default(),
             pack_keys: Mutex::new(HashMap::new()),
             windows: Mutex::new(WindowCache::default()),
             marks_seen: Mutex::new(Default::default()),
@@ -336,28 +341,88 @@ impl Repository {
             }
         };
         let keys = self.store.list("index/").await?;
-        let fetched = self.get_index_objects(keys.into_iter().map(|(k, _)| k).collect()).await?;
-        *self.index_seen.lock() = fetched.iter().map(|(k, _)| k.clone()).collect();
-        let mut master = MasterIndex::default();
-        for (key, sealed) in fetched {
-            let opened = IndexId::parse(key.trim_start_matches("index/"))
-                .and_then(|id| IndexFile::open(self.meta_key(), &id, &sealed));
-            match opened {
-                Ok(file) => {
-                    for (pack, header) in &file.packs {
-                        master.add_pack(*pack, header);
+        let mut master = MasterIndex::new(self.index_budget.clone());
+        let meta = self.meta_key();
+        // Each object is decoded and merged as it arrives and then dropped: the sealed
+        // objects are never all held at once (their size grows with the bucket).
+        let seen = self
+            .for_each_index_object(keys.into_iter().map(|(k, _)| k).collect(), |key, sealed| {
+                let opened = IndexId::parse(key.trim_start_matches("index/"))
+                    .and_then(|id| IndexFile::open(meta, &id, &sealed));
+                match opened {
+                    Ok(file) => {
+                        for (pack, header) in &file.packs {
+                            master.add_pack(*pack, header)?;
+                        }
                     }
+                    Err(e) => failures.push((key.to_string(), e)),
                 }
-                Err(e) => failures.push((key, e)),
-            }
-        }
+                Ok(())
+            })
+            .await?;
+        *self.index_seen.lock() = seen;
         master.set_marked(&mark::marked_packs(&marks));
-        master.finish();
+        master.finish()?;
+        tracing::debug!(
+            blobs = master.len(),
+            on_disk = master.on_disk(),
+            memory = master.memory(),
+            "index loaded"
+        );
         *self.marks_seen.lock() = marks.into_iter().map(|m| m.key).collect();
         *self.index.write() = Some(Arc::new(master));
         self.pack_keys.lock().clear();
         *self.windows.lock() = WindowCache::default();
         Ok(failures)
+    }
+
+    /// Fetch index objects 16 at a time and hand each to `each` as it arrives; one deleted
+    /// between listing and fetching (a prune compacted it, after writing its replacement)
+    /// is skipped and the listing is refreshed for the replacement. Returns the keys seen.
+    pub(crate) async fn for_each_index_object(
+        &self,
+        keys: Vec<String>,
+        mut each: impl FnMut(&str, Bytes) -> Result<()>,
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut wanted: std::collections::BTreeSet<String> = keys.into_iter().collect();
+        let mut seen: std::collections::HashSet<String> = Default::default();
+        for _round in 0..5 {
+            let batch: Vec<String> =
+                wanted.iter().filter(|k| !seen.contains(*k)).cloned().collect();
+            let mut results = futures::stream::iter(batch)
+                .map(|k| async move {
+                    let r = self.store.get(&k).await;
+                    (k, r)
+                })
+                .buffer_unordered(16);
+            let mut vanished = false;
+            while let Some((k, r)) = results.next().await {
+                match r {
+                    Ok(b) => each(&k, b)?,
+                    Err(Error::NotFound(_)) => vanished = true,
+                    Err(e) => return Err(e),
+                }
+                seen.insert(k);
+            }
+            if !vanished {
+                return Ok(seen);
+            }
+            wanted = self.store.list("index/").await?.into_iter().map(|(k, _)| k).collect();
+            if wanted.iter().all(|k| seen.contains(k)) {
+                return Ok(seen);
+            }
+        }
+        Err(Error::Retryable("index objects keep changing under us (a prune is compacting)".into()))
+    }
+
+    /// The memory the index's entries may take before they go to local disk, and where.
+    pub fn index_budget(&self) -> &IndexBudget {
+        &self.index_budget
+    }
+
+    /// Set the index's memory budget and cache directory (from the job's flags).
+    pub fn set_index_budget(&mut self, budget: IndexBudget) {
+        self.index_budget = budget;
     }
 
     /// Fetch index objects; one deleted between listing and fetching (a prune compacted
@@ -432,7 +497,7 @@ impl Repository {
     pub async fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
         let index = self.index().await?;
         let loc = index
-            .get(id)
+            .get(id)?
             // A snapshot refers to it, so the repository promised it: damage, not a typo.
             .ok_or_else(|| {
                 Error::Integrity(format!(
@@ -610,7 +675,10 @@ impl Repository {
             changes += 1;
             self.load_index().await?;
             let index = self.index().await?;
-            let lost = at_risk.iter().filter(|b| index.get_live(b).is_none()).count();
+            let mut lost = 0usize;
+            for b in &at_risk {
+                lost += usize::from(index.get_live(b)?.is_none());
+            }
             if lost > 0 {
                 return Err(Error::Retryable(format!(
                     "a prune running beside this backup condemned the only copy of {lost} \
@@ -620,7 +688,7 @@ impl Repository {
             }
             // Follow the copies: a later mark must be judged against where they are now.
             for (b, p) in relied.iter_mut() {
-                if let Some(loc) = index.get_live(b) {
+                if let Some(loc) = index.get_live(b)? {
                     *p = index.pack(loc.pack).id;
                 }
             }

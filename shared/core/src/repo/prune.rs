@@ -239,7 +239,7 @@ async fn gather(
     let LoadedIndex { mut master, objects, totals } = load_index(repo).await?;
     let pack_objects = list_packs(store).await?;
     master.set_marked(&mark::marked_packs(&marks));
-    master.finish();
+    master.finish()?;
     let index = repo.install_index(master);
     tracing::info!(
         snapshots = snapshots.len(),
@@ -255,6 +255,7 @@ async fn gather(
         marks,
         index_objects: objects,
         pack_totals: totals,
+        used: used_per_slot(&index, &live)?,
         index,
         live,
         pack_objects,
@@ -277,7 +278,7 @@ async fn load_index(repo: &Repository) -> Result<LoadedIndex> {
     let keys: Vec<String> =
         repo.store().list("index/").await?.into_iter().map(|(k, _)| k).collect();
     let mut loaded = LoadedIndex {
-        master: MasterIndex::default(),
+        master: MasterIndex::new(repo.index_budget().clone()),
         objects: Vec::with_capacity(keys.len()),
         totals: HashMap::new(),
     };
@@ -286,7 +287,7 @@ async fn load_index(repo: &Repository) -> Result<LoadedIndex> {
         let (key, file) = item?;
         let mut packs = Vec::with_capacity(file.packs.len());
         for (id, h) in &file.packs {
-            loaded.master.add_pack(*id, h);
+            loaded.master.add_pack(*id, h)?;
             loaded
                 .totals
                 .entry(*id)
@@ -560,11 +561,11 @@ async fn rescue_for_new_snapshots(
     let mut master = (*loaded.index).clone();
     for (_, f) in appeared {
         for (id, h) in &f.packs {
-            master.add_pack(*id, h);
+            master.add_pack(*id, h)?;
         }
     }
     master.set_marked(&mark::marked_packs(&loaded.marks));
-    master.finish();
+    master.finish()?;
     let index = repo.install_index(master);
     let live = match (bad.is_empty(), walk(repo, &index, &fresh).await) {
         (true, Ok(live)) => live,
@@ -573,7 +574,7 @@ async fn rescue_for_new_snapshots(
             return Ok(doomed.keys().copied().collect());
         }
     };
-    let used = used_per_slot(&index, &live);
+    let used = used_per_slot(&index, &live)?;
     let rescued: Vec<PackId> = doomed
         .keys()
         .copied()
@@ -607,7 +608,7 @@ async fn walk(
         let mut pending: Vec<(BlobId, bool)> = Vec::new();
         let visit_tree =
             |id: &BlobId, list: bool, live: &mut LiveSet, pending: &mut Vec<(BlobId, bool)>| {
-                let pos = index.position(id).ok_or_else(|| missing(id, s))?;
+                let pos = index.position(id)?.ok_or_else(|| missing(id, s))?;
                 if !live.set(pos) {
                     pending.push((*id, list));
                 }
@@ -615,7 +616,7 @@ async fn walk(
             };
         let mark_data = |ext: &Extent, live: &mut LiveSet| {
             if let Some(id) = &ext.id {
-                let pos = index.position(id).ok_or_else(|| missing(id, s))?;
+                let pos = index.position(id)?.ok_or_else(|| missing(id, s))?;
                 live.set(pos);
             }
             Ok::<_, Error>(())
@@ -674,13 +675,13 @@ async fn copy_live_blobs(
     guard: Option<lock::LeaseGuard>,
 ) -> Result<u64> {
     let wanted: HashSet<u32> = slots.iter().copied().collect();
-    let mut work: Vec<(u32, u32, BlobKind, BlobId)> = loaded
-        .index
-        .iter()
-        .enumerate()
-        .filter(|(i, (_, loc))| wanted.contains(&loc.pack) && loaded.live.get(*i))
-        .map(|(_, (id, loc))| (loc.pack, loc.offset, loc.kind, *id))
-        .collect();
+    let mut work: Vec<(u32, u32, BlobKind, BlobId)> = Vec::new();
+    for (i, entry) in loaded.index.iter().enumerate() {
+        let (id, loc) = entry?;
+        if wanted.contains(&loc.pack) && loaded.live.get(i) {
+            work.push((loc.pack, loc.offset, loc.kind, id));
+        }
+    }
     // In pack order: reads then go through each pack front to back, window by window.
     work.sort_unstable_by_key(|w| (w.0, w.1));
     let repo2 = repo.clone();

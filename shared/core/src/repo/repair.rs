@@ -328,7 +328,7 @@ pub async fn repair_snapshots(
                 if !dry_run && root.is_some() {
                     writer.flush()?;
                 }
-                Ok::<_, Error>((root, rebuild.lost, writer.relied_blobs()))
+                Ok::<_, Error>((root, rebuild.lost, writer.relied_blobs()?))
             })
             .await
             .map_err(|e| Error::Retryable(format!("repair task: {e}")))??;
@@ -383,25 +383,30 @@ struct Rebuild<'a> {
 }
 
 impl Rebuild<'_> {
-    fn blob_present(&self, id: &super::BlobId) -> bool {
-        self.index.get(id).is_some_and(|l| self.present.contains(&self.index.pack(l.pack).id))
+    fn blob_present(&self, id: &super::BlobId) -> Result<bool> {
+        Ok(self.index.get(id)?.is_some_and(|l| self.present.contains(&self.index.pack(l.pack).id)))
     }
 
     /// Is every blob of this file's content (its extent lists included) in a present pack?
     /// An extent list that does not open counts as lost; a store failure is an error.
     fn content_present(&self, file: &super::Node) -> Result<bool> {
-        let all_present = |extents: &[super::Extent]| {
-            extents.iter().filter_map(|e| e.id.as_ref()).all(|id| self.blob_present(id))
+        let all_present = |extents: &[super::Extent]| -> Result<bool> {
+            for id in extents.iter().filter_map(|e| e.id.as_ref()) {
+                if !self.blob_present(id)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
         };
-        if !all_present(&file.content) {
+        if !all_present(&file.content)? {
             return Ok(false);
         }
         for list_id in &file.extent_lists {
-            if !self.blob_present(list_id) {
+            if !self.blob_present(list_id)? {
                 return Ok(false);
             }
             match self.handle.block_on(self.repo.read_extent_list(list_id)) {
-                Ok(extents) if all_present(&extents) => {}
+                Ok(extents) if all_present(&extents)? => {}
                 Ok(_) | Err(Error::Integrity(_)) => return Ok(false),
                 Err(e) => return Err(e),
             }
@@ -415,7 +420,7 @@ impl Rebuild<'_> {
         let mut changed = false;
         let mut children = Vec::new();
         for tree_id in &node.subtree {
-            let read = if self.blob_present(tree_id) {
+            let read = if self.blob_present(tree_id)? {
                 self.handle
                     .block_on(self.repo.read_blob(tree_id))
                     .and_then(|b| TreeBlob::decode(&b))
@@ -531,7 +536,7 @@ mod tests {
         assert!(r.deleted >= 1);
         let index = repo.index().await.unwrap();
         let blob = repo.write_key().blob_id(&x);
-        assert!(!index.contains(&blob), "the lost blob is no longer offered for dedup");
+        assert!(!index.contains(&blob).unwrap(), "the lost blob is no longer offered for dedup");
         // The next backup of the same content stores it again, and it restores.
         backup(&repo, "src", &[("x", &x)]).await;
         assert_eq!(read_latest(&repo, "x").await.unwrap(), x);

@@ -8,11 +8,20 @@ use crate::fs::{BackupOptions, backup_dir};
 /// A new repository on a `memory://` store of its own (memory stores live for the whole
 /// process, so every call gets a fresh name). Full access: it holds the data identity.
 pub(crate) async fn memory_repo(name: &str) -> Arc<Repository> {
+    memory_repo_budgeted(name, super::IndexBudget::default()).await
+}
+
+/// The same, its index going to disk past `budget`.
+pub(crate) async fn memory_repo_budgeted(
+    name: &str,
+    budget: super::IndexBudget,
+) -> Arc<Repository> {
     let url = format!("memory://{name}-{}", hex::encode(rand::random::<[u8; 8]>()));
     let identity = age::x25519::Identity::generate();
     let recipient = KeyRecipient::parse(&identity.to_public().to_string()).unwrap();
     let opts = InitOptions { pack_size: 1 << 20, ..Default::default() };
-    let repo = Repository::init(Store::open(&url).unwrap(), &[recipient], opts).await.unwrap();
+    let mut repo = Repository::init(Store::open(&url).unwrap(), &[recipient], opts).await.unwrap();
+    repo.set_index_budget(budget);
     Arc::new(repo)
 }
 
@@ -51,7 +60,7 @@ pub(crate) async fn pack_of(repo: &Repository, path: &str) -> String {
     let node = repo.lookup(&snapshot, path).await.unwrap();
     let blob = node.content[0].id.unwrap();
     let index = repo.index().await.unwrap();
-    pack_key(&index.pack(index.get(&blob).unwrap().pack).id)
+    pack_key(&index.pack(index.get(&blob).unwrap().unwrap().pack).id)
 }
 
 /// The content of the file at `path` of the latest snapshot.

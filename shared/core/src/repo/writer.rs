@@ -104,32 +104,32 @@ impl Writer {
     }
 
     /// Reuse a stored blob if a live (unmarked) copy exists, and remember that we did.
-    fn reuse(&self, id: &BlobId) -> bool {
-        match self.index.find_live(id) {
+    fn reuse(&self, id: &BlobId) -> Result<bool> {
+        Ok(match self.index.find_live(id)? {
             Some((pos, _)) => {
                 self.relied[pos / 64].fetch_or(1 << (pos % 64), Ordering::Relaxed);
                 true
             }
             None => false,
-        }
+        })
     }
 
     /// The stored blobs this session reused, with the pack it found each in.
-    pub fn relied_blobs(&self) -> Vec<(BlobId, PackId)> {
+    pub fn relied_blobs(&self) -> Result<Vec<(BlobId, PackId)>> {
         let mut out = Vec::new();
         for (word, bits) in self.relied.iter().enumerate() {
             let mut b = bits.load(Ordering::Relaxed);
             while b != 0 {
-                out.push(self.index.entry(word * 64 + b.trailing_zeros() as usize));
+                out.push(self.index.entry(word * 64 + b.trailing_zeros() as usize)?);
                 b &= b - 1;
             }
         }
-        out
+        Ok(out)
     }
 
     /// Is this blob already stored, or being stored by this session?
-    pub fn is_known(&self, id: &BlobId) -> bool {
-        self.reuse(id) || self.known.lock().contains(id)
+    pub fn is_known(&self, id: &BlobId) -> Result<bool> {
+        Ok(self.reuse(id)? || self.known.lock().contains(id))
     }
 
     /// Store a blob unless the repository has it. Blocking: call from a blocking thread.
@@ -169,7 +169,7 @@ impl Writer {
             return Err(e.in_context("an earlier pack upload failed"));
         }
         self.check_lease()?;
-        if (!forced && self.reuse(&id)) || !self.known.lock().insert(id) {
+        if (!forced && self.reuse(&id)?) || !self.known.lock().insert(id) {
             return Ok(AddedBlob { id, stored: 0 });
         }
         let (flags, payload) = compress(plaintext, self.repo.config().compression);

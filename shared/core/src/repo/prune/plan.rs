@@ -68,6 +68,9 @@ pub(super) struct PruneInputs {
     pub index: Arc<MasterIndex>,
     /// The blobs the listed snapshots reference, by position in `index`.
     pub live: LiveSet,
+    /// Bytes of live canonical blobs per pack slot ([`used_per_slot`]): one pass over the
+    /// index, made by the I/O side so that the plan reads nothing.
+    pub used: Vec<u64>,
     /// The pack listing.
     pub pack_objects: BTreeMap<PackId, PackObject>,
     /// Whether data packs can be read, hence repacked (an identity opened the repository).
@@ -82,19 +85,20 @@ impl PruneInputs {
 
     /// Bytes of live canonical blobs per pack slot: a pack with none holds no data any
     /// listed snapshot needs (other copies serve them).
-    pub(super) fn used_per_slot(&self) -> Vec<u64> {
-        used_per_slot(&self.index, &self.live)
+    pub(super) fn used_per_slot(&self) -> &[u64] {
+        &self.used
     }
 }
 
-pub(super) fn used_per_slot(index: &MasterIndex, live: &LiveSet) -> Vec<u64> {
+pub(super) fn used_per_slot(index: &MasterIndex, live: &LiveSet) -> crate::Result<Vec<u64>> {
     let mut used = vec![0u64; index.packs.len()];
-    for (i, (_, loc)) in index.iter().enumerate() {
+    for (i, entry) in index.iter().enumerate() {
+        let (_, loc) = entry?;
         if live.get(i) {
             used[loc.pack as usize] += u64::from(loc.length);
         }
     }
-    used
+    Ok(used)
 }
 
 /// A mark old enough, with no backup it waits for still running (§15.5 step 3).
@@ -163,8 +167,8 @@ pub(super) fn plan(inputs: &PruneInputs, opts: &PruneOptions) -> PrunePlan {
         index_objects: inputs.index_objects.len(),
         ..Default::default()
     };
-    plan_deletes(inputs, opts, &used, &mut plan);
-    let partial = plan_marks(inputs, opts, &used, &mut plan);
+    plan_deletes(inputs, opts, used, &mut plan);
+    let partial = plan_marks(inputs, opts, used, &mut plan);
     plan_repack(inputs, opts, partial, &mut plan);
     plan.compact = !plan.delete.is_empty() || inputs.index_objects.len() > COMPACT_ABOVE;
     plan
@@ -441,16 +445,17 @@ mod tests {
             let mut pack_totals = HashMap::new();
             let mut indexed = Vec::new();
             for p in self.packs.iter().filter(|p| p.indexed) {
-                master.add_pack(p.id, &p.header());
+                master.add_pack(p.id, &p.header()).unwrap();
                 pack_totals.insert(p.id, p.size() - 100);
                 indexed.push(p.id);
             }
             master.set_marked(&mark::marked_packs(&marks));
-            master.finish();
+            master.finish().unwrap();
             let mut live = LiveSet::new(master.len());
             for b in &self.referenced {
-                live.set(master.position(b).expect("a referenced blob is indexed"));
+                live.set(master.position(b).unwrap().expect("a referenced blob is indexed"));
             }
+            let used = used_per_slot(&master, &live).unwrap();
             let mut index_objects = vec![("index/0".to_string(), indexed)];
             index_objects.extend((1..self.index_objects).map(|i| (format!("index/{i}"), vec![])));
             let objects = self
@@ -466,6 +471,7 @@ mod tests {
                 pack_totals,
                 index: Arc::new(master),
                 live,
+                used,
                 pack_objects: objects.collect(),
                 can_read_data: !self.no_identity,
             }
@@ -733,7 +739,7 @@ mod tests {
             let plan = plan(&inputs, &opts);
             let unused: HashSet<PackId> = plan.unused.iter().chain(&plan.unindexed).map(|p| p.0).collect();
             for b in &world.referenced {
-                let holder = inputs.index.pack(inputs.index.get(b).unwrap().pack).id;
+                let holder = inputs.index.pack(inputs.index.get(b).unwrap().unwrap().pack).id;
                 prop_assert!(!plan.delete.contains_key(&holder), "{b:?} in deleted {holder:?}");
                 prop_assert!(!unused.contains(&holder), "{b:?} in unused {holder:?}");
                 let survives = world.packs.iter().any(|p| {
