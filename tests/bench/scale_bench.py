@@ -86,7 +86,8 @@ def main() -> None:
                              capture_output=True, text=True).stdout
         recipient = re.search(r"age1[0-9a-z]+", out + ident.read_text()).group(0)
         env = dict(os.environ, CAIRN_REPO=str(base / "repo"), RUST_LOG="warn", CAIRN_LOG_FORMAT="json")
-        subprocess.run([cairn, "init", "--recipient", recipient], env=env, check=True, capture_output=True)
+        subprocess.run([cairn, "init", "--recipient", recipient, "--write-key-out", str(base / "wk.txt")],
+                       env=env, check=True, capture_output=True)
         env["CAIRN_IDENTITY"] = str(ident)
         data = base / "data" / "volume.img"
         sys.stderr.write(f"[scale] {n} blobs: writing {n * PAGE >> 20} MiB\n")

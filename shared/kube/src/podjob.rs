@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EnvFromSource, EnvVar, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource,
+    Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
     SecretEnvSource, SecurityContext, Volume, VolumeDevice, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -179,9 +179,11 @@ impl WorkerJob {
             env: Some(
                 self.env
                     .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .chain([(CACHE_ENV, CACHE_PATH)])
                     .map(|(k, v)| EnvVar {
-                        name: k.clone(),
-                        value: Some(v.clone()),
+                        name: k.into(),
+                        value: Some(v.into()),
                         ..Default::default()
                     })
                     .collect(),
@@ -271,9 +273,25 @@ impl WorkerJob {
                 });
             }
         }
+        // The root filesystem is read-only: the index's local table goes here once it
+        // outgrows its share of the memory budget.
+        volumes.push(Volume {
+            name: "cache".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "cache".into(),
+            mount_path: CACHE_PATH.into(),
+            ..Default::default()
+        });
         (volumes, mounts, devices)
     }
 }
+
+/// Where a worker's index cache lives (an `emptyDir`), and the variable that tells it.
+pub const CACHE_PATH: &str = "/var/cache/cairn";
+const CACHE_ENV: &str = "CAIRN_CACHE_DIR";
 
 /// An owner reference to `job`: what it owns goes when it goes.
 pub fn owned_by(job: &Job) -> Result<OwnerReference> {
@@ -668,6 +686,11 @@ mod tests {
         let c = &pod["containers"][0];
         assert_eq!(c["terminationMessagePath"], TERMINATION_LOG);
         assert_eq!(c["volumeMounts"][0]["readOnly"], true);
+        // The index cache: an emptyDir the read-only root cannot stand in for.
+        assert_eq!(c["volumeMounts"][1]["mountPath"], CACHE_PATH);
+        assert_eq!(pod["volumes"][1]["name"], "cache");
+        assert!(pod["volumes"][1]["emptyDir"].is_object());
+        assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "CAIRN_CACHE_DIR"));
         assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
         assert_eq!(c["securityContext"]["capabilities"]["add"][0], "DAC_READ_SEARCH");
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);

@@ -164,6 +164,12 @@ podFailurePolicy:
   secret: {secretName: {{ .Values.credentials.writeKeySecret | quote }}, defaultMode: 288}
 {{- end -}}
 
+{{- /* Where the index goes when it outgrows its share of the memory budget (CAIRN_CACHE_DIR). */ -}}
+{{- define "cairn.cacheVolume" -}}
+- name: cache
+  emptyDir: {}
+{{- end -}}
+
 {{/* A job's ServiceAccount: (dict "root" $ "job" .Values.x "name" "cairn-x"). */}}
 {{- define "cairn.serviceAccount" -}}
 apiVersion: v1

@@ -6,7 +6,7 @@
 //! into one table file of fixed-size records. In memory then stay only the fence pointers,
 //! 8 bytes per block of [`BLOCK`] records (~0.1 B per blob), so a job's memory no longer
 //! grows with the bucket: 20M blobs keep 2 MB of fences, 1B blobs 98 MB (ARCHITECTURE.md
-//! has the arithmetic). A lookup reads one block (4,100 bytes) with `pread`; the kernel's
+//! has the arithmetic). A lookup reads one block (one 4 KiB page) with `pread`; the kernel's
 //! page cache keeps the hot blocks, and it is reclaimable, unlike the heap.
 //!
 //! Every file is unlinked as soon as it is created: nothing is left behind by a crash or a
@@ -16,6 +16,7 @@
 //!
 //! ```text
 //! record = id:[32] pack:u32le offset:u32le length:u32le raw_len:u32le flags:u8 kind:u8
+//! table  = (record{81} zero:[46])* record{1..81}      (run files: record*, no padding)
 //! ```
 
 use std::collections::BinaryHeap;
@@ -32,8 +33,21 @@ use crate::{Error, Result};
 
 /// Bytes of one record in a run or table file.
 pub const RECORD: usize = 32 + 4 * 4 + 1 + 1;
-/// Records per block: one block (4,100 bytes) is read per lookup.
-pub const BLOCK: usize = 82;
+/// Records per block: one block, one page of the table file, is read per lookup.
+pub const BLOCK: usize = 81;
+/// Bytes per block in the table file: 81 records and 46 bytes of zero padding, so that a
+/// lookup touches one page of the page cache, not two.
+pub const BLOCK_BYTES: usize = 4096;
+
+/// Where record `i` starts in a table file.
+fn offset(i: usize) -> u64 {
+    (i / BLOCK * BLOCK_BYTES + i % BLOCK * RECORD) as u64
+}
+
+/// Bytes of a table file of `len` records (no padding after the last).
+fn table_bytes(len: usize) -> u64 {
+    if len == 0 { 0 } else { offset(len - 1) + RECORD as u64 }
+}
 /// Bytes one entry takes in memory (id and location, as laid out in the array).
 pub const IN_MEMORY: usize = std::mem::size_of::<(BlobId, Location)>();
 /// Read buffer per run while merging: many runs merge in little memory.
@@ -224,14 +238,16 @@ impl Builder {
         let mut sources: Vec<RunReader<Box<dyn Read>>> = Vec::with_capacity(self.runs.len() + 1);
         for mut f in self.runs {
             f.seek(SeekFrom::Start(0)).map_err(|e| io_error(&dir, &e))?;
-            sources.push(RunReader::new(Box::new(BufReader::with_capacity(MERGE_BUFFER, f))));
+            let reader = BufReader::with_capacity(MERGE_BUFFER, f);
+            sources.push(RunReader::new(Box::new(reader), false));
         }
         if let Some(base) = &self.base {
             let f = base.file.try_clone().map_err(|e| io_error(&dir, &e))?;
             let mut f = f;
             f.seek(SeekFrom::Start(0)).map_err(|e| io_error(&dir, &e))?;
-            let limited = Read::take(f, (base.len * RECORD) as u64);
-            sources.push(RunReader::new(Box::new(BufReader::with_capacity(MERGE_BUFFER, limited))));
+            let limited = Read::take(f, table_bytes(base.len));
+            let reader = BufReader::with_capacity(MERGE_BUFFER, limited);
+            sources.push(RunReader::new(Box::new(reader), true));
         }
         // Min-heap on (id, rank, source).
         let mut heap = BinaryHeap::new();
@@ -264,6 +280,10 @@ impl Builder {
                 }
             }
             if len.is_multiple_of(BLOCK) {
+                if len > 0 {
+                    w.write_all(&[0u8; BLOCK_BYTES - BLOCK * RECORD])
+                        .map_err(|e| io_error(&dir, &e))?;
+                }
                 fences.push(prefix(&id));
             }
             encode(&id, &loc, &mut rec);
@@ -297,16 +317,28 @@ impl Ord for Key {
     }
 }
 
+/// Reads a run file, or a table file (`padded`: blocks of [`BLOCK`] records).
 struct RunReader<R> {
     inner: R,
+    padded: bool,
+    read: usize,
 }
 
 impl<R: Read> RunReader<R> {
-    fn new(inner: R) -> Self {
-        RunReader { inner }
+    fn new(inner: R, padded: bool) -> Self {
+        RunReader { inner, padded, read: 0 }
     }
 
     fn next(&mut self, dir: &Path) -> Result<Option<(BlobId, Location)>> {
+        if self.padded && self.read > 0 && self.read.is_multiple_of(BLOCK) {
+            let mut pad = [0u8; BLOCK_BYTES - BLOCK * RECORD];
+            match self.inner.read_exact(&mut pad) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(io_error(dir, &e)),
+            }
+        }
+        self.read += 1;
         let mut rec = [0u8; RECORD];
         match self.inner.read_exact(&mut rec) {
             Ok(()) => Ok(Some(decode(&rec))),
@@ -379,9 +411,7 @@ impl Table {
             Table::Memory { entries, .. } => Ok(entries[i]),
             Table::Disk(d) => {
                 let mut rec = [0u8; RECORD];
-                d.file
-                    .read_exact_at(&mut rec, (i * RECORD) as u64)
-                    .map_err(|e| io_error(&d.dir, &e))?;
+                d.file.read_exact_at(&mut rec, offset(i)).map_err(|e| io_error(&d.dir, &e))?;
                 Ok(decode(&rec))
             }
         }
@@ -391,7 +421,7 @@ impl Table {
     pub fn iter(&self) -> impl Iterator<Item = Result<(BlobId, Location)>> + '_ {
         let mut pos = 0usize;
         let mut buf: Vec<u8> = Vec::new();
-        let mut at = 0usize;
+        let (mut at, mut chunk) = (0usize, 0usize);
         std::iter::from_fn(move || {
             if pos >= self.len() {
                 return None;
@@ -399,16 +429,19 @@ impl Table {
             let item = match self {
                 Table::Memory { entries, .. } => Ok(entries[pos]),
                 Table::Disk(d) => {
-                    if at * RECORD >= buf.len() {
-                        let n = (MERGE_BUFFER / RECORD).min(d.len - pos);
-                        buf.resize(n * RECORD, 0);
-                        if let Err(e) = d.file.read_exact_at(&mut buf, (pos * RECORD) as u64) {
+                    // Whole blocks at a time: `pos` is at a block's start when refilling.
+                    if at == chunk {
+                        chunk = (MERGE_BUFFER / BLOCK_BYTES * BLOCK).min(d.len - pos);
+                        let bytes = table_bytes(pos + chunk) - offset(pos);
+                        buf.resize(bytes as usize, 0);
+                        if let Err(e) = d.file.read_exact_at(&mut buf, offset(pos)) {
                             pos = usize::MAX;
                             return Some(Err(io_error(&d.dir, &e)));
                         }
                         at = 0;
                     }
-                    let r = decode(&buf[at * RECORD..(at + 1) * RECORD]);
+                    let o = offset(at) as usize;
+                    let r = decode(&buf[o..o + RECORD]);
                     at += 1;
                     Ok(r)
                 }
@@ -434,9 +467,7 @@ impl DiskTable {
             let first = b * BLOCK;
             let n = BLOCK.min(self.len - first);
             let block = &mut buf[..n * RECORD];
-            self.file
-                .read_exact_at(block, (first * RECORD) as u64)
-                .map_err(|e| io_error(&self.dir, &e))?;
+            self.file.read_exact_at(block, offset(first)).map_err(|e| io_error(&self.dir, &e))?;
             let (mut a, mut z) = (0, n);
             while a < z {
                 let mid = (a + z) / 2;
