@@ -192,22 +192,28 @@ async fn check_index_objects(repo: &Repository, found: &mut Findings) -> Result<
             found.add("stray-object", key, "not a valid index name");
         }
     }
-    // One compacted away by a prune meanwhile is skipped, its replacement fetched.
-    for (key, sealed) in repo.get_index_objects(named).await? {
+    // One compacted away by a prune meanwhile is skipped, its replacement fetched. Each is
+    // merged as it arrives and dropped: the sealed objects are never all held at once.
+    let meta = repo.meta_key();
+    let master = &mut indexed.master;
+    let headers = &mut indexed.headers;
+    repo.for_each_index_object(named, |key, sealed| {
         let opened = IndexId::parse(key.trim_start_matches("index/"))
-            .and_then(|id| IndexFile::open(repo.meta_key(), &id, &sealed));
+            .and_then(|id| IndexFile::open(meta, &id, &sealed));
         match opened {
             Ok(file) => {
                 for (pack, header) in file.packs {
-                    indexed.master.add_pack(pack, &header)?;
-                    indexed.headers.insert(pack, header_digest(&header));
+                    master.add_pack(pack, &header)?;
+                    headers.insert(pack, header_digest(&header));
                 }
             }
             Err(e) => {
-                found.failed("index", &key, &e);
+                found.failed("index", key, &e);
             }
         }
-    }
+        Ok(())
+    })
+    .await?;
     indexed.master.finish()?;
     Ok(indexed)
 }

@@ -97,6 +97,12 @@ pub fn pack_key(id: &PackId) -> String {
     format!("packs/{}/{}", &h[..2], h)
 }
 
+/// Index objects fetched at once while loading the index. A writer closes one every 32
+/// packs (~130k blobs of 4 KiB pages, ~6 MB sealed), and each fetched one is held sealed,
+/// opened and decoded (~3× its size) until merged: 4 keep that under ~75 MB whatever the
+/// bucket's size, and still overlap the GETs' latency.
+const INDEX_FETCHES: usize = 4;
+
 pub struct Repository {
     store: Store,
     config: Config,
@@ -376,7 +382,7 @@ impl Repository {
         Ok(failures)
     }
 
-    /// Fetch index objects 16 at a time and hand each to `each` as it arrives; one deleted
+    /// Fetch index objects [`INDEX_FETCHES`] at a time and hand each to `each` as it arrives; one deleted
     /// between listing and fetching (a prune compacted it, after writing its replacement)
     /// is skipped and the listing is refreshed for the replacement. Returns the keys seen.
     pub(crate) async fn for_each_index_object(
@@ -394,7 +400,7 @@ impl Repository {
                     let r = self.store.get(&k).await;
                     (k, r)
                 })
-                .buffer_unordered(16);
+                .buffer_unordered(INDEX_FETCHES);
             let mut vanished = false;
             while let Some((k, r)) = results.next().await {
                 match r {
