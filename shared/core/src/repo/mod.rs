@@ -431,45 +431,19 @@ impl Repository {
         self.index_budget = budget;
     }
 
-    /// Fetch index objects; one deleted between listing and fetching (a prune compacted
-    /// it, after writing its replacement) is skipped and the listing is refreshed for the
-    /// replacement.
+    /// Fetch index objects, all held at once (for the callers that need them together), as
+    /// [`Repository::for_each_index_object`] does.
     pub(crate) async fn get_index_objects(
         &self,
         keys: Vec<String>,
     ) -> Result<Vec<(String, Bytes)>> {
-        let mut wanted: std::collections::BTreeSet<String> = keys.into_iter().collect();
-        let mut got: Vec<(String, Bytes)> = Vec::new();
-        let mut seen: std::collections::HashSet<String> = Default::default();
-        for _round in 0..5 {
-            let batch: Vec<String> =
-                wanted.iter().filter(|k| !seen.contains(*k)).cloned().collect();
-            let results: Vec<(String, Result<Bytes>)> = futures::stream::iter(batch)
-                .map(|k| async move {
-                    let r = self.store.get(&k).await;
-                    (k, r)
-                })
-                .buffer_unordered(16)
-                .collect()
-                .await;
-            let mut vanished = false;
-            for (k, r) in results {
-                seen.insert(k.clone());
-                match r {
-                    Ok(b) => got.push((k, b)),
-                    Err(Error::NotFound(_)) => vanished = true,
-                    Err(e) => return Err(e),
-                }
-            }
-            if !vanished {
-                return Ok(got);
-            }
-            wanted = self.store.list("index/").await?.into_iter().map(|(k, _)| k).collect();
-            if wanted.iter().all(|k| seen.contains(k)) {
-                return Ok(got);
-            }
-        }
-        Err(Error::Retryable("index objects keep changing under us (a prune is compacting)".into()))
+        let mut got = Vec::new();
+        self.for_each_index_object(keys, |k, b| {
+            got.push((k.to_string(), b));
+            Ok(())
+        })
+        .await?;
+        Ok(got)
     }
 
     /// Replace the in-memory index (prune builds its own from the objects it loaded).
