@@ -131,8 +131,19 @@ fn decode(rec: &[u8]) -> (BlobId, Location) {
     (BlobId(id), loc)
 }
 
+/// A full disk is `StorageFull` (exit 1); a directory that is missing, not ours or
+/// read-only is the operator's to fix (`Invalid`, exit 2); anything else (EIO, EMFILE)
+/// is `Retryable`, so that `check` calls it unreadable, not damage.
 fn io_error(dir: &Path, e: &std::io::Error) -> Error {
-    Error::local_io(e, format!("index cache in {}: {e}", dir.display()))
+    use std::io::ErrorKind as K;
+    let msg = format!("index cache in {}: {e}", dir.display());
+    match e.kind() {
+        K::StorageFull | K::QuotaExceeded | K::FileTooLarge => Error::StorageFull(msg),
+        K::NotFound | K::PermissionDenied | K::ReadOnlyFilesystem | K::NotADirectory => {
+            Error::Invalid(msg)
+        }
+        _ => Error::Retryable(msg),
+    }
 }
 
 /// A file in `dir` that nobody else can open and that vanishes with its last handle.
@@ -235,66 +246,93 @@ impl Builder {
 
     fn merge(self, rank: impl Fn(u32) -> (bool, u32)) -> Result<Table> {
         let dir = self.budget.dir.clone();
-        let mut sources: Vec<RunReader<Box<dyn Read>>> = Vec::with_capacity(self.runs.len() + 1);
-        for mut f in self.runs {
+        let open_run = |mut f: File| -> Result<Source> {
             f.seek(SeekFrom::Start(0)).map_err(|e| io_error(&dir, &e))?;
-            let reader = BufReader::with_capacity(MERGE_BUFFER, f);
-            sources.push(RunReader::new(Box::new(reader), false));
+            Ok(RunReader::new(Box::new(BufReader::with_capacity(MERGE_BUFFER, f)), false))
+        };
+        // At most MAX_FAN_IN runs merge at once (open files and read buffers are per run):
+        // more are first merged in groups into longer runs.
+        let mut runs = self.runs;
+        while runs.len() + usize::from(self.base.is_some()) > MAX_FAN_IN {
+            let group: Vec<File> = runs.drain(..MAX_FAN_IN.min(runs.len())).collect();
+            let sources = group.into_iter().map(open_run).collect::<Result<Vec<_>>>()?;
+            let mut w = BufWriter::with_capacity(MERGE_BUFFER, anonymous_file(&dir)?);
+            let mut rec = [0u8; RECORD];
+            merge_sources(sources, &rank, &dir, |id, loc| {
+                encode(id, loc, &mut rec);
+                w.write_all(&rec)
+            })?;
+            runs.push(w.into_inner().map_err(|e| io_error(&dir, e.error()))?);
         }
+        let mut sources = runs.into_iter().map(open_run).collect::<Result<Vec<_>>>()?;
         if let Some(base) = &self.base {
-            let f = base.file.try_clone().map_err(|e| io_error(&dir, &e))?;
-            let mut f = f;
+            let mut f = base.file.try_clone().map_err(|e| io_error(&dir, &e))?;
             f.seek(SeekFrom::Start(0)).map_err(|e| io_error(&dir, &e))?;
             let limited = Read::take(f, table_bytes(base.len));
             let reader = BufReader::with_capacity(MERGE_BUFFER, limited);
             sources.push(RunReader::new(Box::new(reader), true));
         }
-        // Min-heap on (id, rank, source).
-        let mut heap = BinaryHeap::new();
-        for (i, s) in sources.iter_mut().enumerate() {
-            if let Some((id, loc)) = s.next(&dir)? {
-                heap.push(std::cmp::Reverse((id, rank(loc.pack), i, Key(loc))));
-            }
-        }
-        let out = anonymous_file(&dir)?;
-        let mut w = BufWriter::with_capacity(MERGE_BUFFER, out);
+        let mut w = BufWriter::with_capacity(MERGE_BUFFER, anonymous_file(&dir)?);
         let mut fences = Vec::new();
         let mut len = 0usize;
         let mut rec = [0u8; RECORD];
-        while let Some(std::cmp::Reverse((id, mut best, i, Key(mut loc)))) = heap.pop() {
-            if let Some((nid, nloc)) = sources[i].next(&dir)? {
-                heap.push(std::cmp::Reverse((nid, rank(nloc.pack), i, Key(nloc))));
-            }
-            // Every copy of this id, from every run (a run sorted before the marks were
-            // known holds its copies in pack order): keep the best-ranked one.
-            while let Some(std::cmp::Reverse((next, r, j, Key(l)))) = heap.peek().copied() {
-                if next != id {
-                    break;
-                }
-                heap.pop();
-                if r < best {
-                    (best, loc) = (r, l);
-                }
-                if let Some((nid, nloc)) = sources[j].next(&dir)? {
-                    heap.push(std::cmp::Reverse((nid, rank(nloc.pack), j, Key(nloc))));
-                }
-            }
+        merge_sources(sources, &rank, &dir, |id, loc| {
             if len.is_multiple_of(BLOCK) {
                 if len > 0 {
-                    w.write_all(&[0u8; BLOCK_BYTES - BLOCK * RECORD])
-                        .map_err(|e| io_error(&dir, &e))?;
+                    w.write_all(&[0u8; BLOCK_BYTES - BLOCK * RECORD])?;
                 }
-                fences.push(prefix(&id));
+                fences.push(prefix(id));
             }
-            encode(&id, &loc, &mut rec);
-            w.write_all(&rec).map_err(|e| io_error(&dir, &e))?;
+            encode(id, loc, &mut rec);
             len += 1;
-        }
+            w.write_all(&rec)
+        })?;
         let file = w.into_inner().map_err(|e| io_error(&dir, e.error()))?;
-        file.sync_data().ok();
         fences.shrink_to_fit();
         Ok(Table::Disk(DiskTable { file: Arc::new(file), len, fences, dir }))
     }
+}
+
+type Source = RunReader<Box<dyn Read>>;
+
+/// Runs merged at once: 64 files and 4 MiB of read buffers.
+const MAX_FAN_IN: usize = 64;
+
+/// K-way merge of sorted sources, each id once: of its copies, the best-ranked.
+fn merge_sources(
+    mut sources: Vec<Source>,
+    rank: &impl Fn(u32) -> (bool, u32),
+    dir: &Path,
+    mut emit: impl FnMut(&BlobId, &Location) -> std::io::Result<()>,
+) -> Result<()> {
+    // Min-heap on (id, rank, source).
+    let mut heap = BinaryHeap::new();
+    for (i, s) in sources.iter_mut().enumerate() {
+        if let Some((id, loc)) = s.next(dir)? {
+            heap.push(std::cmp::Reverse((id, rank(loc.pack), i, Key(loc))));
+        }
+    }
+    while let Some(std::cmp::Reverse((id, mut best, i, Key(mut loc)))) = heap.pop() {
+        if let Some((nid, nloc)) = sources[i].next(dir)? {
+            heap.push(std::cmp::Reverse((nid, rank(nloc.pack), i, Key(nloc))));
+        }
+        // Every copy of this id, from every run (a run sorted before the marks were known
+        // holds its copies in pack order): keep the best-ranked one.
+        while let Some(std::cmp::Reverse((next, r, j, Key(l)))) = heap.peek().copied() {
+            if next != id {
+                break;
+            }
+            heap.pop();
+            if r < best {
+                (best, loc) = (r, l);
+            }
+            if let Some((nid, nloc)) = sources[j].next(dir)? {
+                heap.push(std::cmp::Reverse((nid, rank(nloc.pack), j, Key(nloc))));
+            }
+        }
+        emit(&id, &loc).map_err(|e| io_error(dir, &e))?;
+    }
+    Ok(())
 }
 
 /// A location carried through the heap; ordering is decided by the fields before it.
@@ -546,6 +584,12 @@ mod tests {
         assert_eq!(disk.find(&BlobId([0; 32])).unwrap(), None);
         assert_eq!(disk.find(&BlobId([0xff; 32])).unwrap(), None);
         assert!(disk.memory() * 50 < memory.memory(), "fences are a fraction of the entries");
+        // ~250 runs of 82 entries: more than MAX_FAN_IN, merged in two passes.
+        let many_runs = build(0, &items, &[3]);
+        assert_eq!(many_runs.len(), memory.len());
+        for (m, d) in memory.iter().zip(many_runs.iter()) {
+            assert_eq!(m.unwrap(), d.unwrap());
+        }
     }
 
     /// A finished disk table extended with more entries merges into a new one.

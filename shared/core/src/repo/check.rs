@@ -82,7 +82,7 @@ pub async fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport
     } else {
         0
     };
-    mark_blobs_of_bad_packs(&indexed.master, &mut found)?;
+    mark_blobs_of_bad_packs(repo, &mut found).await?;
     let (snapshots, affected) =
         check_snapshots(repo, listed_snapshots, &indexed.master, &mut found).await?;
     if found.problems.is_empty()
@@ -160,18 +160,31 @@ fn header_digest(header: &PackHeader) -> [u8; 32] {
     *blake3::hash(&encoded).as_bytes()
 }
 
-/// The blobs whose indexed copy is in a damaged or missing pack: one pass over the index.
-fn mark_blobs_of_bad_packs(master: &MasterIndex, found: &mut Findings) -> Result<()> {
+/// Every blob a damaged or missing pack's header lists, whichever copy an index would
+/// pick (restores and check may merge the index in different orders): the index objects are
+/// read again for those packs, so that no header has to be held for the whole check.
+async fn mark_blobs_of_bad_packs(repo: &Repository, found: &mut Findings) -> Result<()> {
     if found.bad_packs.is_empty() {
         return Ok(());
     }
-    let slots: HashSet<u32> = found.bad_packs.iter().filter_map(|p| master.pack_slot(p)).collect();
-    for entry in master.iter() {
-        let (id, loc) = entry?;
-        if slots.contains(&loc.pack) {
-            found.bad_blobs.insert(id);
+    let keys: Vec<String> =
+        repo.store().list("index/").await?.into_iter().map(|(k, _)| k).collect();
+    let meta = repo.meta_key();
+    let (bad_packs, bad_blobs) = (&found.bad_packs, &mut found.bad_blobs);
+    repo.for_each_index_object(keys, |key, sealed| {
+        // Objects that do not open were reported by pass 1.
+        if let Ok(file) = IndexId::parse(key.trim_start_matches("index/"))
+            .and_then(|id| IndexFile::open(meta, &id, &sealed))
+        {
+            for (pack, header) in &file.packs {
+                if bad_packs.contains(pack) {
+                    bad_blobs.extend(header.entries.iter().map(|e| e.id));
+                }
+            }
         }
-    }
+        Ok(())
+    })
+    .await?;
     Ok(())
 }
 
