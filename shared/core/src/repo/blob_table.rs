@@ -204,11 +204,6 @@ impl Builder {
         Ok(())
     }
 
-    /// Entries collected so far (before deduplication).
-    pub fn is_empty(&self) -> bool {
-        self.buffer.is_empty() && self.runs.is_empty() && self.base.is_none()
-    }
-
     fn spill(&mut self) -> Result<()> {
         self.buffer.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.pack.cmp(&b.1.pack)));
         let file = anonymous_file(&self.budget.dir)?;
