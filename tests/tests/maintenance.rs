@@ -342,7 +342,7 @@ async fn a_writer_outliving_mark_and_delete_does_not_commit() {
         root.subtree =
             vec![writer.add_blob(BlobKind::Tree, &TreeBlob::encode(&[file])).unwrap().id];
         writer.flush().unwrap();
-        (writer.relied_blobs().unwrap(), root)
+        (writer.relied(), root)
     })
     .await
     .unwrap();
@@ -359,7 +359,7 @@ async fn a_writer_outliving_mark_and_delete_does_not_commit() {
 
     let mut snapshot = old.snapshot.clone();
     snapshot.root = root;
-    let err = w.commit_snapshot(&snapshot, &relied, None).await.unwrap_err();
+    let err = w.commit_snapshot(&snapshot, relied, None).await.unwrap_err();
     assert!(matches!(err, Error::Retryable(_)), "{err}");
     assert!(w.snapshots().await.unwrap().is_empty(), "nothing committed");
 }

@@ -458,7 +458,7 @@ pub(crate) fn store_sniffed(
 #[derive(Debug)]
 pub struct Prepared {
     pub snapshot: Snapshot,
-    relied: Vec<(crate::repo::BlobId, crate::repo::PackId)>,
+    relied: crate::repo::Relied,
 }
 
 impl Prepared {
@@ -469,7 +469,7 @@ impl Prepared {
         guard: Option<&crate::repo::lock::LeaseGuard>,
     ) -> Result<BackupOutcome> {
         let snapshot = self.snapshot;
-        let id = repo.commit_snapshot(&snapshot, &self.relied, guard).await?;
+        let id = repo.commit_snapshot(&snapshot, self.relied, guard).await?;
         tracing::info!(snapshot = %id.short(), source = %snapshot.source, files = snapshot.summary.files,
             bytes = snapshot.summary.bytes, new_bytes = snapshot.summary.new_bytes, partial = snapshot.partial, "snapshot saved");
         Ok(BackupOutcome { id, snapshot })
@@ -542,7 +542,7 @@ where
         let stats = (
             writer.stats.new_blobs.load(Ordering::Relaxed),
             writer.stats.new_bytes.load(Ordering::Relaxed),
-            writer.relied_blobs()?,
+            writer.relied(),
         );
         Ok((root, failures, counts, stats))
     })

@@ -220,10 +220,15 @@ impl MasterIndex {
         self.table.find(id)
     }
 
-    /// The blob at a position and the pack holding it.
-    pub fn entry(&self, i: usize) -> Result<(BlobId, PackId)> {
-        let (id, loc) = self.table.at(i)?;
-        Ok((id, self.packs[loc.pack as usize].id))
+    /// The blob at a position and where it is.
+    pub fn at(&self, i: usize) -> Result<(BlobId, Location)> {
+        self.table.at(i)
+    }
+
+    /// Whether prune condemned the pack in this slot (readers may read it; writers never
+    /// reuse from it).
+    pub fn is_marked(&self, slot: u32) -> bool {
+        self.marked[slot as usize]
     }
 
     /// Position of a blob in the sorted entries (for per-blob bitmaps, 1 bit per blob).
@@ -339,8 +344,8 @@ mod tests {
         m.add_pack(PackId([2; 32]), &pack(entries(100_000..100_500))).unwrap();
         m.finish().unwrap();
         assert_eq!(m.get(&id_of(100_499)).unwrap().map(|l| l.offset), Some(100_499));
-        assert_eq!(&m.entry(0).unwrap().0.0[..2], &[0, 0], "0x0000 prefixes sort first");
-        assert_eq!(&m.entry(m.len() - 1).unwrap().0.0[..2], &[0xff, 0xff], "0xffff prefixes last");
+        assert_eq!(&m.at(0).unwrap().0.0[..2], &[0, 0], "0x0000 prefixes sort first");
+        assert_eq!(&m.at(m.len() - 1).unwrap().0.0[..2], &[0xff, 0xff], "0xffff prefixes last");
     }
 
     mod props {

@@ -16,6 +16,7 @@ pub mod lock;
 pub mod mark;
 pub mod pack;
 pub mod prune;
+mod relied;
 pub mod repair;
 pub mod snapshot;
 pub mod storage;
@@ -39,6 +40,7 @@ pub use ids::{BlobId, IndexId, KeyId, PackId, RepoId, SnapshotId, short_id};
 pub use index::{IndexFile, Location, MasterIndex};
 pub use lineage::{Lineage, ParentSpec, SnapshotFilter};
 pub use pack::BlobKind;
+pub use relied::Relied;
 pub use snapshot::{Failure, Snapshot, SnapshotEntry, Summary};
 pub use storage::{RetryPolicy, Store};
 pub use tree::{Extent, ExtentList, Name, Node, NodeKind, TreeBlob};
@@ -586,13 +588,13 @@ impl Repository {
     pub async fn commit_snapshot(
         &self,
         snapshot: &Snapshot,
-        relied: &[(BlobId, PackId)],
+        relied: Relied,
         guard: Option<&lock::LeaseGuard>,
     ) -> Result<SnapshotId> {
         if let Some(g) = guard {
             g.check()?;
         }
-        let mut relied: Vec<(BlobId, PackId)> = relied.to_vec();
+        let mut relied = relied;
         // The record's id and bytes stay the same across attempts, so that an attempt whose
         // answer was lost is recognised by the next one (FORMAT.md §15.7).
         let id = SnapshotId::random();
@@ -621,12 +623,15 @@ impl Repository {
             let listed: std::collections::HashSet<String> =
                 self.store.list("index/").await?.into_iter().map(|(k, _)| k).collect();
             compacted |= self.index_seen.lock().iter().any(|k| !listed.contains(k));
-            let at_risk: Vec<BlobId> = relied
-                .iter()
-                .filter(|(_, p)| compacted || condemned.contains(p))
-                .map(|(b, _)| *b)
-                .collect();
-            if at_risk.is_empty() {
+            let at_risk = if compacted {
+                relied.len()
+            } else if condemned.is_empty() {
+                0
+            } else {
+                let r = relied.clone();
+                blocking(move || r.in_packs(&condemned)).await?
+            };
+            if at_risk == 0 {
                 if let Some(g) = guard {
                     g.check()?;
                 }
@@ -655,10 +660,8 @@ impl Repository {
             changes += 1;
             self.load_index().await?;
             let index = self.index().await?;
-            let mut lost = 0usize;
-            for b in &at_risk {
-                lost += usize::from(index.get_live(b)?.is_none());
-            }
+            // Follow the copies: a later mark must be judged against where they are now.
+            let (rebased, lost) = blocking(move || relied.rebase(index)).await?;
             if lost > 0 {
                 return Err(Error::Retryable(format!(
                     "a prune running beside this backup condemned the only copy of {lost} \
@@ -666,13 +669,8 @@ impl Repository {
                      it will store that data anew"
                 )));
             }
-            // Follow the copies: a later mark must be judged against where they are now.
-            for (b, p) in relied.iter_mut() {
-                if let Some(loc) = index.get_live(b)? {
-                    *p = index.pack(loc.pack).id;
-                }
-            }
-            tracing::debug!(blobs = at_risk.len(), "reused blobs still have live copies");
+            relied = rebased;
+            tracing::debug!(blobs = at_risk, "reused blobs still have live copies");
         }
         Err(Error::Retryable(
             "a prune keeps changing the index while committing; run the backup again".into(),
@@ -824,7 +822,13 @@ impl Repository {
     }
 }
 
-/// The local clock as RFC 3339, for informative timestamps.
+/// Index lookups off the async runtime: on a disk table each is a read.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Retryable(format!("index lookup task: {e}")))?
+}
+
 /// A file node's extents in file order: its inline `content`, then those of each extent-list
 /// blob, one list in memory at a time (a multi-TB volume image has millions of extents).
 pub struct Extents<'a> {
@@ -874,6 +878,7 @@ impl<'a> Extents<'a> {
     }
 }
 
+/// The local clock as RFC 3339, for informative timestamps.
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)

@@ -328,7 +328,7 @@ pub async fn repair_snapshots(
                 if !dry_run && root.is_some() {
                     writer.flush()?;
                 }
-                Ok::<_, Error>((root, rebuild.lost, writer.relied_blobs()?))
+                Ok::<_, Error>((root, rebuild.lost, writer.relied()))
             })
             .await
             .map_err(|e| Error::Retryable(format!("repair task: {e}")))??;
@@ -351,7 +351,7 @@ pub async fn repair_snapshots(
                     path,
                     error: "lost from the repository; left out by `cairn repair snapshots`".into(),
                 }));
-                let id = repo.commit_snapshot(&s, &relied, guard.as_ref()).await?;
+                let id = repo.commit_snapshot(&s, relied, guard.as_ref()).await?;
                 tracing::warn!(original = %entry.id.short(), repaired = %id.short(), "snapshot repaired");
                 repaired.repaired = Some(id.to_hex());
             }

@@ -19,6 +19,7 @@ use super::ids::{BlobId, IndexId, PackId};
 use super::index::{IndexFile, MasterIndex};
 use super::lock::LeaseGuard;
 use super::pack::{BlobKind, PackBuilder, PackHeader, compress};
+use super::relied::Relied;
 use super::{Repository, pack_key};
 use crate::{Error, Result};
 
@@ -114,17 +115,10 @@ impl Writer {
         })
     }
 
-    /// The stored blobs this session reused, with the pack it found each in.
-    pub fn relied_blobs(&self) -> Result<Vec<(BlobId, PackId)>> {
-        let mut out = Vec::new();
-        for (word, bits) in self.relied.iter().enumerate() {
-            let mut b = bits.load(Ordering::Relaxed);
-            while b != 0 {
-                out.push(self.index.entry(word * 64 + b.trailing_zeros() as usize)?);
-                b &= b - 1;
-            }
-        }
-        Ok(out)
+    /// The stored blobs this session reused, for the commit's check (FORMAT.md §15.4).
+    pub fn relied(&self) -> Relied {
+        let bits = self.relied.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+        Relied::from_bits(self.index.clone(), bits)
     }
 
     /// Is this blob already stored, or being stored by this session?
