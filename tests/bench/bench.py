@@ -827,7 +827,10 @@ def main() -> int:
     ap.add_argument("--kopia-compression", default="none",
                     help="kopia's global compression policy (default none = kopia's own default; e.g. zstd-fastest)")
     ap.add_argument("--no-verify", action="store_true", help="skip comparing restored trees with the source")
-    ap.add_argument("--no-build", action="store_true", help="use target/release/cairn as it is")
+    ap.add_argument("--no-build", action="store_true",
+                    help="use the static binary in target/x86_64-unknown-linux-musl/release as it is")
+    ap.add_argument("--cairn-bin", type=Path, default=None,
+                    help="measure this cairn binary instead of the static one (e.g. target/release/cairn, glibc)")
     ap.add_argument("--keep", action="store_true", help="keep repositories and restored trees")
     args = ap.parse_args()
     if args.size_gib is None:
@@ -848,6 +851,8 @@ def main() -> int:
     out = subprocess.run(setup, stdout=subprocess.PIPE, text=True, check=True).stdout
     envs = dict(re.findall(r"^export (\w+)=(.*)$", out, re.M))
     bins = {"cairn": envs["CAIRN_BIN"], "restic": envs["RESTIC_BIN"], "kopia": envs["KOPIA_BIN"]}
+    if args.cairn_bin:
+        bins["cairn"] = str(args.cairn_bin.resolve())
 
     versions = {
         "cairn": version_of([bins["cairn"], "version"]).replace("\n", " "),
@@ -864,7 +869,10 @@ def main() -> int:
         "env": {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "cpus": os.cpu_count(), "mem_gib": mem / GiB, "kernel": platform.release(),
                 "workdir": str(args.workdir), "versions": versions, "quick": args.quick, "seed": args.seed,
-                "size_gib": args.size_gib, "kopia_compression": args.kopia_compression},
+                "size_gib": args.size_gib, "kopia_compression": args.kopia_compression,
+                "cairn_binary": bins["cairn"],
+                "cairn_linkage": subprocess.run(["file", "-b", bins["cairn"]], capture_output=True,
+                                                text=True).stdout.split(",")[:2]},
         "datasets": {},
     }
     t_all = time.perf_counter()

@@ -6,7 +6,8 @@ N data blobs, page-chunked with --page-files), backs it up, changes 1 % of its p
 then measures, with /usr/bin/time -v, the static binary the images ship:
 
   incremental backup (1 % changed), check, check --read-data-subset 1%, prune --dry-run,
-  and a single-file restore,
+  a single-file restore, and a first backup of a small other source (20 MiB of files) into
+  the same bucket: the run whose memory must not grow with the bucket at all,
 
 each twice: with the index kept in memory (--memory-budget 64GiB: how cairn ran before
 budgets) and with a small budget (--memory-budget, default 256MiB) and --cache-dir, where the
@@ -90,6 +91,11 @@ def main() -> None:
                        env=env, check=True, capture_output=True)
         env["CAIRN_IDENTITY"] = str(ident)
         data = base / "data" / "volume.img"
+        small = base / "small"
+        small.mkdir()
+        rnd = random.Random(7)
+        for i in range(20):
+            (small / f"file{i}").write_bytes(rnd.randbytes(1 << 20))
         sys.stderr.write(f"[scale] {n} blobs: writing {n * PAGE >> 20} MiB\n")
         write_pages(data, n, seed=n)
         backup = [cairn, "--json", "backup", str(base / "data"), "--source", "scale", "--page-files", "volume.img"]
@@ -108,6 +114,8 @@ def main() -> None:
                 ("check --read-data-subset 1%", [cairn, "check", "--read-data-subset", "1%", *flags]),
                 ("prune --dry-run", [cairn, "prune", "--dry-run", *flags]),
                 ("restore one file", [cairn, "restore", "latest", "--source", "scale", "--target", str(target), *flags]),
+                ("small other source, first backup",
+                 [cairn, "--json", "backup", str(small), "--source", f"small-{mode}", *flags]),
             ]
             for name, cmd in commands:
                 r = timed(cmd, env)
@@ -116,6 +124,7 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
             shutil.rmtree(target, ignore_errors=True)
         shutil.rmtree(base / "data", ignore_errors=True)
+        shutil.rmtree(small, ignore_errors=True)
     (work / "results.json").write_text(json.dumps(rows, indent=1))
     print("\n| command | mode | " + " | ".join(f"{n:,} blobs RSS MiB (s)" for n in sizes) + " | slope B/blob |")
     print("|---|---|" + "---|" * len(sizes) + "---|")

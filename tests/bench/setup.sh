@@ -4,7 +4,8 @@
 #   GNU time    Debian package `time` (/usr/bin/time -v gives peak RSS)
 #   kopia       built from its Go module with a throwaway wrapper module outside the checkout,
 #               cached in $CAIRN_TESTENV_CACHE/kopia-<version>/kopia, rebuilt only when absent
-#   cairn       cargo build --release -p cairn in the checkout
+#   cairn       the static (musl) release binary the images ship, built in the checkout as
+#               images/build.sh builds it (mimalloc as its allocator): users' figures
 # Prints `export` lines for the benchmark (RESTIC_BIN, KOPIA_BIN, CAIRN_BIN, TIME_BIN) on stdout;
 # everything else goes to stderr.
 # Usage: setup.sh [--no-cairn-build]
@@ -77,14 +78,19 @@ if [ ! -x "$kopia_bin" ]; then
 fi
 
 # --- cairn -----------------------------------------------------------------------------------
+musl=x86_64-unknown-linux-musl
+cairn_bin="$repo_root/target/$musl/release/cairn"
 if [ "${1:-}" != "--no-cairn-build" ]; then
-  log "cargo build --release -p cairn"
-  (cd "$repo_root" && cargo build --release -p cairn >&2)
+  rustup target list --installed | grep -qx "$musl" || rustup target add "$musl" >&2
+  command -v musl-gcc >/dev/null || apt_install musl-tools
+  log "cargo build --release --target $musl -p cairn (the static binary the images ship)"
+  (cd "$repo_root" && CC_x86_64_unknown_linux_musl=musl-gcc \
+    cargo build --release --locked --target "$musl" -p cairn >&2)
 fi
-[ -x "$repo_root/target/release/cairn" ] || { log "no cairn binary at $repo_root/target/release/cairn"; exit 1; }
+[ -x "$cairn_bin" ] || { log "no cairn binary at $cairn_bin"; exit 1; }
 
 echo "export RESTIC_BIN=$(command -v restic)"
 echo "export KOPIA_BIN=$kopia_bin"
 echo "export KOPIA_VERSION=$KOPIA_VERSION"
-echo "export CAIRN_BIN=$repo_root/target/release/cairn"
+echo "export CAIRN_BIN=$cairn_bin"
 echo "export TIME_BIN=/usr/bin/time"

@@ -100,9 +100,10 @@ pub fn pack_key(id: &PackId) -> String {
 }
 
 /// Index objects fetched at once while loading the index. A writer closes one every 32
-/// packs (~130k blobs of 4 KiB pages, ~6 MB sealed), and each fetched one is held sealed,
-/// opened and decoded (~3× its size) until merged: 4 keep that under ~75 MB whatever the
-/// bucket's size, and still overlap the GETs' latency.
+/// packs or 32k blobs (~3 MB sealed), and each fetched one is held sealed, opened and decoded
+/// (~3× its size) until merged: 4 keep that near ~40 MB whatever the bucket's size, and
+/// still overlap the GETs' latency. (Objects written before the 32k cap, and prune's
+/// compacted ones, can be larger.)
 const INDEX_FETCHES: usize = 4;
 
 pub struct Repository {
@@ -130,7 +131,8 @@ pub struct Repository {
 
 /// Reads of small blobs fetch a whole window of their pack and keep the last few windows:
 /// blobs written together are read together, so a restore of many small files makes one
-/// request per window instead of one per file. Bounded: `WINDOWS` × `WINDOW` bytes.
+/// request per window instead of one per file. Bounded: at most `WINDOWS` × `WINDOW` bytes,
+/// fewer under a small budget ([`Repository::window_limit`]).
 const WINDOW: u64 = 4 << 20;
 /// The longest a snapshot record's write may take before the commit check runs again:
 /// below prune's settle wait (5 s at most, FORMAT.md §15.6).
@@ -149,14 +151,14 @@ struct WindowCache {
 
 impl WindowCache {
     /// The cell of a window, made (and the oldest window dropped) if it is not cached.
-    fn cell(&mut self, key: (u32, u64)) -> WindowCell {
+    fn cell(&mut self, key: (u32, u64), limit: usize) -> WindowCell {
         if let Some(cell) = self.map.get(&key) {
             return cell.clone();
         }
         let cell = WindowCell::default();
         self.map.insert(key, cell.clone());
         self.order.push_back(key);
-        while self.order.len() > WINDOWS {
+        while self.order.len() > limit {
             if let Some(old) = self.order.pop_front() {
                 self.map.remove(&old);
             }
@@ -428,6 +430,12 @@ impl Repository {
         &self.index_budget
     }
 
+    /// Pack windows cached for reads of small blobs: 16 (64 MiB), or an eighth of the run's
+    /// budget (half the index's share) when that is less, at least 2.
+    fn window_limit(&self) -> usize {
+        (self.index_budget.memory / 2 / WINDOW as usize).clamp(2, WINDOWS)
+    }
+
     /// Set the index's memory budget and cache directory (from the job's flags).
     pub fn set_index_budget(&mut self, budget: IndexBudget) {
         self.index_budget = budget;
@@ -493,7 +501,7 @@ impl Repository {
         let window = range.start / WINDOW;
         let (w_start, w_end) = (window * WINDOW, ((window + 1) * WINDOW).min(record.body_end));
         let sealed = if range.end - range.start < WINDOW / 4 && range.end <= w_end {
-            let cell = self.windows.lock().cell((loc.pack, window));
+            let cell = self.windows.lock().cell((loc.pack, window), self.window_limit());
             // A failed fetch leaves the cell empty: the next reader tries again.
             let data =
                 cell.get_or_try_init(|| self.fetch(&record.id, w_start..w_end, id)).await?.clone();

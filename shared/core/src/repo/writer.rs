@@ -3,8 +3,9 @@
 //! Callers on blocking threads (rayon, `spawn_blocking`) call [`Writer::add_blob`]; compression
 //! and sealing happen on the caller's thread into a packer it holds exclusively, so threads
 //! never wait on each other for CPU work. Full packs are uploaded by tasks on the Tokio
-//! runtime, at most `max_uploads` at once: a caller that would exceed it waits, which bounds
-//! memory to (threads + max_uploads) × pack size.
+//! runtime, at most `max_uploads` at once: a caller that would exceed it waits. Data packers
+//! open at once are capped too, so that memory is (open packers + uploads) × pack size within
+//! half the run's memory budget, however many cores the node has (see [`PackSlots`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,8 +24,70 @@ use super::relied::Relied;
 use super::{Repository, pack_key};
 use crate::{Error, Result};
 
-/// Write an index object after this many packs, so a crash loses little.
+/// Write an index object after this many packs, so a crash loses little...
 const INDEX_EVERY_PACKS: usize = 32;
+/// ...or this many blobs, so that a reader holds small objects: 32 packs of 4 KiB pages
+/// would be 131k entries, ~12 MB sealed.
+const INDEX_EVERY_BLOBS: usize = 32 << 10;
+
+/// How many pack buffers a session may hold: data packers being filled, and packs uploading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackSlots {
+    pub packers: usize,
+    pub uploads: usize,
+}
+
+impl PackSlots {
+    /// Half the run's budget (`index_share` is a quarter of it) in buffers of a pack's size,
+    /// at least 2: a third of them (at most 3) uploading, the rest filled by the threads.
+    pub fn for_budget(index_share: usize, pack_size: usize) -> PackSlots {
+        let slots = (index_share.saturating_mul(2) / (pack_size + (1 << 20))).max(2);
+        let uploads = (slots / 3).clamp(1, 3);
+        PackSlots { packers: slots - uploads, uploads }
+    }
+}
+
+/// Blobs this session stored, so that a blob met twice is stored once. Bounded: two
+/// generations of at most `cap` ids each; when the newer is full the older is dropped. A
+/// blob forgotten that way and met again is stored again: a duplicate copy (prune drops it
+/// later), never a lost one, since "known" only ever means "skip storing". Only a first
+/// backup larger than the window (at the default budget, millions of blobs) can pay it; the
+/// next session dedups against the index.
+struct SessionBlobs {
+    newer: HashSet<BlobId>,
+    older: HashSet<BlobId>,
+    cap: usize,
+}
+
+impl SessionBlobs {
+    /// An eighth of the run's budget (half the index's share), ~48 B per id.
+    fn new(index_share: usize) -> SessionBlobs {
+        let cap = (index_share / 2 / 2 / 48).max(1024);
+        SessionBlobs { newer: HashSet::new(), older: HashSet::new(), cap }
+    }
+
+    fn contains(&self, id: &BlobId) -> bool {
+        self.newer.contains(id) || self.older.contains(id)
+    }
+
+    /// False when the id was known already.
+    fn insert(&mut self, id: BlobId) -> bool {
+        if self.contains(&id) {
+            return false;
+        }
+        if self.newer.len() >= self.cap {
+            self.older = std::mem::take(&mut self.newer);
+        }
+        self.newer.insert(id)
+    }
+}
+
+#[derive(Default)]
+struct Packers {
+    idle: Vec<PackBuilder>,
+    /// Data packers in existence (idle or being filled), not yet handed to an upload.
+    open_data: usize,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct AddedBlob {
@@ -49,8 +112,11 @@ pub struct Writer {
     /// session naming their pack forbids the commit unless another copy exists.
     relied: Vec<AtomicU64>,
     guard: Option<LeaseGuard>,
-    known: Mutex<HashSet<BlobId>>,
-    idle: Mutex<Vec<PackBuilder>>,
+    known: Mutex<SessionBlobs>,
+    packers: Mutex<Packers>,
+    /// Signalled when a packer goes idle or a data packer is handed to an upload.
+    freed: parking_lot::Condvar,
+    max_packers: usize,
     uploads: Arc<Semaphore>,
     max_uploads: u32,
     done: Arc<Mutex<Vec<(PackId, PackHeader)>>>,
@@ -71,7 +137,10 @@ impl Writer {
         index: Arc<MasterIndex>,
         handle: tokio::runtime::Handle,
     ) -> Writer {
-        let max_uploads = 3;
+        let slots =
+            PackSlots::for_budget(repo.index_budget().memory, repo.config().pack_size as usize);
+        let max_uploads = slots.uploads as u32;
+        let known = SessionBlobs::new(repo.index_budget().memory);
         let relied = (0..index.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
         Writer {
             repo,
@@ -79,8 +148,10 @@ impl Writer {
             index,
             relied,
             guard: None,
-            known: Mutex::new(HashSet::new()),
-            idle: Mutex::new(Vec::new()),
+            known: Mutex::new(known),
+            packers: Mutex::new(Packers::default()),
+            freed: parking_lot::Condvar::new(),
+            max_packers: slots.packers,
             uploads: Arc::new(Semaphore::new(max_uploads as usize)),
             max_uploads,
             done: Arc::new(Mutex::new(Vec::new())),
@@ -176,23 +247,40 @@ impl Writer {
         if packer.len() >= self.repo.config().pack_size as usize {
             self.upload(packer)?;
         } else {
-            self.idle.lock().push(packer);
+            self.packers.lock().idle.push(packer);
+            self.freed.notify_one();
         }
         Ok(AddedBlob { id, stored })
     }
 
     fn take_packer(&self, kind: BlobKind) -> Result<PackBuilder> {
         {
-            let mut idle = self.idle.lock();
-            if let Some(i) = idle.iter().position(|p| p.kind == kind) {
-                return Ok(idle.swap_remove(i));
+            let mut packers = self.packers.lock();
+            loop {
+                if let Some(i) = packers.idle.iter().position(|p| p.kind == kind) {
+                    return Ok(packers.idle.swap_remove(i));
+                }
+                if kind == BlobKind::Tree {
+                    break;
+                }
+                if packers.open_data < self.max_packers {
+                    packers.open_data += 1;
+                    break;
+                }
+                // Every packer is being filled by another thread, which returns it or
+                // hands it to an upload without waiting on us. The timeout only re-checks.
+                self.freed.wait_for(&mut packers, std::time::Duration::from_secs(1));
+                if let Some(e) = self.failed.lock().as_ref() {
+                    return Err(e.in_context("an earlier pack upload failed"));
+                }
             }
         }
         let capacity = self.repo.config().pack_size as usize + (1 << 20);
         Ok(match kind {
             BlobKind::Data => {
                 let key = SymKey::random();
-                let wrapped = wrap_key(self.repo.data_recipient(), &key)?;
+                let wrapped = wrap_key(self.repo.data_recipient(), &key)
+                    .inspect_err(|_| self.data_packer_gone())?;
                 PackBuilder::new(kind, key, wrapped, capacity)
             }
             BlobKind::Tree => {
@@ -201,13 +289,25 @@ impl Writer {
         })
     }
 
+    /// A data packer no longer counts against `max_packers`: its bytes are uploading (and
+    /// count against `max_uploads`), or it was never made.
+    fn data_packer_gone(&self) {
+        self.packers.lock().open_data -= 1;
+        self.freed.notify_one();
+    }
+
     /// Hand a full pack to an upload task; waits while `max_uploads` are in flight.
     fn upload(&self, packer: PackBuilder) -> Result<()> {
+        let kind = packer.kind;
         let (id, bytes, header) = packer.finish(self.repo.meta_key());
         let permit = self
             .handle
             .block_on(self.uploads.clone().acquire_owned())
-            .map_err(|_| Error::Retryable("upload queue closed".into()))?;
+            .map_err(|_| Error::Retryable("upload queue closed".into()));
+        if kind == BlobKind::Data {
+            self.data_packer_gone();
+        }
+        let permit = permit?;
         let store = self.repo.store().clone();
         let done = self.done.clone();
         let failed = self.failed.clone();
@@ -230,7 +330,12 @@ impl Writer {
         in_flight.retain(|t| !t.is_finished());
         in_flight.push(task);
         drop(in_flight);
-        if self.done.lock().len() >= INDEX_EVERY_PACKS {
+        let due = {
+            let done = self.done.lock();
+            done.len() >= INDEX_EVERY_PACKS
+                || done.iter().map(|(_, h)| h.entries.len()).sum::<usize>() >= INDEX_EVERY_BLOBS
+        };
+        if due {
             self.write_index()?;
         }
         Ok(())
@@ -259,9 +364,13 @@ impl Writer {
     /// returns Ok, every blob added so far is durable and findable: a snapshot may refer to
     /// it. Blocking.
     pub fn flush(&self) -> Result<()> {
-        let open: Vec<PackBuilder> = std::mem::take(&mut *self.idle.lock());
-        for p in open.into_iter().filter(|p| !p.is_empty()) {
-            self.upload(p)?;
+        let open: Vec<PackBuilder> = std::mem::take(&mut self.packers.lock().idle);
+        for p in open {
+            if !p.is_empty() {
+                self.upload(p)?;
+            } else if p.kind == BlobKind::Data {
+                self.data_packer_gone();
+            }
         }
         let tasks: Vec<_> = std::mem::take(&mut *self.in_flight.lock());
         for t in tasks {
@@ -276,5 +385,82 @@ impl Writer {
             return Err(e);
         }
         self.write_index()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::blob_table::IndexBudget;
+    use crate::repo::testutil::{memory_repo_budgeted, noise};
+
+    #[test]
+    fn pack_buffers_follow_the_budget() {
+        let mib = 1usize << 20;
+        // A 512 MiB limit: budget 384 MiB, index share 96 MiB, 192 MiB of 17 MiB buffers.
+        assert_eq!(PackSlots::for_budget(96 * mib, 16 * mib), PackSlots { packers: 8, uploads: 3 });
+        // The 64 MiB floor: one packer being filled, one uploading.
+        assert_eq!(PackSlots::for_budget(16 * mib, 16 * mib), PackSlots { packers: 1, uploads: 1 });
+        assert_eq!(PackSlots::for_budget(0, 1 << 30), PackSlots { packers: 1, uploads: 1 });
+        assert_eq!(PackSlots::for_budget(usize::MAX, mib).uploads, 3);
+    }
+
+    #[test]
+    fn session_blobs_forget_only_past_two_generations() {
+        let mut known = SessionBlobs::new(0);
+        let id = |n: u32| BlobId(*blake3::hash(&n.to_le_bytes()).as_bytes());
+        let cap = known.cap as u32;
+        assert!(known.insert(id(0)));
+        assert!(!known.insert(id(0)), "met twice: stored once");
+        for n in 1..=cap {
+            known.insert(id(n));
+        }
+        assert!(known.contains(&id(0)), "in the older generation");
+        for n in cap + 1..=2 * cap {
+            known.insert(id(n));
+        }
+        assert!(!known.contains(&id(0)), "forgotten: stored again if met again");
+        assert!(known.contains(&id(2 * cap)));
+        assert!(known.newer.len() + known.older.len() <= 2 * known.cap);
+    }
+
+    /// Eight threads writing through a writer allowed one packer and one upload: nobody
+    /// waits forever, no pack goes over its buffer count, and every blob is durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_threads_share_few_packers() {
+        let budget = IndexBudget { memory: 1 << 20, ..IndexBudget::default() };
+        let repo = memory_repo_budgeted("packers", budget).await;
+        repo.load_index().await.unwrap();
+        let index = repo.index().await.unwrap();
+        let writer = Arc::new(repo.writer(index, tokio::runtime::Handle::current()));
+        assert_eq!(writer.max_packers, 1);
+        let w = writer.clone();
+        let ids = tokio::task::spawn_blocking(move || {
+            std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..8)
+                    .map(|_| {
+                        let w = &w;
+                        scope.spawn(move || {
+                            (0..40)
+                                .map(|_| w.add_blob(BlobKind::Data, &noise(64 << 10)).unwrap().id)
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                let ids: Vec<BlobId> =
+                    threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+                w.flush().unwrap();
+                ids
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(writer.packers.lock().open_data, 0, "every packer uploaded");
+        assert!(writer.stats.packs.load(Ordering::Relaxed) >= 15, "20 MiB in 1 MiB packs");
+        repo.load_index().await.unwrap();
+        let index = repo.index().await.unwrap();
+        for id in &ids {
+            assert!(index.contains(id).unwrap());
+        }
     }
 }
