@@ -24,10 +24,11 @@ pub struct RepoArgs {
     /// Read the passphrase from this file (else the CAIRN_PASSPHRASE variable).
     #[arg(long, env = "CAIRN_PASSPHRASE_FILE", global = true)]
     pub passphrase_file: Option<PathBuf>,
-    /// Memory this run may use, e.g. 384MiB. The repository's index stays in memory up to
-    /// a quarter of it; past that it goes to --cache-dir, so memory does not grow with the
-    /// bucket. Default: 3/4 of the container's memory limit (cgroup), else 1GiB; at least
-    /// 64MiB.
+    /// Memory this run may use, e.g. 384MiB: what grows with the bucket or the node's cores
+    /// stays inside it. The repository's index stays in memory up to a quarter of it (past
+    /// that it goes to --cache-dir); pack buffers take half. Default: 3/4 of the container's
+    /// memory limit (cgroup), else 1GiB; at least 64MiB, never above the container's limit,
+    /// which must be at least 256MiB.
     #[arg(long, env = "CAIRN_MEMORY_BUDGET", global = true, value_parser = parse_size)]
     pub memory_budget: Option<u64>,
     /// Directory for the index's local files when it outgrows its memory (the pod's
@@ -40,6 +41,10 @@ pub struct RepoArgs {
 /// The least memory a run is allowed: below it, packs being built and uploaded, read
 /// windows and buffers do not fit, whatever the repository's size.
 pub const MIN_MEMORY_BUDGET: u64 = 64 << 20;
+/// The least container memory limit a run is started under: the budget's floor plus what
+/// no budget shrinks (the runtime, chunk batches, a pack fetched whole, the allocator's
+/// slack), measured at up to ~200 MiB (tests/bench/README.md, scale).
+pub const MIN_CONTAINER_LIMIT: u64 = 256 << 20;
 /// The budget where no flag and no container limit says otherwise.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 1 << 30;
 
@@ -54,8 +59,29 @@ pub fn cgroup_memory_limit() -> Option<u64> {
 
 /// The run's memory budget: the flag, else 3/4 of the container's limit (the rest is
 /// the runtime's, the page cache's and the allocator's slack), else the default. Refused
-/// below [`MIN_MEMORY_BUDGET`] with a line naming where it came from.
+/// below [`MIN_MEMORY_BUDGET`] with a line naming where it came from, and in a container
+/// whose limit is below [`MIN_CONTAINER_LIMIT`] or the budget asked for: an OOM kill
+/// halfway through a backup says nothing.
 pub fn memory_budget(flag: Option<u64>, limit: Option<u64>) -> Result<u64> {
+    if let Some(l) = limit {
+        if l < MIN_CONTAINER_LIMIT {
+            return Err(Error::Invalid(format!(
+                "the container's memory limit {} is below the {} a run needs; raise the pod's \
+                 resources.limits.memory",
+                mib(l),
+                mib(MIN_CONTAINER_LIMIT)
+            )));
+        }
+        if let Some(b) = flag.filter(|&b| b > l) {
+            return Err(Error::Invalid(format!(
+                "--memory-budget (CAIRN_MEMORY_BUDGET) {} is above the container's memory limit \
+                 {}; the run would be killed, not slowed: leave it unset (3/4 of the limit) or \
+                 lower it",
+                mib(b),
+                mib(l)
+            )));
+        }
+    }
     let (budget, from) = match (flag, limit) {
         (Some(b), _) => (b, "--memory-budget (CAIRN_MEMORY_BUDGET)".to_string()),
         (None, Some(l)) => (l / 4 * 3, format!("3/4 of the container's memory limit {}", mib(l))),
@@ -422,5 +448,11 @@ mod tests {
         assert!(e.to_string().contains("--memory-budget"), "{e}");
         let e = memory_budget(None, Some(64 << 20)).unwrap_err();
         assert!(e.to_string().contains("container's memory limit 64 MiB"), "{e}");
+        let e = memory_budget(Some(100 << 20), Some(200 << 20)).unwrap_err();
+        assert!(e.to_string().contains("limit 200 MiB is below the 256 MiB"), "{e}");
+        let e = memory_budget(Some(1 << 30), Some(512 << 20)).unwrap_err();
+        assert!(e.to_string().contains("above the container's memory limit 512 MiB"), "{e}");
+        assert_eq!(e.exit(), cairn_core::Exit::Usage);
+        assert_eq!(memory_budget(Some(512 << 20), Some(512 << 20)).unwrap(), 512 << 20);
     }
 }
