@@ -847,7 +847,8 @@ def main() -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     # Install/build the peers and cairn (idempotent), and learn where the binaries are.
-    setup = [str(HERE / "setup.sh")] + (["--no-cairn-build"] if args.no_build else [])
+    setup = [str(HERE / "setup.sh")] + (["--no-cairn-build"] if args.no_build else []) \
+        + ([] if "kopia" in args.tools else ["--no-kopia"])
     out = subprocess.run(setup, stdout=subprocess.PIPE, text=True, check=True).stdout
     envs = dict(re.findall(r"^export (\w+)=(.*)$", out, re.M))
     bins = {"cairn": envs["CAIRN_BIN"], "restic": envs["RESTIC_BIN"], "kopia": envs["KOPIA_BIN"]}

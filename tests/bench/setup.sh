@@ -8,8 +8,16 @@
 #               images/build.sh builds it (mimalloc as its allocator): users' figures
 # Prints `export` lines for the benchmark (RESTIC_BIN, KOPIA_BIN, CAIRN_BIN, TIME_BIN) on stdout;
 # everything else goes to stderr.
-# Usage: setup.sh [--no-cairn-build]
+# Usage: setup.sh [--no-cairn-build] [--no-kopia]
 set -euo pipefail
+build_cairn=1 want_kopia=1
+for a in "$@"; do
+  case "$a" in
+    --no-cairn-build) build_cairn=0 ;;
+    --no-kopia) want_kopia=0 ;;
+    *) echo "setup.sh: unknown argument $a" >&2; exit 2 ;;
+  esac
+done
 
 # Pinned peer versions. kopia: the newest v0.x tag on the Go module proxy when this was written
 # (v0.23.1, 2026-06-15). restic: Debian bookworm's package; a different installed version is
@@ -55,7 +63,7 @@ command -v restic >/dev/null || { log "restic is still missing"; exit 1; }
 # --- kopia -----------------------------------------------------------------------------------
 kopia_dir="$CAIRN_TESTENV_CACHE/kopia-$KOPIA_VERSION"
 kopia_bin="$kopia_dir/kopia"
-if [ ! -x "$kopia_bin" ]; then
+if [ "$want_kopia" = 1 ] && [ ! -x "$kopia_bin" ]; then
   command -v go >/dev/null || { log "installing golang-go"; apt_install golang-go; }
   log "building kopia $KOPIA_VERSION from its Go module (a few minutes on 2 cores)"
   t0=$(date +%s)
@@ -80,7 +88,7 @@ fi
 # --- cairn -----------------------------------------------------------------------------------
 musl=x86_64-unknown-linux-musl
 cairn_bin="$repo_root/target/$musl/release/cairn"
-if [ "${1:-}" != "--no-cairn-build" ]; then
+if [ "$build_cairn" = 1 ]; then
   rustup target list --installed | grep -qx "$musl" || rustup target add "$musl" >&2
   command -v musl-gcc >/dev/null || apt_install musl-tools
   log "cargo build --release --target $musl -p cairn (the static binary the images ship)"
