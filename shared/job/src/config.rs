@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use cairn_core::repo::blob_table::INDEX_SHARE;
 use cairn_core::repo::{Access, IndexBudget, Repository, Store, Unlock, WriteKey};
 use cairn_core::{Error, Result};
 
@@ -197,7 +198,7 @@ impl RepoArgs {
     /// Where the index goes and how much of it stays in memory: a quarter of the budget.
     pub fn index_budget(&self) -> Result<IndexBudget> {
         let budget = memory_budget(self.memory_budget, cgroup_memory_limit())?;
-        let memory = usize::try_from(budget / 4).unwrap_or(usize::MAX);
+        let memory = usize::try_from(budget).unwrap_or(usize::MAX) / INDEX_SHARE;
         Ok(match &self.cache_dir {
             Some(dir) => IndexBudget { memory, dir: dir.clone(), fallback_to_memory: false },
             None => IndexBudget { memory, ..IndexBudget::default() },

@@ -68,6 +68,18 @@ pub struct IndexBudget {
     pub fallback_to_memory: bool,
 }
 
+/// The index's entries get this fraction (1/N) of a run's memory budget; the rest of the
+/// budget is split from the same figure ([`IndexBudget::run_budget`]).
+pub const INDEX_SHARE: usize = 4;
+
+impl IndexBudget {
+    /// The run's whole memory budget, which pack buffers, the writer's session ids and the
+    /// read windows are sized from.
+    pub fn run_budget(&self) -> usize {
+        self.memory.saturating_mul(INDEX_SHARE)
+    }
+}
+
 impl Default for IndexBudget {
     fn default() -> Self {
         // 128 MiB: ~2.5M blobs in memory, the index of a 10 GiB volume in 4 KiB pages.

@@ -432,11 +432,11 @@ impl Repository {
     }
 
     /// Pack windows cached for reads of small blobs: 16 (64 MiB), or an eighth of the run's
-    /// budget (half the index's share) when that is less, at least 8: with 2, a restore of a
+    /// budget when that is less, at least 8: with 2, a restore of a
     /// page-chunked file whose changed pages sit in other packs took 5× as long (scale
     /// benchmark, 250k blobs).
     fn window_limit(&self) -> usize {
-        (self.index_budget.memory / 2 / WINDOW as usize).clamp(MIN_WINDOWS, WINDOWS)
+        (self.index_budget.run_budget() / 8 / WINDOW as usize).clamp(MIN_WINDOWS, WINDOWS)
     }
 
     /// Set the index's memory budget and cache directory (from the job's flags).
@@ -599,13 +599,12 @@ impl Repository {
     pub async fn commit_snapshot(
         &self,
         snapshot: &Snapshot,
-        relied: Relied,
+        mut relied: Relied,
         guard: Option<&lock::LeaseGuard>,
     ) -> Result<SnapshotId> {
         if let Some(g) = guard {
             g.check()?;
         }
-        let mut relied = relied;
         // The record's id and bytes stay the same across attempts, so that an attempt whose
         // answer was lost is recognised by the next one (FORMAT.md §15.7).
         let id = SnapshotId::random();

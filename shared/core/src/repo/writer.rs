@@ -38,10 +38,10 @@ pub struct PackSlots {
 }
 
 impl PackSlots {
-    /// Half the run's budget (`index_share` is a quarter of it) in buffers of a pack's size,
-    /// at least 2: a third of them (at most 3) uploading, the rest filled by the threads.
-    pub fn for_budget(index_share: usize, pack_size: usize) -> PackSlots {
-        let slots = (index_share.saturating_mul(2) / (pack_size + (1 << 20))).max(2);
+    /// Half the run's budget in buffers of a pack's size, at least 2: a third of them (at
+    /// most 3) uploading, the rest filled by the threads.
+    pub fn for_budget(run_budget: usize, pack_size: usize) -> PackSlots {
+        let slots = (run_budget / 2 / (pack_size + (1 << 20))).max(2);
         let uploads = (slots / 3).clamp(1, 3);
         PackSlots { packers: slots - uploads, uploads }
     }
@@ -60,9 +60,9 @@ struct SessionBlobs {
 }
 
 impl SessionBlobs {
-    /// An eighth of the run's budget (half the index's share), ~48 B per id.
-    fn new(index_share: usize) -> SessionBlobs {
-        let cap = (index_share / 2 / 2 / 48).max(1024);
+    /// An eighth of the run's budget for both generations, ~48 B per id.
+    fn new(run_budget: usize) -> SessionBlobs {
+        let cap = (run_budget / 8 / 2 / 48).max(1024);
         SessionBlobs { newer: HashSet::new(), older: HashSet::new(), cap }
     }
 
@@ -137,10 +137,10 @@ impl Writer {
         index: Arc<MasterIndex>,
         handle: tokio::runtime::Handle,
     ) -> Writer {
-        let slots =
-            PackSlots::for_budget(repo.index_budget().memory, repo.config().pack_size as usize);
+        let run_budget = repo.index_budget().run_budget();
+        let slots = PackSlots::for_budget(run_budget, repo.config().pack_size as usize);
         let max_uploads = slots.uploads as u32;
-        let known = SessionBlobs::new(repo.index_budget().memory);
+        let known = SessionBlobs::new(run_budget);
         let relied = (0..index.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
         Writer {
             repo,
@@ -397,10 +397,13 @@ mod tests {
     #[test]
     fn pack_buffers_follow_the_budget() {
         let mib = 1usize << 20;
-        // A 512 MiB limit: budget 384 MiB, index share 96 MiB, 192 MiB of 17 MiB buffers.
-        assert_eq!(PackSlots::for_budget(96 * mib, 16 * mib), PackSlots { packers: 8, uploads: 3 });
+        // A 512 MiB limit: budget 384 MiB, 192 MiB of 17 MiB buffers.
+        assert_eq!(
+            PackSlots::for_budget(384 * mib, 16 * mib),
+            PackSlots { packers: 8, uploads: 3 }
+        );
         // The 64 MiB floor: one packer being filled, one uploading.
-        assert_eq!(PackSlots::for_budget(16 * mib, 16 * mib), PackSlots { packers: 1, uploads: 1 });
+        assert_eq!(PackSlots::for_budget(64 * mib, 16 * mib), PackSlots { packers: 1, uploads: 1 });
         assert_eq!(PackSlots::for_budget(0, 1 << 30), PackSlots { packers: 1, uploads: 1 });
         assert_eq!(PackSlots::for_budget(usize::MAX, mib).uploads, 3);
     }
